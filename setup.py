@@ -1,0 +1,31 @@
+"""ascend-v4: an Ascend-native deployment toolkit for DeepSeek-V4-class MoE models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="ascend-v4",
+    version="0.1.0",
+    description="DeepSeek-V4 on MindSpore: model cells, AscendC operators, graph compiler, CLI",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ascend_v4*", "custom_ops*", "graph_compile*", "tools*"]),
+    package_data={
+        "ascend_v4": ["presets/*.yaml"],
+        "custom_ops": ["**/*.h", "**/*.cpp", "**/*.hpp", "**/*.yaml"],
+        "tools": ["**/*.yaml"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy==1.26.*",        # mindspore 2.10 raises SystemError with numpy 2
+        "ml_dtypes>=0.4,<0.6",
+        "onnx==1.23.*",
+        "onnxruntime==1.31.*",
+        "safetensors>=0.4",
+        "pyyaml>=6",
+        "click>=8.1",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "tokenizers>=0.15",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["ascend-v4=tools.cli:main"]},
+)

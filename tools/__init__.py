@@ -1,0 +1,1 @@
+"""Command-line interface and deployment tooling for ascend-v4."""
