@@ -241,6 +241,13 @@ def validate(cfg: ModelConfig) -> None:
         for key in ("dim", "moe_inter_dim"):
             _require(getattr(cfg, key) % 32 == 0,
                      f"{key} ({getattr(cfg, key)}) must be a multiple of 32 for FP4 experts")
+    if cfg.dtype == "fp8":
+        # FP8 linears quantise activations in tiles of 128 along their input dim.
+        for key, value in (("dim", cfg.dim), ("q_lora_rank", cfg.q_lora_rank),
+                           ("o_groups * o_lora_rank", cfg.o_groups * cfg.o_lora_rank),
+                           ("moe_inter_dim", cfg.moe_inter_dim)):
+            _require(value % 128 == 0, f"{key} ({value}) must be a multiple of 128 for FP8 "
+                                       "weights (activation tiles of 128)")
     _require(cfg.max_seq_len % max([r for r in cfg.compress_ratios if r] or [1]) == 0,
              f"max_seq_len ({cfg.max_seq_len}) must be a multiple of every compress ratio")
     for key in ("norm_eps", "hc_eps"):

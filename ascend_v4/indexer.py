@@ -1,0 +1,73 @@
+"""Lightning indexer of ratio-4 layers: picks the top-k compressed entries per query.
+
+I[t, s] = sum_h w[t, h] * ReLU(q_I[t, h] . k_I[s]), causal (s < (t + 1) // 4), keep the top
+min(index_topk, visible). Keys come from the indexer's own compressor (Hadamard + FP4).
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Tensor, mint, nn, ops
+
+from ascend_v4.compressor import Compressor
+from ascend_v4.config import ModelConfig
+from ascend_v4.linear import Linear
+from ascend_v4.numerics import fp4_quant_dequant, hadamard_matrix
+from ascend_v4.rope import apply_rope
+
+NEG_INF = float("-inf")
+
+
+def selected_mask(scores, visible, k: int):
+    """scores [..., n] with `visible` [..., n] -> bool mask of the top-k visible entries."""
+    scores = mint.where(visible, scores, NEG_INF)
+    _, idx = ops.topk(scores, k)                                   # [..., k]
+    hits = ops.one_hot(idx, scores.shape[-1], Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+    return ops.logical_and(hits.sum(-2) > 0, visible)
+
+
+class Indexer(nn.Cell):
+    def __init__(self, cfg: ModelConfig, fp8_linears: bool):
+        super().__init__()
+        self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
+        self.rd = cfg.rope_head_dim
+        self.ratio = 4
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, act_quant=fp8_linears)
+        self.weights_proj = Linear(cfg.dim, self.n_heads)
+        self.compressor = Compressor(cfg, 4, self.head_dim, rotate=True)
+        self.hadamard = Tensor(hadamard_matrix(self.head_dim))
+        self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
+
+    def queries(self, qr, cos, sin):
+        """qr [b, s, q_lora_rank] -> rotated FP4-simulated queries [b, s, heads, head_dim]."""
+        b, s, _ = qr.shape
+        q = self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)
+        rd = self.rd
+        q = ops.concat((q[..., :-rd], apply_rope(q[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2))), -1)
+        return fp4_quant_dequant(ops.matmul(q, self.hadamard), 32)
+
+    def scores(self, x, q, keys):
+        """x [b, s, dim], q [b, s, h, d], keys [b, n, d] -> index scores [b, s, n]."""
+        w = self.weights_proj(x) * self.weight_scale                 # [b, s, h]
+        dots = ops.relu(ops.matmul(q, keys.expand_dims(1).swapaxes(-1, -2)))  # [b, s, h, n]
+        return (dots * w.expand_dims(-1)).sum(2)
+
+    def prefill(self, x, qr, cos, sin):
+        """-> selected [b, s, n_blocks] bool (or None), kv_state, score_state, keys [b, n, d]."""
+        s = x.shape[1]
+        keys, kv_state, score_state = self.compressor.prefill(x, cos, sin)
+        if keys is None:
+            return None, kv_state, score_state, None
+        n = keys.shape[1]
+        q = self.queries(qr, cos[:s], sin[:s])
+        visible = ops.arange(n).reshape(1, n) < (ops.arange(s).reshape(s, 1) + 1) // self.ratio
+        sel = selected_mask(self.scores(x, q, keys), visible.expand_dims(0), min(self.topk, n))
+        return sel, kv_state, score_state, keys
+
+    def decode(self, x, qr, pos, kv_state, score_state, cache, cos, sin):
+        """One token -> selected [b, n_max] bool and updated (cache, kv_state, score_state)."""
+        cache, kv_state, score_state = self.compressor.decode(x, pos, kv_state, score_state, cache, cos, sin)
+        n = cache.shape[1]
+        q = self.queries(qr, ops.gather(cos, pos, 0).reshape(1, -1), ops.gather(sin, pos, 0).reshape(1, -1))
+        visible = (ops.arange(n) < (pos + 1) // self.ratio).reshape(1, n)
+        sel = selected_mask(self.scores(x, q, cache)[:, 0], visible, min(self.topk, n))
+        return sel, cache, kv_state, score_state

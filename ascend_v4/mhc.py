@@ -1,0 +1,67 @@
+"""Manifold-constrained hyper-connections (V4_SPEC section 3)."""
+from __future__ import annotations
+
+from mindspore import mint, nn, ops
+
+from ascend_v4.config import ModelConfig
+from ascend_v4.linear import dense, zeros_param
+
+
+def hc_mixes(X, fn, eps: float):
+    """X [b, s, n, d] -> mixes [b, s, rows] = (fn @ flatten(X)) * rsqrt(mean(x^2) + eps)."""
+    b, s, n, d = X.shape
+    x = X.reshape(b, s, n * d)
+    return dense(x, fn) * ops.rsqrt(ops.mean(x * x, -1, True) + eps)
+
+
+def sinkhorn_split(mixes, scale, base, n: int, iters: int, eps: float):
+    """mixes [..., (2+n)n] -> pre [..., n], post [..., n], comb [..., n, n] (ends on columns)."""
+    pre = ops.sigmoid(mixes[..., :n] * scale[0] + base[:n]) + eps
+    post = 2.0 * ops.sigmoid(mixes[..., n:2 * n] * scale[1] + base[n:2 * n])
+    logits = mixes[..., 2 * n:] * scale[2] + base[2 * n:]
+    comb = mint.softmax(logits.reshape(logits.shape[:-1] + (n, n)), -1) + eps
+    comb = comb / (comb.sum(-2, keepdims=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(-1, keepdims=True) + eps)
+        comb = comb / (comb.sum(-2, keepdims=True) + eps)
+    return pre, post, comb
+
+
+class HyperConnection(nn.Cell):
+    """One sublayer's mHC: `pre` reduces the n streams to one input, `post` writes back."""
+
+    def __init__(self, cfg: ModelConfig, prefix: str):
+        super().__init__()
+        n = cfg.hc_mult
+        self.n, self.iters, self.hc_eps, self.norm_eps = n, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps
+        self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn")
+        self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base")
+        self.scale = zeros_param((3,), f"{prefix}_scale")
+
+    def pre(self, X):
+        """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""
+        mixes = hc_mixes(X, self.fn, self.norm_eps)
+        pre, post, comb = sinkhorn_split(mixes, self.scale, self.base, self.n, self.iters, self.hc_eps)
+        u = (pre.expand_dims(-1) * X).sum(2)
+        return u, post, comb
+
+    @staticmethod
+    def post(f, X, post, comb):
+        """X'_j = post_j f + sum_i comb[i, j] X_i  ->  [b, s, n, d]."""
+        return post.expand_dims(-1) * f.expand_dims(2) + ops.matmul(comb.swapaxes(-1, -2), X)
+
+
+class HcHead(nn.Cell):
+    """Final stream reduction: y = sum_i (sigmoid(mix_i * scale + base_i) + eps) X_i."""
+
+    def __init__(self, cfg: ModelConfig, prefix: str):
+        super().__init__()
+        n = cfg.hc_mult
+        self.hc_eps, self.norm_eps = cfg.hc_eps, cfg.norm_eps
+        self.fn = zeros_param((n, n * cfg.dim), f"{prefix}_fn")
+        self.base = zeros_param((n,), f"{prefix}_base")
+        self.scale = zeros_param((1,), f"{prefix}_scale")
+
+    def construct(self, X):
+        w = ops.sigmoid(hc_mixes(X, self.fn, self.norm_eps) * self.scale + self.base) + self.hc_eps
+        return (w.expand_dims(-1) * X).sum(2)

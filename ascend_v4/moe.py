@@ -1,0 +1,89 @@
+"""Mixture of experts: score or hash routing, clamped SwiGLU experts, shared expert (V4_SPEC 5).
+
+Routed experts are held stacked ([E, out, in]) and evaluated densely with a [E, T] combine
+matrix that is zero for unselected pairs: exact for any routing, graph-friendly, and cheap at
+test sizes. The routing weight multiplies the activation before w2, as in the release (it
+matters because w2's input is FP8-quantised).
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, mint, nn, ops
+
+from ascend_v4.config import ModelConfig
+from ascend_v4.linear import ACT_BLOCK, Linear, dense, zeros_param
+from ascend_v4.numerics import fp8_quant_dequant
+
+
+def route_scores(logits, score_func: str):
+    """Gate logits [T, E] -> scores [T, E]."""
+    if score_func == "softmax":
+        return mint.softmax(logits, -1)
+    if score_func == "sigmoid":
+        return ops.sigmoid(logits)
+    return ops.sqrt(ops.softplus(logits))
+
+
+class SharedExpert(nn.Cell):
+    """w2(silu(w1 x) * w3 x), no clamp."""
+
+    def __init__(self, dim: int, inter: int, act_quant: bool):
+        super().__init__()
+        self.w1 = Linear(dim, inter, act_quant)
+        self.w2 = Linear(inter, dim, act_quant)
+        self.w3 = Linear(dim, inter, act_quant)
+
+    def construct(self, x):
+        return self.w2(ops.silu(self.w1(x)) * self.w3(x))
+
+
+class MoE(nn.Cell):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        E, d, inter = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        self.n_experts, self.topk, self.dim = E, cfg.n_activated_experts, d
+        self.score_func, self.route_scale, self.limit = cfg.score_func, cfg.route_scale, cfg.swiglu_limit
+        self.hash = layer_id < cfg.n_hash_layers
+        self.expert_act_quant = cfg.routed_expert_dtype in ("fp4", "fp8")
+        self.gate_weight = zeros_param((E, d), "gate_weight")
+        if self.hash:
+            self.tid2eid = zeros_param((cfg.vocab_size, self.topk), "tid2eid", np.int32)
+        else:
+            self.gate_bias = zeros_param((E,), "gate_bias")
+        self.w1 = zeros_param((E, inter, d), "w1")
+        self.w2 = zeros_param((E, d, inter), "w2")
+        self.w3 = zeros_param((E, inter, d), "w3")
+        self.shared = SharedExpert(d, inter, cfg.dtype == "fp8")
+
+    def route(self, x, ids):
+        """x [T, dim], ids [T] -> weights [T, k], indices [T, k] int32."""
+        scores = route_scores(dense(x, self.gate_weight), self.score_func)
+        if self.hash:
+            idx = ops.gather(self.tid2eid, ids, 0)
+        else:
+            _, idx = ops.topk(scores + self.gate_bias, self.topk)
+        w = ops.gather_elements(scores, 1, idx)
+        if self.score_func != "softmax":
+            w = w / w.sum(-1, keepdims=True)
+        return w * self.route_scale, idx
+
+    def construct(self, x, ids):
+        """x [b, s, dim], ids [b, s] -> [b, s, dim]."""
+        shape = x.shape
+        xf = x.reshape(-1, self.dim)
+        w, idx = self.route(xf, ids.reshape(-1))
+        one = Tensor(1.0, ms.float32)
+        zero = Tensor(0.0, ms.float32)
+        combine = (ops.one_hot(idx, self.n_experts, one, zero) * w.expand_dims(-1)).sum(1)  # [T, E]
+        xq = fp8_quant_dequant(xf, ACT_BLOCK) if self.expert_act_quant else xf
+        gate = ops.matmul(xq.expand_dims(0), self.w1.swapaxes(-1, -2))      # [E, T, inter]
+        up = ops.matmul(xq.expand_dims(0), self.w3.swapaxes(-1, -2))
+        if self.limit > 0:
+            gate = ops.minimum(gate, self.limit)
+            up = ops.clamp(up, -self.limit, self.limit)
+        h = ops.silu(gate) * up * combine.T.expand_dims(-1)
+        if self.expert_act_quant:
+            h = fp8_quant_dequant(h, ACT_BLOCK)
+        y = ops.matmul(h, self.w2.swapaxes(-1, -2)).sum(0)                  # [T, dim]
+        return (y + self.shared(xf)).reshape(shape)

@@ -1,0 +1,92 @@
+"""Number-format simulation and norms as MindSpore ops (V4_SPEC section 9).
+
+CPU MindSpore has no FP8/FP4 kernels, so quant-dequant is written with float32 ops that are
+bit-exact with an e4m3 / e2m1 cast (round to nearest even, saturate). These run in GRAPH_MODE
+and export to MindIR; `ops.round` is round-half-to-even and `pow(2, int)` is exact here.
+"""
+from __future__ import annotations
+
+from mindspore import Tensor, mint, nn, ops
+import mindspore as ms
+import numpy as np
+
+FP8_MAX = 448.0
+FP4_MAX = 6.0
+
+
+def _floor_log2(a):
+    """Exact floor(log2(a)) for a > 0 (log2 alone is off by one near powers of two)."""
+    e = ops.floor(ops.log2(a))
+    e = mint.where(ops.pow(2.0, e) > a, e - 1.0, e)
+    return mint.where(ops.pow(2.0, e + 1.0) <= a, e + 1.0, e)
+
+
+def _ceil_log2(a):
+    """Exact ceil(log2(a)) for a > 0."""
+    e = ops.ceil(ops.log2(a))
+    e = mint.where(ops.pow(2.0, e - 1.0) >= a, e - 1.0, e)
+    return mint.where(ops.pow(2.0, e) < a, e + 1.0, e)
+
+
+def round_minifloat(y, mantissa_bits: int, min_exponent: int, max_value: float):
+    """Round float32 `y` onto a minifloat grid (RNE, saturating at +-max_value)."""
+    a = ops.clamp(ops.abs(y), 0.0, max_value)
+    e = _floor_log2(ops.maximum(a, 2.0 ** min_exponent))
+    step = ops.pow(2.0, e - mantissa_bits)
+    q = ops.round(a / step) * step
+    return ops.sign(y) * ops.minimum(q, max_value)
+
+
+def quant_dequant(x, block: int, max_value: float, mantissa_bits: int, min_exponent: int,
+                  amax_floor: float):
+    """Block-wise quant-dequant along the last dim with power-of-two (ue8m0) scales.
+
+    x [..., K] (K % block == 0) -> same shape; scale = 2^ceil(log2(max(amax, floor) / max)).
+    """
+    shape = x.shape
+    xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
+    amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), amax_floor)
+    scale = ops.pow(2.0, _ceil_log2(amax / max_value))
+    q = round_minifloat(ops.clamp(xb / scale, -max_value, max_value), mantissa_bits, min_exponent,
+                        max_value)
+    return (q * scale).reshape(shape)
+
+
+def fp8_quant_dequant(x, block: int = 128):
+    """e4m3 simulation (3 mantissa bits, min normal exponent -6, max 448), amax floor 1e-4."""
+    return quant_dequant(x, block, FP8_MAX, 3, -6, 1e-4)
+
+
+def fp4_quant_dequant(x, block: int = 32):
+    """e2m1 simulation (1 mantissa bit, min normal exponent 0, max 6), amax floor 6 * 2^-126."""
+    return quant_dequant(x, block, FP4_MAX, 1, 0, FP4_MAX * 2.0 ** -126)
+
+
+def rms_normalize(x, eps: float):
+    """x * rsqrt(mean(x^2) + eps) over the last dim (no weight)."""
+    return x * ops.rsqrt(ops.mean(x * x, -1, True) + eps)
+
+
+class RMSNorm(nn.Cell):
+    """RMSNorm with an fp32 weight (`ops.rms_norm` has no CPU kernel)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = ms.Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
+
+    def construct(self, x):
+        return rms_normalize(x, self.eps) * self.weight
+
+
+def hadamard_matrix(n: int) -> np.ndarray:
+    """Sylvester Hadamard matrix [n, n] scaled by n^-0.5 (natural order, as fast-hadamard)."""
+    h = np.ones((1, 1), np.float32)
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return (h * n ** -0.5).astype(np.float32)
+
+
+def softmax_last(x):
+    """Numerically stable softmax over the last dim."""
+    return mint.softmax(x, -1)

@@ -1,0 +1,144 @@
+"""Weight quantisation in numpy (V4_SPEC section 9): FP8 e4m3 / FP4 e2m1 with ue8m0 scales.
+
+- FP8 weights: [out, in] e4m3, one power-of-two scale per 128x128 block (edge blocks partial),
+  scale tensor float8_e8m0fnu [ceil(out/128), ceil(in/128)].
+- FP4 weights: e2m1 codes packed two per byte (LOW nibble = even column), int8 [out, in/2],
+  one power-of-two scale per 1x32 ([out, in/32]).
+- `fp4_to_fp8` recasts FP4 blocks to FP8 blocks exactly as the release's converter does.
+Scales are 2^ceil(log2(amax / max_value)), computed exactly from the float32 bit pattern.
+Casts go through ml_dtypes (round to nearest even); values are clipped first (saturation).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import ml_dtypes
+import numpy as np
+
+FP8_MAX = 448.0
+FP4_MAX = 6.0
+FP8_BLOCK = 128
+FP4_BLOCK = 32
+FP8_AMAX_FLOOR = 1e-4
+FP4_AMAX_FLOOR = 6.0 * 2.0 ** -126     # as the release's fp4 quant kernel
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E2M1 = np.dtype(ml_dtypes.float4_e2m1fn)
+E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
+# e2m1 code (4 bits: sign, 2 exponent, 1 mantissa) -> value
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                       -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+class QuantError(ValueError):
+    """A tensor has the wrong rank, shape or dtype for a quantisation format."""
+
+
+def ceil_log2(x: np.ndarray) -> np.ndarray:
+    """Exact ceil(log2(x)) for positive float32 x (int32), from frexp: x = m 2^e, m in [.5, 1)."""
+    m, e = np.frexp(np.asarray(x, np.float32))
+    return np.where(m == 0.5, e - 1, e).astype(np.int32)
+
+
+def pow2_scale(amax: np.ndarray, max_value: float, floor: float) -> np.ndarray:
+    """ue8m0 scale 2^ceil(log2(max(amax, floor) / max_value)) as float32 (exact powers of two)."""
+    a = np.maximum(np.asarray(amax, np.float32), np.float32(floor))
+    return np.ldexp(np.float32(1.0), ceil_log2(a / np.float32(max_value))).astype(np.float32)
+
+
+def _check_2d(w: np.ndarray, what: str) -> None:
+    if w.ndim != 2:
+        raise QuantError(f"{what}: expected a 2-D [out, in] weight, got shape {w.shape}")
+
+
+def _block_view(w: np.ndarray, block: int) -> Tuple[np.ndarray, int, int]:
+    """Zero-pad w [out, in] to whole blocks -> [bo, block, bi, block] plus the original dims."""
+    out, inp = w.shape
+    bo, bi = -(-out // block), -(-inp // block)
+    padded = np.zeros((bo * block, bi * block), np.float32)
+    padded[:out, :inp] = w
+    return padded.reshape(bo, block, bi, block), out, inp
+
+
+def expand_block_scale(scale: np.ndarray, shape: Tuple[int, int], block: int = FP8_BLOCK) -> np.ndarray:
+    """Scale [ceil(out/b), ceil(in/b)] -> per-element float32 [out, in]."""
+    s = np.asarray(scale).astype(np.float32)
+    return np.repeat(np.repeat(s, block, 0), block, 1)[:shape[0], :shape[1]]
+
+
+def quantize_fp8(w: np.ndarray, block: int = FP8_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
+    """w float [out, in] -> (e4m3 [out, in], e8m0 scale [ceil(out/block), ceil(in/block)])."""
+    w = np.asarray(w, np.float32)
+    _check_2d(w, "quantize_fp8")
+    blocks, out, inp = _block_view(w, block)
+    scale = pow2_scale(np.abs(blocks).max(axis=(1, 3)), FP8_MAX, FP8_AMAX_FLOOR)   # [bo, bi]
+    full = expand_block_scale(scale, (out, inp), block)
+    q = np.clip(w / full, -FP8_MAX, FP8_MAX).astype(E4M3)
+    return q, scale.astype(E8M0)
+
+
+def dequantize_fp8(q: np.ndarray, scale: np.ndarray, block: int = FP8_BLOCK) -> np.ndarray:
+    """(e4m3 [out, in], scale [ceil(out/b), ceil(in/b)]) -> float32 [out, in] (exact)."""
+    _check_2d(q, "dequantize_fp8")
+    want = (-(-q.shape[0] // block), -(-q.shape[1] // block))
+    if tuple(scale.shape) != want:
+        raise QuantError(f"dequantize_fp8: scale shape {tuple(scale.shape)} does not match "
+                         f"weight {tuple(q.shape)} in {block}x{block} blocks (expected {want})")
+    return q.astype(np.float32) * expand_block_scale(scale, q.shape, block)
+
+
+def pack_fp4(codes: np.ndarray) -> np.ndarray:
+    """uint8 e2m1 codes [out, in] (in even) -> int8 [out, in/2], low nibble = even column."""
+    c = np.asarray(codes, np.uint8) & 0x0F
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_fp4(packed: np.ndarray) -> np.ndarray:
+    """int8/uint8 [out, in/2] -> uint8 codes [out, in]."""
+    p = np.asarray(packed).view(np.uint8)
+    codes = np.empty((p.shape[0], p.shape[1] * 2), np.uint8)
+    codes[:, 0::2] = p & 0x0F
+    codes[:, 1::2] = p >> 4
+    return codes
+
+
+def quantize_fp4(w: np.ndarray, block: int = FP4_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
+    """w float [out, in] (in % 32 == 0) -> (packed int8 [out, in/2], e8m0 scale [out, in/32])."""
+    w = np.asarray(w, np.float32)
+    _check_2d(w, "quantize_fp4")
+    out, inp = w.shape
+    if inp % block:
+        raise QuantError(f"quantize_fp4: input dim {inp} is not a multiple of {block}")
+    wb = w.reshape(out, inp // block, block)
+    scale = pow2_scale(np.abs(wb).max(axis=2), FP4_MAX, FP4_AMAX_FLOOR)          # [out, in/32]
+    x = np.clip(wb / scale[:, :, None], -FP4_MAX, FP4_MAX).reshape(out, inp)
+    codes = x.astype(E2M1).view(np.uint8)     # round to nearest even on the e2m1 grid
+    return pack_fp4(codes), scale.astype(E8M0)
+
+
+def dequantize_fp4(packed: np.ndarray, scale: np.ndarray, block: int = FP4_BLOCK) -> np.ndarray:
+    """(int8 [out, in/2], scale [out, in/32]) -> float32 [out, in] (exact)."""
+    _check_2d(packed, "dequantize_fp4")
+    out, inp = packed.shape[0], packed.shape[1] * 2
+    if tuple(scale.shape) != (out, inp // block):
+        raise QuantError(f"dequantize_fp4: scale shape {tuple(scale.shape)} does not match "
+                         f"weight [{out}, {inp}] in 1x{block} blocks (expected {(out, inp // block)})")
+    values = FP4_VALUES[unpack_fp4(packed)]
+    return values * np.repeat(np.asarray(scale).astype(np.float32), block, axis=1)
+
+
+def fp4_to_fp8(packed: np.ndarray, scale: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Recast FP4 (1x32 scales) to FP8 (128x128 scales) as the release's converter does.
+
+    Per 128x128 block the new scale is max(1x32 scales) / 2^6; each FP4 value times its
+    offset (its scale / the new scale, a power of two <= 2^6) fits e4m3 since 6 * 2^6 = 384
+    < 448. Exact unless an offset drops below 2^-8 (values would fall under e4m3's subnormals).
+    Needs out and in to be multiples of 128 (as the converter asserts).
+    """
+    out, inp = packed.shape[0], packed.shape[1] * 2
+    if out % FP8_BLOCK or inp % FP8_BLOCK:
+        raise QuantError(f"fp4_to_fp8: weight [{out}, {inp}] must have both dims multiples of 128")
+    s = np.asarray(scale).astype(np.float32)                                    # [out, in/32]
+    block_scale = s.reshape(out // 128, 128, inp // 128, 4).max(axis=(1, 3)) / np.float32(64.0)
+    offset = s / np.repeat(np.repeat(block_scale, 128, 0), 4, 1)                # [out, in/32]
+    x = FP4_VALUES[unpack_fp4(packed)] * np.repeat(offset, FP4_BLOCK, axis=1)
+    return x.astype(E4M3), block_scale.astype(E8M0)
