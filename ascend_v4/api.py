@@ -12,6 +12,8 @@ from ascend_v4.config import ConfigError, ModelConfig, load_config
 
 # Presets above this many parameters are not materialised with random weights on a CPU.
 MAX_RANDOM_PARAMS = 2_000_000_000
+# Config keys that change runtime limits, not weights: allowed as overrides of a checkpoint.
+RUNTIME_KEYS = {"max_seq_len", "max_batch_size"}
 
 
 class InputError(ValueError):
@@ -176,7 +178,14 @@ def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
     if os.path.isdir(path_or_preset):
-        return build_model(open_checkpoint(path_or_preset, overrides=overrides))
+        ckpt = open_checkpoint(path_or_preset)
+        bad = sorted(set(overrides) - RUNTIME_KEYS)
+        if bad:
+            raise ConfigError(f"cannot override {', '.join(bad)} of a checkpoint; only "
+                              f"{', '.join(sorted(RUNTIME_KEYS))}")
+        if overrides:
+            ckpt.config = ckpt.config.replace(**overrides)
+        return build_model(ckpt)
     cfg = load_config(path_or_preset, **overrides)
     fmt = weight_format or cfg.dtype
     total = count_params(cfg)["total"]

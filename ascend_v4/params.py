@@ -64,3 +64,8 @@ def weight_memory(cfg: ModelConfig, weight_format: Optional[str] = None) -> Dict
         out[spec.kind] += spec.nbytes
     out["total"] = sum(out[k] for k in KINDS)
     return out
+
+
+def count_params(cfg: ModelConfig) -> Dict[str, float]:
+    """`count_parameters(cfg)` as a dict (total, active, mtp, embed, head, routed_experts, ...)."""
+    return count_parameters(cfg).to_dict()

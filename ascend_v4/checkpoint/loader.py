@@ -30,6 +30,7 @@ from ascend_v4.checkpoint.schema import TensorSpec, checkpoint_schema, expert_in
 SHARD_RE = re.compile(r"^model(\d+)-mp(\d+)\.safetensors$")
 # fields that do not change the tensors (weight formats are checked through the tensors)
 RUNTIME_KEYS = {"dtype", "scale_fmt", "expert_dtype", "max_seq_len", "max_batch_size", "name"}
+OVERRIDABLE = {"max_seq_len", "max_batch_size", "name"}
 MAX_LISTED = 100
 # stored dtypes accepted in place of the schema's (dequantised to float32 all the same)
 ALTERNATIVES = {"F8_E8M0": {"F32"}, "BF16": {"F32", "F16"}, "I8": {"U8"}}
@@ -176,14 +177,14 @@ class Checkpoint:
     def dequantized(self, name: str) -> np.ndarray:
         """float32 value of logical tensor `name` (int tables as int32)."""
         kind = self.formats[name]
-        if kind == "int":
-            return np.asarray(self.raw(name), np.int32)
+        if kind == "int":                        # copies: never a view into the mapped file
+            return np.array(self.raw(name), np.int32)
         if kind in ("fp8", "fp4"):
             scale = self.raw(name[: -len(".weight")] + ".scale")
             if kind == "fp8":
                 return quant.dequantize_fp8(self.raw(name), scale)
             return quant.dequantize_fp4(self.raw(name), scale)
-        return np.asarray(self.raw(name), np.float32)
+        return np.array(self.raw(name), np.float32)
 
     def iter_dequantized(self) -> Iterator[Tuple[str, np.ndarray]]:
         """Yield (name, float32 array) one tensor at a time, in schema order."""
@@ -232,8 +233,27 @@ def _check_same_model(ckpt_cfg: ModelConfig, cfg: ModelConfig, folder: str) -> N
         raise _err(diffs, f"{folder}: checkpoint is for another model config")
 
 
-def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None) -> Checkpoint:
-    """Open and validate a checkpoint folder (or one of its .safetensors files)."""
+def _apply_overrides(ckpt_cfg: ModelConfig, overrides: Optional[Dict], folder: str) -> ModelConfig:
+    """Runtime limits (max_seq_len, max_batch_size, name) may be overridden; nothing else."""
+    if not overrides:
+        return ckpt_cfg
+    fixed = sorted(k for k in overrides if k not in OVERRIDABLE)
+    if fixed:
+        raise CheckpointError(f"{folder}: cannot override {', '.join(fixed)} of a checkpoint (its "
+                              f"tensors fix them); only {', '.join(sorted(OVERRIDABLE))} may change")
+    try:
+        return ckpt_cfg.replace(**overrides)
+    except ConfigError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+
+
+def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None,
+                    overrides: Optional[Dict] = None) -> Checkpoint:
+    """Open and validate a checkpoint folder (or one of its .safetensors files).
+
+    cfg: the config the caller expects (CheckpointError if the checkpoint's differs; its runtime
+    limits are kept). overrides: runtime limits to change (max_seq_len, max_batch_size, name).
+    """
     folder = path_or_dir if os.path.isdir(path_or_dir) else os.path.dirname(os.path.abspath(path_or_dir))
     if not os.path.exists(path_or_dir):
         raise CheckpointError(f"{path_or_dir}: no such checkpoint file or folder")
@@ -254,6 +274,7 @@ def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None) -> Chec
         ckpt_cfg = cfg
     else:
         raise CheckpointError(f"{folder}: no config.json; pass the model config explicitly")
+    ckpt_cfg = _apply_overrides(ckpt_cfg, overrides, folder)
     if converted:
         layout, parts = "converted", _converted_parts(folder, converted)
         expected = checkpoint_schema(ckpt_cfg, ckpt_cfg.dtype)

@@ -23,7 +23,7 @@ from ascend_v4 import quant
 from ascend_v4.config import ModelConfig
 from ascend_v4.safetensors_io import save
 from ascend_v4.checkpoint.errors import CheckpointError
-from ascend_v4.checkpoint.schema import (TensorSpec, checkpoint_schema, expert_index,
+from ascend_v4.checkpoint.schema import (WEIGHT_FORMATS, TensorSpec, checkpoint_schema, expert_index,
                                          split_dim, weight_name)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -114,6 +114,9 @@ def _shard(name: str, arr: np.ndarray, spec: TensorSpec, rank: int, mp: int,
 def write_random_checkpoint(cfg: ModelConfig, out_dir: str, weight_format: str = "fp8",
                             seed: int = 0, mp: int = 1, overwrite: bool = False) -> str:
     """Write a random checkpoint of `cfg` to `out_dir` (created; must be absent or empty)."""
+    if weight_format not in WEIGHT_FORMATS:
+        raise CheckpointError(f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}, "
+                              f"got {weight_format!r}")
     if not isinstance(mp, int) or mp < 1 or cfg.n_routed_experts % mp:
         raise CheckpointError(f"mp={mp!r} must be a positive divisor of n_routed_experts "
                               f"({cfg.n_routed_experts})")

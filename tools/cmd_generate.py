@@ -1,0 +1,62 @@
+"""`ascend-v4 generate`: greedy or sampled decoding from a preset or a checkpoint."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from tools.errors import user_errors
+
+
+def _parse_ids(text: str):
+    try:
+        ids = [int(tok) for tok in text.replace(" ", "").split(",") if tok != ""]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint="--prompt-ids") from None
+    if not ids:
+        raise click.BadParameter("no token ids given", param_hint="--prompt-ids")
+    return ids
+
+
+def _tokenizer(checkpoint):
+    path = os.path.join(checkpoint, "tokenizer.json") if checkpoint else None
+    if not path or not os.path.exists(path):
+        return None
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path)
+
+
+@click.command("generate")
+@click.option("--preset", help="preset name (random weights; tiny configs only)")
+@click.option("--checkpoint", type=click.Path(), help="checkpoint folder")
+@click.option("--prompt-ids", help="comma-separated prompt token ids, e.g. 1,2,3")
+@click.option("--prompt", help="prompt text (needs tokenizer.json in the checkpoint)")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="sampling and weight seed")
+def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature, seed):
+    """Generate tokens; prints the new ids as one comma-separated line."""
+    if bool(preset) == bool(checkpoint):
+        raise click.UsageError("give exactly one of --preset or --checkpoint")
+    if bool(prompt_ids) == bool(prompt):
+        raise click.UsageError("give exactly one of --prompt-ids or --prompt")
+    with user_errors():
+        tok = _tokenizer(checkpoint)
+        if prompt is not None:
+            if tok is None:
+                raise click.UsageError("--prompt needs a checkpoint with tokenizer.json; use --prompt-ids")
+            ids = tok.encode(prompt).ids
+        else:
+            ids = _parse_ids(prompt_ids)
+        if checkpoint and not os.path.isdir(checkpoint):
+            raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
+        import ascend_v4
+        model = ascend_v4.load(checkpoint or preset, seed=seed)
+        from tqdm import tqdm
+        with tqdm(total=max_new_tokens, desc="generate", unit="tok", disable=None) as bar:
+            out = model.generate([ids], max_new_tokens, temperature=temperature, seed=seed,
+                                 progress=bar.update)[0]
+    click.echo(",".join(str(t) for t in out))
+    if tok is not None:
+        click.echo(tok.decode(out))
