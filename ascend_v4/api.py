@@ -12,8 +12,6 @@ from ascend_v4.config import ConfigError, ModelConfig, load_config
 
 # Presets above this many parameters are not materialised with random weights on a CPU.
 MAX_RANDOM_PARAMS = 2_000_000_000
-# Config keys that change runtime limits, not weights: allowed as overrides of a checkpoint.
-RUNTIME_KEYS = {"max_seq_len", "max_batch_size"}
 
 
 class InputError(ValueError):
@@ -147,6 +145,7 @@ def build_model(checkpoint) -> Model:
     """Create the cells for `checkpoint.config` and stream its weights into them."""
     from mindspore import Tensor
     from ascend_v4.model import Transformer
+    from ascend_v4.precision import np_dtype
     _set_graph_mode()
     cfg = checkpoint.config
     transformer = Transformer(cfg)
@@ -159,10 +158,10 @@ def build_model(checkpoint) -> Model:
         param, slot = table[name]
         seen.add(name)
         if slot < 0:
-            kind = np.int32 if array.dtype.kind in "iu" else np.float32
+            kind = np.int32 if array.dtype.kind in "iu" else np_dtype(cfg)
             param.set_data(Tensor(np.ascontiguousarray(array, dtype=kind)))
         else:
-            buf = stacked.setdefault(id(param), (param, np.zeros(param.shape, np.float32)))[1]
+            buf = stacked.setdefault(id(param), (param, np.zeros(param.shape, np_dtype(cfg))))[1]
             buf[slot] = array
     missing = sorted(set(table) - seen)
     if missing:
@@ -178,14 +177,7 @@ def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
     if os.path.isdir(path_or_preset):
-        ckpt = open_checkpoint(path_or_preset)
-        bad = sorted(set(overrides) - RUNTIME_KEYS)
-        if bad:
-            raise ConfigError(f"cannot override {', '.join(bad)} of a checkpoint; only "
-                              f"{', '.join(sorted(RUNTIME_KEYS))}")
-        if overrides:
-            ckpt.config = ckpt.config.replace(**overrides)
-        return build_model(ckpt)
+        return build_model(open_checkpoint(path_or_preset, overrides=overrides))
     cfg = load_config(path_or_preset, **overrides)
     fmt = weight_format or cfg.dtype
     total = count_params(cfg)["total"]

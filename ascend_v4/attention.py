@@ -17,6 +17,7 @@ from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.linear import Linear, zeros_param
 from ascend_v4.numerics import RMSNorm, fp8_quant_dequant, rms_normalize
+from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
 
 NEG_INF = float("-inf")
@@ -47,16 +48,18 @@ class Attention(nn.Cell):
         self.groups, self.o_rank = cfg.o_groups, cfg.o_lora_rank
         self.scale = cfg.head_dim ** -0.5
         fp8 = cfg.dtype == "fp8"
-        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, act_quant=fp8)
-        self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
-        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim, act_quant=fp8)
-        self.wkv = Linear(cfg.dim, cfg.head_dim, act_quant=fp8)
-        self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank)
-        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, act_quant=fp8)
-        self.attn_sink = zeros_param((cfg.n_heads,), "attn_sink")
+        self.dt, self.mdt = np_dtype(cfg), ms_dtype(cfg)
+        dt = self.dt
+        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, fp8, dt)
+        self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt)
+        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim, fp8, dt)
+        self.wkv = Linear(cfg.dim, cfg.head_dim, fp8, dt)
+        self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt)
+        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, False, dt)
+        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, fp8, dt)
+        self.attn_sink = zeros_param((cfg.n_heads,), "attn_sink", dt)
         cos, sin = rope_tables(cfg, compressed=self.ratio > 0)
-        self.cos, self.sin = Tensor(cos), Tensor(sin)
+        self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, fp8) if self.ratio == 4 else None
 
@@ -64,13 +67,13 @@ class Attention(nn.Cell):
     def initial_state(self, batch: int):
         """Numpy arrays of the decode state (see module docstring)."""
         cfg = self.cfg
-        state = [np.zeros((batch, self.window, self.head_dim), np.float32)]
+        state = [np.zeros((batch, self.window, self.head_dim), self.dt)]
         if self.ratio:
             state += list(self.compressor.initial_state(batch))
-            state.append(np.zeros((batch, cfg.max_seq_len // self.ratio, self.head_dim), np.float32))
+            state.append(np.zeros((batch, cfg.max_seq_len // self.ratio, self.head_dim), self.dt))
         if self.indexer is not None:
             state += list(self.indexer.compressor.initial_state(batch))
-            state.append(np.zeros((batch, cfg.max_seq_len // 4, cfg.index_head_dim), np.float32))
+            state.append(np.zeros((batch, cfg.max_seq_len // 4, cfg.index_head_dim), self.dt))
         return state
 
     @property
@@ -113,14 +116,14 @@ class Attention(nn.Cell):
         state = []
         if self.ratio:
             entries, kv_state, score_state = self.compressor.prefill(x, self.cos, self.sin)
-            cache = ops.zeros((b, self.cfg.max_seq_len // self.ratio, self.head_dim), ms.float32)
+            cache = ops.zeros((b, self.cfg.max_seq_len // self.ratio, self.head_dim), self.mdt)
             if entries is not None:
                 keys = ops.concat((kv, entries), 1)
                 cache = ops.concat((entries, cache[:, entries.shape[1]:]), 1)
             state = [kv_state, score_state, cache]
             if self.indexer is not None:
                 sel, ikv, iscore, ikeys = self.indexer.prefill(x, qr, self.cos, self.sin)
-                icache = ops.zeros((b, self.cfg.max_seq_len // 4, self.cfg.index_head_dim), ms.float32)
+                icache = ops.zeros((b, self.cfg.max_seq_len // 4, self.cfg.index_head_dim), self.mdt)
                 if ikeys is not None:
                     icache = ops.concat((ikeys, icache[:, ikeys.shape[1]:]), 1)
                 state += [ikv, iscore, icache]
@@ -141,7 +144,7 @@ class Attention(nn.Cell):
         if s <= W:
             if s == W:
                 return kv
-            return ops.concat((kv, ops.zeros((b, W - s, d), ms.float32)), 1)
+            return ops.concat((kv, ops.zeros((b, W - s, d), self.mdt)), 1)
         last = kv[:, s - W:]
         c = s % W
         if c == 0:

@@ -9,6 +9,7 @@ from ascend_v4.linear import Linear
 from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.moe import MoE
 from ascend_v4.numerics import RMSNorm
+from ascend_v4.precision import np_dtype
 
 
 class Block(nn.Cell):
@@ -18,8 +19,8 @@ class Block(nn.Cell):
         super().__init__()
         self.attn = Attention(cfg, layer_id)
         self.ffn = MoE(cfg, layer_id)
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(cfg))
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(cfg))
         self.hc_attn = HyperConnection(cfg, "hc_attn")
         self.hc_ffn = HyperConnection(cfg, "hc_ffn")
 
@@ -45,12 +46,12 @@ class MTPBlock(Block):
 
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__(cfg, layer_id)
-        fp8 = cfg.dtype == "fp8"
-        self.e_proj = Linear(cfg.dim, cfg.dim, fp8)
-        self.h_proj = Linear(cfg.dim, cfg.dim, fp8)
-        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        fp8, dt = cfg.dtype == "fp8", np_dtype(cfg)
+        self.e_proj = Linear(cfg.dim, cfg.dim, fp8, dt)
+        self.h_proj = Linear(cfg.dim, cfg.dim, fp8, dt)
+        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
+        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.hc_head = HcHead(cfg, "hc_head")
 
     def inputs(self, H, emb):

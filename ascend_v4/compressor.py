@@ -14,6 +14,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import dense, zeros_param
 from ascend_v4.numerics import RMSNorm, fp4_quant_dequant, fp8_quant_dequant, hadamard_matrix
+from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope
 
 NEG_INF = float("-inf")
@@ -29,12 +30,13 @@ class Compressor(nn.Cell):
         self.coff = 2 if self.overlap else 1
         self.rd = cfg.rope_head_dim
         width = self.coff * head_dim
-        self.ape = zeros_param((ratio, width), "ape")
-        self.wkv = zeros_param((width, cfg.dim), "wkv")
-        self.wgate = zeros_param((width, cfg.dim), "wgate")
-        self.norm = RMSNorm(head_dim, cfg.norm_eps)
+        self.dt, self.mdt = np_dtype(cfg), ms_dtype(cfg)
+        self.ape = zeros_param((ratio, width), "ape", self.dt)
+        self.wkv = zeros_param((width, cfg.dim), "wkv", self.dt)
+        self.wgate = zeros_param((width, cfg.dim), "wgate", self.dt)
+        self.norm = RMSNorm(head_dim, cfg.norm_eps, self.dt)
         if rotate:
-            self.hadamard = Tensor(hadamard_matrix(head_dim))
+            self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
 
     def state_shapes(self, batch: int):
         """Shapes of (kv_state, score_state)."""
@@ -43,7 +45,7 @@ class Compressor(nn.Cell):
 
     def initial_state(self, batch: int):
         kv_shape, score_shape = self.state_shapes(batch)
-        return (np.zeros(kv_shape, np.float32), np.full(score_shape, -np.inf, np.float32))
+        return (np.zeros(kv_shape, self.dt), np.full(score_shape, -np.inf, self.dt))
 
     def finish(self, entry, cos, sin):
         """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the QAT simulation."""
@@ -71,15 +73,15 @@ class Compressor(nn.Cell):
             kvb = kv[:, :cutoff].reshape(b, n_blocks, m, c * d)
             sb = score[:, :cutoff].reshape(b, n_blocks, m, c * d) + self.ape
             if self.overlap:
-                prev_kv = ops.concat((ops.zeros((b, 1, m, d), ms.float32), kvb[:, :-1, :, :d]), 1)
-                prev_s = ops.concat((ops.full((b, 1, m, d), NEG_INF, dtype=ms.float32), sb[:, :-1, :, :d]), 1)
+                prev_kv = ops.concat((ops.zeros((b, 1, m, d), self.mdt), kvb[:, :-1, :, :d]), 1)
+                prev_s = ops.concat((ops.full((b, 1, m, d), NEG_INF, dtype=self.mdt), sb[:, :-1, :, :d]), 1)
                 kvb = ops.concat((prev_kv, kvb[:, :, :, d:]), 2)
                 sb = ops.concat((prev_s, sb[:, :, :, d:]), 2)
             pooled = self._pool(kvb, sb, 2)                       # [b, n_blocks, d]
             entries = self.finish(pooled, cos[:cutoff:m], sin[:cutoff:m])
         # decode state: previous full block (overlap) and the partial block
-        kv_state = ops.zeros((b, c * m, c * d), ms.float32)
-        score_state = ops.full((b, c * m, c * d), NEG_INF, dtype=ms.float32)
+        kv_state = ops.zeros((b, c * m, c * d), self.mdt)
+        score_state = ops.full((b, c * m, c * d), NEG_INF, dtype=self.mdt)
         parts_kv, parts_s = [], []
         if self.overlap:
             if n_blocks > 0:

@@ -77,6 +77,7 @@ class ModelConfig:
     # runtime limits (not in config.json of the release)
     max_seq_len: int = 4096
     max_batch_size: int = 1
+    compute_dtype: str = "float32"   # float64: verification runs (FP8 rounding decisions stay stable)
     engram: EngramConfig = field(default_factory=EngramConfig)
     name: str = "custom"
 
@@ -250,6 +251,8 @@ def validate(cfg: ModelConfig) -> None:
                                        "weights (activation tiles of 128)")
     _require(cfg.max_seq_len % max([r for r in cfg.compress_ratios if r] or [1]) == 0,
              f"max_seq_len ({cfg.max_seq_len}) must be a multiple of every compress ratio")
+    _require(cfg.compute_dtype in ("float32", "float64"),
+             f"compute_dtype must be float32 or float64, got {cfg.compute_dtype!r}")
     for key in ("norm_eps", "hc_eps"):
         _require(float(getattr(cfg, key)) > 0, f"{key} must be > 0")
     for layer in cfg.engram.layers:

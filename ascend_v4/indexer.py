@@ -12,6 +12,7 @@ from ascend_v4.compressor import Compressor
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
 from ascend_v4.numerics import fp4_quant_dequant, hadamard_matrix
+from ascend_v4.precision import np_dtype
 from ascend_v4.rope import apply_rope
 
 NEG_INF = float("-inf")
@@ -31,10 +32,11 @@ class Indexer(nn.Cell):
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.rd = cfg.rope_head_dim
         self.ratio = 4
-        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, act_quant=fp8_linears)
-        self.weights_proj = Linear(cfg.dim, self.n_heads)
+        dt = np_dtype(cfg)
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, fp8_linears, dt)
+        self.weights_proj = Linear(cfg.dim, self.n_heads, False, dt)
         self.compressor = Compressor(cfg, 4, self.head_dim, rotate=True)
-        self.hadamard = Tensor(hadamard_matrix(self.head_dim))
+        self.hadamard = Tensor(hadamard_matrix(self.head_dim, dt))
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
     def queries(self, qr, cos, sin):

@@ -29,10 +29,10 @@ class Linear(nn.Cell):
     tiles of 128 (ue8m0 scales) before the product, exactly as `act_quant` + `fp8_gemm` do.
     """
 
-    def __init__(self, in_features: int, out_features: int, act_quant: bool = False):
+    def __init__(self, in_features: int, out_features: int, act_quant: bool = False, dtype=np.float32):
         super().__init__()
         self.act_quant = act_quant
-        self.weight = zeros_param((out_features, in_features), "weight")
+        self.weight = zeros_param((out_features, in_features), "weight", dtype)
 
     def construct(self, x):
         if self.act_quant:

@@ -5,6 +5,7 @@ from mindspore import mint, nn, ops
 
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import dense, zeros_param
+from ascend_v4.precision import np_dtype
 
 
 def hc_mixes(X, fn, eps: float):
@@ -34,9 +35,10 @@ class HyperConnection(nn.Cell):
         super().__init__()
         n = cfg.hc_mult
         self.n, self.iters, self.hc_eps, self.norm_eps = n, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps
-        self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn")
-        self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base")
-        self.scale = zeros_param((3,), f"{prefix}_scale")
+        dt = np_dtype(cfg)
+        self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn", dt)
+        self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base", dt)
+        self.scale = zeros_param((3,), f"{prefix}_scale", dt)
 
     def pre(self, X):
         """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""
@@ -58,9 +60,10 @@ class HcHead(nn.Cell):
         super().__init__()
         n = cfg.hc_mult
         self.hc_eps, self.norm_eps = cfg.hc_eps, cfg.norm_eps
-        self.fn = zeros_param((n, n * cfg.dim), f"{prefix}_fn")
-        self.base = zeros_param((n,), f"{prefix}_base")
-        self.scale = zeros_param((1,), f"{prefix}_scale")
+        dt = np_dtype(cfg)
+        self.fn = zeros_param((n, n * cfg.dim), f"{prefix}_fn", dt)
+        self.base = zeros_param((n,), f"{prefix}_base", dt)
+        self.scale = zeros_param((1,), f"{prefix}_scale", dt)
 
     def construct(self, X):
         w = ops.sigmoid(hc_mixes(X, self.fn, self.norm_eps) * self.scale + self.base) + self.hc_eps

@@ -21,6 +21,7 @@ from ascend_v4.config import ModelConfig
 from ascend_v4.linear import dense, zeros_param
 from ascend_v4.mhc import HcHead
 from ascend_v4.numerics import RMSNorm
+from ascend_v4.precision import np_dtype
 
 
 class Transformer(nn.Cell):
@@ -28,10 +29,11 @@ class Transformer(nn.Cell):
         super().__init__()
         self.cfg = cfg
         self.hc_mult = cfg.hc_mult
-        self.embed = zeros_param((cfg.vocab_size, cfg.dim), "embed")
+        dt = np_dtype(cfg)
+        self.embed = zeros_param((cfg.vocab_size, cfg.dim), "embed", dt)
         self.layers = nn.CellList([Block(cfg, i) for i in range(cfg.n_layers)])
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.head = zeros_param((cfg.vocab_size, cfg.dim), "head")
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
+        self.head = zeros_param((cfg.vocab_size, cfg.dim), "head", dt)
         self.hc_head = HcHead(cfg, "hc_head")
         self.mtp = nn.CellList([MTPBlock(cfg, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
 

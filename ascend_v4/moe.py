@@ -14,6 +14,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import ACT_BLOCK, Linear, dense, zeros_param
 from ascend_v4.numerics import fp8_quant_dequant
+from ascend_v4.precision import np_dtype
 
 
 def route_scores(logits, score_func: str):
@@ -28,11 +29,11 @@ def route_scores(logits, score_func: str):
 class SharedExpert(nn.Cell):
     """w2(silu(w1 x) * w3 x), no clamp."""
 
-    def __init__(self, dim: int, inter: int, act_quant: bool):
+    def __init__(self, dim: int, inter: int, act_quant: bool, dtype):
         super().__init__()
-        self.w1 = Linear(dim, inter, act_quant)
-        self.w2 = Linear(inter, dim, act_quant)
-        self.w3 = Linear(dim, inter, act_quant)
+        self.w1 = Linear(dim, inter, act_quant, dtype)
+        self.w2 = Linear(inter, dim, act_quant, dtype)
+        self.w3 = Linear(dim, inter, act_quant, dtype)
 
     def construct(self, x):
         return self.w2(ops.silu(self.w1(x)) * self.w3(x))
@@ -46,15 +47,16 @@ class MoE(nn.Cell):
         self.score_func, self.route_scale, self.limit = cfg.score_func, cfg.route_scale, cfg.swiglu_limit
         self.hash = layer_id < cfg.n_hash_layers
         self.expert_act_quant = cfg.routed_expert_dtype in ("fp4", "fp8")
-        self.gate_weight = zeros_param((E, d), "gate_weight")
+        dt = np_dtype(cfg)
+        self.gate_weight = zeros_param((E, d), "gate_weight", dt)
         if self.hash:
             self.tid2eid = zeros_param((cfg.vocab_size, self.topk), "tid2eid", np.int32)
         else:
-            self.gate_bias = zeros_param((E,), "gate_bias")
-        self.w1 = zeros_param((E, inter, d), "w1")
-        self.w2 = zeros_param((E, d, inter), "w2")
-        self.w3 = zeros_param((E, inter, d), "w3")
-        self.shared = SharedExpert(d, inter, cfg.dtype == "fp8")
+            self.gate_bias = zeros_param((E,), "gate_bias", dt)
+        self.w1 = zeros_param((E, inter, d), "w1", dt)
+        self.w2 = zeros_param((E, d, inter), "w2", dt)
+        self.w3 = zeros_param((E, inter, d), "w3", dt)
+        self.shared = SharedExpert(d, inter, cfg.dtype == "fp8", dt)
 
     def route(self, x, ids):
         """x [T, dim], ids [T] -> weights [T, k], indices [T, k] int32."""
@@ -75,7 +77,8 @@ class MoE(nn.Cell):
         w, idx = self.route(xf, ids.reshape(-1))
         one = Tensor(1.0, ms.float32)
         zero = Tensor(0.0, ms.float32)
-        combine = (ops.one_hot(idx, self.n_experts, one, zero) * w.expand_dims(-1)).sum(1)  # [T, E]
+        hits = ops.one_hot(idx, self.n_experts, one, zero).astype(w.dtype)
+        combine = (hits * w.expand_dims(-1)).sum(1)                          # [T, E]
         xq = fp8_quant_dequant(xf, ACT_BLOCK) if self.expert_act_quant else xf
         gate = ops.matmul(xq.expand_dims(0), self.w1.swapaxes(-1, -2))      # [E, T, inter]
         up = ops.matmul(xq.expand_dims(0), self.w3.swapaxes(-1, -2))

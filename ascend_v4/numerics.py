@@ -1,6 +1,6 @@
 """Number-format simulation and norms as MindSpore ops (V4_SPEC section 9).
 
-CPU MindSpore has no FP8/FP4 kernels, so quant-dequant is written with float32 ops that are
+CPU MindSpore has no FP8/FP4 kernels, so quant-dequant is written with float ops that are
 bit-exact with an e4m3 / e2m1 cast (round to nearest even, saturate). These run in GRAPH_MODE
 and export to MindIR; `ops.round` is round-half-to-even and `pow(2, int)` is exact here.
 """
@@ -29,7 +29,7 @@ def _ceil_log2(a):
 
 
 def round_minifloat(y, mantissa_bits: int, min_exponent: int, max_value: float):
-    """Round float32 `y` onto a minifloat grid (RNE, saturating at +-max_value)."""
+    """Round float `y` onto a minifloat grid (RNE, saturating at +-max_value)."""
     a = ops.clamp(ops.abs(y), 0.0, max_value)
     e = _floor_log2(ops.maximum(a, 2.0 ** min_exponent))
     step = ops.pow(2.0, e - mantissa_bits)
@@ -70,21 +70,21 @@ def rms_normalize(x, eps: float):
 class RMSNorm(nn.Cell):
     """RMSNorm with an fp32 weight (`ops.rms_norm` has no CPU kernel)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, dtype=np.float32):
         super().__init__()
         self.eps = eps
-        self.weight = ms.Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
+        self.weight = ms.Parameter(Tensor(np.ones(dim, dtype)), name="weight", requires_grad=False)
 
     def construct(self, x):
         return rms_normalize(x, self.eps) * self.weight
 
 
-def hadamard_matrix(n: int) -> np.ndarray:
+def hadamard_matrix(n: int, dtype=np.float32) -> np.ndarray:
     """Sylvester Hadamard matrix [n, n] scaled by n^-0.5 (natural order, as fast-hadamard)."""
     h = np.ones((1, 1), np.float32)
     while h.shape[0] < n:
         h = np.block([[h, h], [h, -h]])
-    return (h * n ** -0.5).astype(np.float32)
+    return (h * n ** -0.5).astype(dtype)
 
 
 def softmax_last(x):

@@ -32,7 +32,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 def checkpoint_config(cfg: ModelConfig, weight_format: str) -> ModelConfig:
     """The config a checkpoint of `weight_format` declares (bf16: every linear bf16)."""
     if weight_format == "bf16":
-        return cfg.replace(dtype="bf16", expert_dtype=None, scale_fmt=None)
+        return cfg.replace(dtype="bf16", expert_dtype=None)
     return cfg.replace(dtype="fp8", scale_fmt="ue8m0")
 
 

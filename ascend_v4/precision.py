@@ -1,0 +1,21 @@
+"""The compute dtype of the cells: float32 normally, float64 for verification runs.
+
+FP8/FP4 activation quantisation is discontinuous: two float32 implementations that differ in
+summation order flip a rounding now and then, and a random-weight network amplifies each flip.
+Running both the model and the numpy oracle in float64 keeps every rounding decision identical,
+so the end-to-end FP8 comparison can be held to 1e-3 (see docs/DESIGN.md, "Numerics").
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+
+from ascend_v4.config import ModelConfig
+
+
+def np_dtype(cfg: ModelConfig):
+    return np.float64 if cfg.compute_dtype == "float64" else np.float32
+
+
+def ms_dtype(cfg: ModelConfig):
+    return ms.float64 if cfg.compute_dtype == "float64" else ms.float32

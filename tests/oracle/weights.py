@@ -1,0 +1,119 @@
+"""Checkpoint tensors -> float32 weights, and the quantisation-aware `linear` (V4_SPEC section 9).
+
+Stored formats (converted reference checkpoint, section 10):
+  fp8  `X.weight` float8_e4m3fn [out, in] + `X.scale` float8_e8m0fnu [ceil(out/128), ceil(in/128)]
+  fp4  `X.weight` int8/uint8 [out, in/2] (two e2m1 codes per byte, low nibble = element 2j)
+       + `X.scale` float8_e8m0fnu [out, in/32]
+  bf16 / fp32 tensors as they are; integer tables (tid2eid) stay integer.
+`dequantize` records each weight's stored format in W['__formats__'] so that `linear` applies
+the activation fp8 quant-dequant exactly where the reference's `linear` does (fp8/fp4 weights).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import ml_dtypes
+import numpy as np
+
+from .numerics import E2M1_VALUES, fp8_quant_dequant
+
+BLOCK = 128
+FP4_BLOCK = 32
+
+
+class WeightError(ValueError):
+    """A checkpoint tensor has the wrong dtype or shape, or its scale is missing."""
+
+
+def _fp8_weight(name, w, scale):
+    out, inp = w.shape
+    want = (-(-out // BLOCK), -(-inp // BLOCK))
+    if scale.shape != want:
+        raise WeightError(f"{name}: fp8 weight {w.shape} needs a scale of shape {want}, "
+                          f"got {scale.shape}")
+    s = np.repeat(np.repeat(scale.astype(np.float32), BLOCK, 0), BLOCK, 1)[:out, :inp]
+    return w.astype(np.float32) * s
+
+
+def unpack_fp4(packed: np.ndarray) -> np.ndarray:
+    """int8/uint8 [out, in/2] -> e2m1 values float32 [out, in]; low nibble is element 2j."""
+    b = packed.view(np.uint8)
+    vals = np.empty((b.shape[0], b.shape[1] * 2), np.float32)
+    vals[:, 0::2] = E2M1_VALUES[b & 0x0F]
+    vals[:, 1::2] = E2M1_VALUES[b >> 4]
+    return vals
+
+
+def _fp4_weight(name, w, scale):
+    out, half = w.shape
+    want = (out, 2 * half // FP4_BLOCK)
+    if (2 * half) % FP4_BLOCK or scale.shape != want:
+        raise WeightError(f"{name}: fp4 weight {w.shape} (packed) needs a scale of shape "
+                          f"{want}, got {scale.shape}")
+    return unpack_fp4(w) * np.repeat(scale.astype(np.float32), FP4_BLOCK, 1)
+
+
+def dequantize(tensors: Dict[str, np.ndarray], cfg) -> Dict[str, object]:
+    """Stored tensors -> {name: float32 array} (int tables stay int) + '__formats__'.
+
+    '__formats__' maps every float tensor name to 'fp8' | 'fp4' | 'bf16' | 'fp32' | 'fp16';
+    '__scale_fmt__' holds cfg.scale_fmt (the activation-scale rounding used by `linear`).
+    """
+    W: Dict[str, object] = {}
+    formats: Dict[str, str] = {}
+    for name, arr in tensors.items():
+        arr = np.asarray(arr)
+        if name.endswith(".scale"):
+            if name[:-len(".scale")] + ".weight" not in tensors:
+                raise WeightError(f"{name}: scale without a matching weight")
+            continue
+        scale_name = name[:-len(".weight")] + ".scale" if name.endswith(".weight") else None
+        if arr.dtype == ml_dtypes.float8_e4m3fn:
+            if scale_name not in tensors:
+                raise WeightError(f"{name}: fp8 weight without its scale tensor {scale_name}")
+            if arr.ndim != 2:
+                raise WeightError(f"{name}: fp8 weight must be 2-D, got shape {arr.shape}")
+            W[name], formats[name] = _fp8_weight(name, arr, np.asarray(tensors[scale_name])), "fp8"
+        elif arr.dtype in (np.int8, np.uint8):
+            if scale_name not in tensors:
+                raise WeightError(f"{name}: packed fp4 weight without its scale tensor {scale_name}")
+            if arr.ndim != 2:
+                raise WeightError(f"{name}: packed fp4 weight must be 2-D, got shape {arr.shape}")
+            W[name], formats[name] = _fp4_weight(name, arr, np.asarray(tensors[scale_name])), "fp4"
+        elif arr.dtype == ml_dtypes.bfloat16:
+            W[name], formats[name] = arr.astype(np.float32), "bf16"
+        elif arr.dtype == np.float32:
+            W[name], formats[name] = arr.astype(np.float32, copy=True), "fp32"
+        elif arr.dtype == np.float16:
+            W[name], formats[name] = arr.astype(np.float32), "fp16"
+        elif np.issubdtype(arr.dtype, np.integer):
+            W[name] = arr.astype(np.int64)
+        else:
+            raise WeightError(f"{name}: unsupported stored dtype {arr.dtype}")
+    W["__formats__"] = formats
+    W["__scale_fmt__"] = "ue8m0"  # reference: scale_dtype fp8 forces ue8m0 whatever scale_fmt says
+    return W
+
+
+def get(W, name: str) -> np.ndarray:
+    """W[name] with an error naming the missing tensor."""
+    try:
+        return W[name]
+    except KeyError:
+        raise WeightError(f"missing tensor {name!r}") from None
+
+
+def linear(x: np.ndarray, W, name: str) -> np.ndarray:
+    """x [..., in] @ weight[out, in]^T -> [..., out] float32, like the reference `linear`.
+
+    `name` is the module ('layers.0.attn.wq_a') or its weight ('...wq_a.weight'). If the weight
+    was stored fp8 or fp4, x is first fp8 quant-dequantised in tiles of 128 along `in`
+    (scales rounded per W['__scale_fmt__']); bf16/fp32 weights multiply x as it is.
+    """
+    wname = name if name.endswith(".weight") else name + ".weight"
+    w = get(W, wname)
+    if x.shape[-1] != w.shape[1]:
+        raise WeightError(f"{wname}: input has {x.shape[-1]} features, weight expects {w.shape[1]}")
+    if W.get("__formats__", {}).get(wname) in ("fp8", "fp4"):
+        x = fp8_quant_dequant(x, BLOCK, W.get("__scale_fmt__", "ue8m0"))
+    return np.matmul(np.asarray(x, np.float32), w.T).astype(np.float32)

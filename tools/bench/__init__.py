@@ -1,0 +1,2 @@
+"""Benchmark groups for `ascend-v4 bench`: each module has run(quick) -> dict and plot(result, fig)."""
+GROUPS = {"ops": "tools.bench.ops"}
