@@ -38,6 +38,17 @@ def sink_attention(q, keys, mask, sink, scale: float):
     return ops.matmul(p, keys.expand_dims(1)) / denom
 
 
+class SinkAttention(nn.Cell):
+    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def construct(self, q, keys, mask, sink):
+        return sink_attention(q, keys, mask, sink, self.scale)
+
+
 class Attention(nn.Cell):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
@@ -62,6 +73,7 @@ class Attention(nn.Cell):
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, fp8) if self.ratio == 4 else None
+        self.core = SinkAttention(self.scale)
 
     # ---- state -------------------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -133,7 +145,7 @@ class Attention(nn.Cell):
                     visible = ops.arange(n).reshape(1, n) < (t + 1) // self.ratio
                     sel = visible.expand_dims(0).broadcast_to((b, s, n))
                 mask = ops.concat((mask, sel), -1)
-        o = sink_attention(q, keys, mask, self.attn_sink, self.scale)
+        o = self.core(q, keys, mask, self.attn_sink)
         ring = self._prefill_ring(kv)
         return self._output(o, cos, sin), tuple([ring] + state)
 
@@ -179,5 +191,5 @@ class Attention(nn.Cell):
             new_state += [kv_state, score_state, cache]
             if self.indexer is not None:
                 new_state += [ikv, iscore, icache]
-        o = sink_attention(q, keys, mask.expand_dims(1), self.attn_sink, self.scale)
+        o = self.core(q, keys, mask.expand_dims(1), self.attn_sink)
         return self._output(o, cos, sin), tuple(new_state)

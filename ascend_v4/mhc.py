@@ -28,22 +28,38 @@ def sinkhorn_split(mixes, scale, base, n: int, iters: int, eps: float):
     return pre, post, comb
 
 
+class SinkhornSplit(nn.Cell):
+    """The `sinkhorn_mhc` operator boundary: mixes [T.., 24] -> (pre, post, comb).
+
+    A cell of its own so that exported graphs keep it as one named scope (the ONNX function
+    `ascend_v4.sinkhorn_mhc`, the AscendC kernel on Ascend).
+    """
+
+    def __init__(self, n: int, iters: int, eps: float):
+        super().__init__()
+        self.n, self.iters, self.eps = n, iters, eps
+
+    def construct(self, mixes, scale, base):
+        return sinkhorn_split(mixes, scale, base, self.n, self.iters, self.eps)
+
+
 class HyperConnection(nn.Cell):
     """One sublayer's mHC: `pre` reduces the n streams to one input, `post` writes back."""
 
     def __init__(self, cfg: ModelConfig, prefix: str):
         super().__init__()
         n = cfg.hc_mult
-        self.n, self.iters, self.hc_eps, self.norm_eps = n, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps
+        self.n, self.norm_eps = n, cfg.norm_eps
         dt = np_dtype(cfg)
         self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn", dt)
         self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base", dt)
         self.scale = zeros_param((3,), f"{prefix}_scale", dt)
+        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps)
 
     def pre(self, X):
         """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""
         mixes = hc_mixes(X, self.fn, self.norm_eps)
-        pre, post, comb = sinkhorn_split(mixes, self.scale, self.base, self.n, self.iters, self.hc_eps)
+        pre, post, comb = self.sinkhorn(mixes, self.scale, self.base)
         u = (pre.expand_dims(-1) * X).sum(2)
         return u, post, comb
 

@@ -130,7 +130,7 @@ def _block_names(prefix: str, block: Block, cfg: ModelConfig) -> Dict[str, Tuple
         t[prefix + "ffn.gate.bias"] = (ffn.gate_bias, -1)
     for e in range(cfg.n_routed_experts):
         for w in ("w1", "w2", "w3"):
-            t[f"{prefix}ffn.experts.{e}.{w}.weight"] = (getattr(ffn, w), e)
+            t[f"{prefix}ffn.experts.{e}.{w}.weight"] = (getattr(ffn.experts, w), e)
     for w in ("w1", "w2", "w3"):
         t[f"{prefix}ffn.shared_experts.{w}.weight"] = (getattr(ffn.shared, w).weight, -1)
     return t

@@ -1,9 +1,7 @@
 """Mixture of experts: score or hash routing, clamped SwiGLU experts, shared expert (V4_SPEC 5).
 
-Routed experts are held stacked ([E, out, in]) and evaluated densely with a [E, T] combine
-matrix that is zero for unselected pairs: exact for any routing, graph-friendly, and cheap at
-test sizes. The routing weight multiplies the activation before w2, as in the release (it
-matters because w2's input is FP8-quantised).
+The routing weight multiplies the activation before w2, as in the release (it matters because
+w2's input is FP8-quantised).
 """
 from __future__ import annotations
 
@@ -39,24 +37,55 @@ class SharedExpert(nn.Cell):
         return self.w2(ops.silu(self.w1(x)) * self.w3(x))
 
 
+class RoutedExperts(nn.Cell):
+    """The dispatch -> experts -> combine boundary (`moe_dispatch`/`moe_combine` on Ascend).
+
+    Experts are stacked ([E, out, in]) and evaluated densely with a [T, E] combine matrix that is
+    zero for unselected pairs: exact for any routing and static-shaped for GRAPH_MODE.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        super().__init__()
+        E, d, inter = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        self.n_experts, self.limit = E, cfg.swiglu_limit
+        self.act_quant = cfg.routed_expert_dtype in ("fp4", "fp8")
+        self.w1 = zeros_param((E, inter, d), "w1", dtype)
+        self.w2 = zeros_param((E, d, inter), "w2", dtype)
+        self.w3 = zeros_param((E, inter, d), "w3", dtype)
+
+    def construct(self, x, weights, indices):
+        """x [T, dim], weights/indices [T, k] -> sum_k w_k expert_k(x) [T, dim] (fp32 sum)."""
+        one = Tensor(1.0, ms.float32)
+        zero = Tensor(0.0, ms.float32)
+        hits = ops.one_hot(indices, self.n_experts, one, zero).astype(weights.dtype)
+        combine = (hits * weights.expand_dims(-1)).sum(1)                    # [T, E]
+        xq = fp8_quant_dequant(x, ACT_BLOCK) if self.act_quant else x
+        gate = ops.matmul(xq.expand_dims(0), self.w1.swapaxes(-1, -2))      # [E, T, inter]
+        up = ops.matmul(xq.expand_dims(0), self.w3.swapaxes(-1, -2))
+        if self.limit > 0:
+            gate = ops.minimum(gate, self.limit)
+            up = ops.clamp(up, -self.limit, self.limit)
+        h = ops.silu(gate) * up * combine.T.expand_dims(-1)
+        if self.act_quant:
+            h = fp8_quant_dequant(h, ACT_BLOCK)
+        return ops.matmul(h, self.w2.swapaxes(-1, -2)).sum(0)                # [T, dim]
+
+
 class MoE(nn.Cell):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
-        E, d, inter = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        E, d = cfg.n_routed_experts, cfg.dim
         self.n_experts, self.topk, self.dim = E, cfg.n_activated_experts, d
-        self.score_func, self.route_scale, self.limit = cfg.score_func, cfg.route_scale, cfg.swiglu_limit
+        self.score_func, self.route_scale = cfg.score_func, cfg.route_scale
         self.hash = layer_id < cfg.n_hash_layers
-        self.expert_act_quant = cfg.routed_expert_dtype in ("fp4", "fp8")
         dt = np_dtype(cfg)
         self.gate_weight = zeros_param((E, d), "gate_weight", dt)
         if self.hash:
             self.tid2eid = zeros_param((cfg.vocab_size, self.topk), "tid2eid", np.int32)
         else:
             self.gate_bias = zeros_param((E,), "gate_bias", dt)
-        self.w1 = zeros_param((E, inter, d), "w1", dt)
-        self.w2 = zeros_param((E, d, inter), "w2", dt)
-        self.w3 = zeros_param((E, inter, d), "w3", dt)
-        self.shared = SharedExpert(d, inter, cfg.dtype == "fp8", dt)
+        self.experts = RoutedExperts(cfg, dt)
+        self.shared = SharedExpert(d, cfg.moe_inter_dim, cfg.dtype == "fp8", dt)
 
     def route(self, x, ids):
         """x [T, dim], ids [T] -> weights [T, k], indices [T, k] int32."""
@@ -75,18 +104,4 @@ class MoE(nn.Cell):
         shape = x.shape
         xf = x.reshape(-1, self.dim)
         w, idx = self.route(xf, ids.reshape(-1))
-        one = Tensor(1.0, ms.float32)
-        zero = Tensor(0.0, ms.float32)
-        hits = ops.one_hot(idx, self.n_experts, one, zero).astype(w.dtype)
-        combine = (hits * w.expand_dims(-1)).sum(1)                          # [T, E]
-        xq = fp8_quant_dequant(xf, ACT_BLOCK) if self.expert_act_quant else xf
-        gate = ops.matmul(xq.expand_dims(0), self.w1.swapaxes(-1, -2))      # [E, T, inter]
-        up = ops.matmul(xq.expand_dims(0), self.w3.swapaxes(-1, -2))
-        if self.limit > 0:
-            gate = ops.minimum(gate, self.limit)
-            up = ops.clamp(up, -self.limit, self.limit)
-        h = ops.silu(gate) * up * combine.T.expand_dims(-1)
-        if self.expert_act_quant:
-            h = fp8_quant_dequant(h, ACT_BLOCK)
-        y = ops.matmul(h, self.w2.swapaxes(-1, -2)).sum(0)                  # [T, dim]
-        return (y + self.shared(xf)).reshape(shape)
+        return (self.experts(xf, w, idx) + self.shared(xf)).reshape(shape)

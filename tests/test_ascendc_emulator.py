@@ -91,3 +91,18 @@ def test_build_hash_follows_sources(tmp_path):
     h1 = _source_hash(entry, [inc], "g++")
     (inc / "a.h").write_text("// v2\n")
     assert _source_hash(entry, [inc], "g++") != h1
+
+
+def test_two_processes_build_at_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np; from custom_ops.runtime import call_aot; x = np.arange(64, dtype=np.float32); "
+            "o = np.zeros_like(x); call_aot('ascendc_selftest', 'SelftestAot', [np.array([12], np.int32), x], [o]); "
+            "assert (o == x + 1).all()")
+    env = dict(os.environ, ASCEND_V4_TWIN_BUILD_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()
+    built = [p.name for p in tmp_path.iterdir()]
+    assert len(built) == 1 and built[0].startswith("ascendc_selftest-") and built[0].endswith(".so")

@@ -14,7 +14,7 @@ oracle's. The float32 FP8 path is checked layer by layer on identical inputs (te
 import numpy as np
 import pytest
 
-from tests.oracle import dequantize, forward_all, mtp_forward_all
+from ascend_v4.oracle import dequantize, forward_all, mtp_forward_all
 
 REL_TOL = 1e-3
 DECODE_STEPS = 16

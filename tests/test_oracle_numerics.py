@@ -1,4 +1,4 @@
-"""Self-tests of the numpy oracle (tests/oracle) against hand-derived values from V4_SPEC.md.
+"""Self-tests of the numpy oracle (ascend_v4/oracle) against hand-derived values from V4_SPEC.md.
 
 Building blocks: fp8/ue8m0 and fp4/e2m1 formats, weight dequantisation, linear's activation
 quant, Sinkhorn, YaRN/RoPE, Hadamard, compressor pooling (incl. the reference's decode state
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from ascend_v4.config import load_config
-from tests.oracle import (WeightError, attention_layer, compressor_entries, dequantize, e2m1_round, expert, forward_all,
+from ascend_v4.oracle import (WeightError, attention_layer, compressor_entries, dequantize, e2m1_round, expert, forward_all,
                           fp4_quant_dequant, fp8_quant_dequant, gate, hadamard, hadamard_matrix,
                           hc_head, hc_post, hc_pre, indexer_topk, linear, mtp_forward_all,
                           pool_blocks, rope, rope_frequencies, sinkhorn, sparse_attention,
                           unpack_fp4, visible_mask, window_mask)
-from tests.oracle.numerics import yarn_correction_range
-from tests.oracle.random_weights import quantize_fp4_weight, random_checkpoint
+from ascend_v4.oracle.numerics import yarn_correction_range
+from ascend_v4.oracle.random_weights import quantize_fp4_weight, random_checkpoint
 
 F32 = np.float32
 
