@@ -19,8 +19,17 @@ class InputError(ValueError):
 
 
 def _set_graph_mode() -> None:
+    """GRAPH_MODE (15-30x faster than PyNative here) with the light O0 pass pipeline.
+
+    With ASCEND_V4_COMPILE_CACHE=DIR, compiled graphs are cached on disk across processes
+    (a repeat run of the tiny model then compiles in ~1 s instead of ~12 s per graph).
+    """
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+    cache = os.environ.get("ASCEND_V4_COMPILE_CACHE")
+    if cache:
+        os.makedirs(cache, exist_ok=True)
+        ms.set_context(enable_compile_cache=True, compile_cache_path=cache)
 
 
 class Model:

@@ -23,7 +23,7 @@ def test_runs_every_block():
 @pytest.mark.parametrize("mode,rule", [
     (1, "UB_CAPACITY"), (2, "DATACOPY_ALIGN_32B"), (3, "DATACOPY_ALIGN_32B"), (4, "QUEUE_BALANCE"),
     (5, "QUEUE_EMPTY"), (6, "QUEUE_ALLOC"), (7, "EVENT_BALANCE"), (8, "GM_BOUNDS"), (9, "VEC_ALIGN_32B"),
-    (15, "EVENT_BALANCE"), (16, "QUEUE_BALANCE"), (17, "QUEUE_FREE"), (10, "SOC_DTYPE"), (19, "DATACOPY_PARAMS"),
+    (15, "EVENT_BALANCE"), (16, "QUEUE_BALANCE"), (17, "QUEUE_FREE"), (10, "SOC_DTYPE"), (19, "DATACOPY_PARAMS"), (20, "PIPE_SYNC"), (21, "PIPE_SYNC"), (22, "PIPE_SYNC"),
 ])
 def test_rule_violation_raises(mode, rule):
     with pytest.raises(KernelRuleError, match=rf"^selftest_mode{mode}: rule {rule}: .*\(block 0 of 1\)"):

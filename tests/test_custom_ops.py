@@ -229,3 +229,10 @@ def test_empty_inputs():
     out, lse = co.sparse_fp8_decode(np.zeros((0, 4, 512), np.float32), co.pack_kv_fp8(np.zeros((3, 512))),
                                     np.zeros((0, 5), np.int32), np.zeros(4, np.float32), 0.1)
     assert out.shape == (0, 4, 512) and lse.shape == (0, 4)
+
+
+def test_dispatch_fp8_vector_cast_soc_matches_scalar_encode():
+    x, idx, w = moe_case(9, 300, 8, 2)
+    x[0, :5] = [448, -449, 1e-6, 3e-3, 1e4]
+    with soc("fp8soc", ub_bytes=192 * 1024, vector_cores=4, fp8_vector_cast=True):   # Cast<fp8_e4m3fn_t> path
+        check_dispatch(x, idx, w, 8, 2, True)
