@@ -37,9 +37,6 @@ class LazyGroup(click.Group):
 @click.version_option("0.1.0", prog_name="ascend-v4")
 def main():
     """ascend-v4: DeepSeek-V4 on MindSpore and Ascend."""
-    # cache compiled MindSpore graphs between runs unless the user chose otherwise
-    os.environ.setdefault("ASCEND_V4_COMPILE_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "ascend-v4", "mindspore"))
     os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ warnings are not for CLI users
 
 
