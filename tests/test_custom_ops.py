@@ -236,3 +236,10 @@ def test_dispatch_fp8_vector_cast_soc_matches_scalar_encode():
     x[0, :5] = [448, -449, 1e-6, 3e-3, 1e4]
     with soc("fp8soc", ub_bytes=192 * 1024, vector_cores=4, fp8_vector_cast=True):   # Cast<fp8_e4m3fn_t> path
         check_dispatch(x, idx, w, 8, 2, True)
+
+
+def test_dispatch_several_blocks():
+    x, idx, w = moe_case(600, 64, 16, 2, unique=False)                     # 3 blocks of up to 256 tokens
+    r = check_dispatch(x, idx, w, 16, 4, True)
+    np.testing.assert_allclose(co.moe_combine(r.dequantized(), r), combine_reference(r.dequantized(), r.slot_of, w),
+                               atol=1e-5)

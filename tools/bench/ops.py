@@ -30,8 +30,8 @@ def bench_decode(contexts, bandwidth: float) -> list[dict]:
         window = np.arange(n - WINDOW, n)
         older = rng.choice(n - WINDOW, size=min(TOPK, n - WINDOW), replace=False)
         idx = np.concatenate([window, older]).astype(np.int32)[None, :]
-        t_sparse = best_of(lambda: co.sparse_fp8_decode(q, cache, idx, sink, scale), 3)
-        t_dense = best_of(lambda: dense_attention_reference(q, kv, sink, scale), 2)
+        t_sparse = best_of(lambda: co.sparse_fp8_decode(q, cache, idx, sink, scale), 5)
+        t_dense = best_of(lambda: dense_attention_reference(q, kv, sink, scale), 3)
         sparse_bytes = idx.size * TOKEN_BYTES + q.nbytes
         dense_bytes = kv.nbytes + q.nbytes
         rows.append(dict(context=n, entries=int(idx.size), sparse_s=t_sparse, dense_s=t_dense,

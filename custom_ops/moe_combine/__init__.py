@@ -1,0 +1,1 @@
+"""moe_combine operator: AscendC kernel, CPU twin, numpy reference."""

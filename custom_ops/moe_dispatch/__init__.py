@@ -1,0 +1,1 @@
+"""moe_dispatch operator: AscendC kernel, CPU twin, numpy reference."""

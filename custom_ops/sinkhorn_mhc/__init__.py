@@ -1,0 +1,1 @@
+"""sinkhorn_mhc operator: AscendC kernel, CPU twin, numpy reference."""
