@@ -78,6 +78,7 @@ class ModelConfig:
     max_seq_len: int = 4096
     max_batch_size: int = 1
     compute_dtype: str = "float32"   # float64: verification runs (FP8 rounding decisions stay stable)
+    custom_ops: bool = False         # run sinkhorn_mhc / moe_dispatch+combine / sparse_fp8_decode kernels
     engram: EngramConfig = field(default_factory=EngramConfig)
     name: str = "custom"
 
@@ -251,6 +252,7 @@ def validate(cfg: ModelConfig) -> None:
                                        "weights (activation tiles of 128)")
     _require(cfg.max_seq_len % max([r for r in cfg.compress_ratios if r] or [1]) == 0,
              f"max_seq_len ({cfg.max_seq_len}) must be a multiple of every compress ratio")
+    _require(isinstance(cfg.custom_ops, bool), f"custom_ops must be true or false, got {cfg.custom_ops!r}")
     _require(cfg.compute_dtype in ("float32", "float64"),
              f"compute_dtype must be float32 or float64, got {cfg.compute_dtype!r}")
     for key in ("norm_eps", "hc_eps"):

@@ -1,6 +1,7 @@
 """Manifold-constrained hyper-connections (V4_SPEC section 3)."""
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import mint, nn, ops
 
 from ascend_v4.config import ModelConfig
@@ -35,12 +36,23 @@ class SinkhornSplit(nn.Cell):
     `ascend_v4.sinkhorn_mhc`, the AscendC kernel on Ascend).
     """
 
-    def __init__(self, n: int, iters: int, eps: float):
+    def __init__(self, n: int, iters: int, eps: float, use_kernel: bool = False):
         super().__init__()
         self.n, self.iters, self.eps = n, iters, eps
+        self.use_kernel = use_kernel
+        if use_kernel:
+            from custom_ops import ms_ops
+            self.kernel = ms_ops.sinkhorn_mhc_op(n, iters, eps)
 
     def construct(self, mixes, scale, base):
-        return sinkhorn_split(mixes, scale, base, self.n, self.iters, self.eps)
+        if not self.use_kernel:
+            return sinkhorn_split(mixes, scale, base, self.n, self.iters, self.eps)
+        n, shape, dtype = self.n, mixes.shape[:-1], mixes.dtype
+        f32 = ms.float32
+        pre, post, comb = self.kernel(mixes.reshape(-1, mixes.shape[-1]).astype(f32), scale.astype(f32),
+                                      base.astype(f32))
+        return (pre.reshape(shape + (n,)).astype(dtype), post.reshape(shape + (n,)).astype(dtype),
+                comb.reshape(shape + (n, n)).astype(dtype))
 
 
 class HyperConnection(nn.Cell):
@@ -54,7 +66,7 @@ class HyperConnection(nn.Cell):
         self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn", dt)
         self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base", dt)
         self.scale = zeros_param((3,), f"{prefix}_scale", dt)
-        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps)
+        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.custom_ops)
 
     def pre(self, X):
         """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""

@@ -52,23 +52,55 @@ class RoutedExperts(nn.Cell):
         self.w1 = zeros_param((E, inter, d), "w1", dtype)
         self.w2 = zeros_param((E, d, inter), "w2", dtype)
         self.w3 = zeros_param((E, inter, d), "w3", dtype)
+        self.use_kernels = cfg.custom_ops
+        if self.use_kernels:
+            from custom_ops import ms_ops
+            self.dispatch = ms_ops.moe_dispatch_op(E)
+            self.combine = ms_ops.moe_combine_op()
 
-    def construct(self, x, weights, indices):
-        """x [T, dim], weights/indices [T, k] -> sum_k w_k expert_k(x) [T, dim] (fp32 sum)."""
-        one = Tensor(1.0, ms.float32)
-        zero = Tensor(0.0, ms.float32)
-        hits = ops.one_hot(indices, self.n_experts, one, zero).astype(weights.dtype)
-        combine = (hits * weights.expand_dims(-1)).sum(1)                    # [T, E]
-        xq = fp8_quant_dequant(x, ACT_BLOCK) if self.act_quant else x
-        gate = ops.matmul(xq.expand_dims(0), self.w1.swapaxes(-1, -2))      # [E, T, inter]
+    def _swiglu(self, xq):
+        """xq [N, dim] -> clamped SwiGLU of every expert [E, N, inter]."""
+        gate = ops.matmul(xq.expand_dims(0), self.w1.swapaxes(-1, -2))
         up = ops.matmul(xq.expand_dims(0), self.w3.swapaxes(-1, -2))
         if self.limit > 0:
             gate = ops.minimum(gate, self.limit)
             up = ops.clamp(up, -self.limit, self.limit)
-        h = ops.silu(gate) * up * combine.T.expand_dims(-1)
+        return ops.silu(gate) * up
+
+    def _down(self, h):
+        """h [E, N, inter] (already weighted, zero off the routing) -> [N, dim]."""
         if self.act_quant:
             h = fp8_quant_dequant(h, ACT_BLOCK)
-        return ops.matmul(h, self.w2.swapaxes(-1, -2)).sum(0)                # [T, dim]
+        return ops.matmul(h, self.w2.swapaxes(-1, -2)).sum(0)
+
+    def construct(self, x, weights, indices):
+        """x [T, dim], weights/indices [T, k] -> sum_k w_k expert_k(x) [T, dim] (fp32 sum)."""
+        if self.use_kernels:
+            return self._with_kernels(x, weights, indices)
+        one = Tensor(1.0, ms.float32)
+        zero = Tensor(0.0, ms.float32)
+        hits = ops.one_hot(indices, self.n_experts, one, zero).astype(weights.dtype)
+        routing = (hits * weights.expand_dims(-1)).sum(1)                    # [T, E]
+        xq = fp8_quant_dequant(x, ACT_BLOCK) if self.act_quant else x
+        return self._down(self._swiglu(xq) * routing.T.expand_dims(-1))
+
+    def _with_kernels(self, x, weights, indices):
+        """moe_dispatch groups the T*k (token, expert) rows by expert, the experts run on the
+        grouped rows (row r belongs to expert e iff offsets[e] <= r < offsets[e+1]), and
+        moe_combine sums the rows back into token order. The routing weight is applied before
+        w2, as in the release, so combine gets weights of one."""
+        dtype, f32 = x.dtype, ms.float32
+        rows, _, row_w, _, slot_of, _, offsets, _, _ = self.dispatch(
+            x.astype(f32), indices.astype(ms.int32), weights.astype(f32))
+        n = rows.shape[0]
+        r = ops.arange(n).reshape(1, n)
+        owner = ops.logical_and(r >= offsets[:-1].reshape(-1, 1), r < offsets[1:].reshape(-1, 1))
+        rows = rows.astype(dtype)
+        xq = fp8_quant_dequant(rows, ACT_BLOCK) if self.act_quant else rows
+        scale = mint.where(owner, row_w.astype(dtype).reshape(1, n), 0.0)       # [E, N]
+        out = self._down(self._swiglu(xq) * scale.expand_dims(-1))             # [N, dim]
+        ones = ops.ones(weights.shape, f32)
+        return self.combine(out.astype(f32), slot_of, ones).astype(dtype)
 
 
 class MoE(nn.Cell):

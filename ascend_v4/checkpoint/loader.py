@@ -29,8 +29,9 @@ from ascend_v4.checkpoint.schema import TensorSpec, checkpoint_schema, expert_in
 
 SHARD_RE = re.compile(r"^model(\d+)-mp(\d+)\.safetensors$")
 # fields that do not change the tensors (weight formats are checked through the tensors)
-RUNTIME_KEYS = {"dtype", "scale_fmt", "expert_dtype", "max_seq_len", "max_batch_size", "name", "compute_dtype"}
-OVERRIDABLE = {"max_seq_len", "max_batch_size", "name", "compute_dtype"}
+RUNTIME_KEYS = {"dtype", "scale_fmt", "expert_dtype", "max_seq_len", "max_batch_size", "name", "compute_dtype",
+                "custom_ops"}
+OVERRIDABLE = {"max_seq_len", "max_batch_size", "name", "compute_dtype", "custom_ops"}
 MAX_LISTED = 100
 # stored dtypes accepted in place of the schema's (dequantised to float32 all the same)
 ALTERNATIVES = {"F8_E8M0": {"F32"}, "BF16": {"F32", "F16"}, "I8": {"U8"}}

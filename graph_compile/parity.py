@@ -1,0 +1,283 @@
+"""Parity runner: MindSpore (GRAPH_MODE) vs onnxruntime (CPU) vs the numpy oracle.
+
+For one bucket BxS of an artifact folder: prefill a seeded random prompt, then `steps` greedy
+decode steps (MindSpore's argmax picks the tokens; both backends get the same tokens and each
+carries its OWN decode state). Compared per output and per layer (hidden.layers.k):
+  onnxruntime vs mindspore   every output of every step (state included)
+  mindspore vs oracle        logits and per-layer hidden streams at every position
+The first out-of-tolerance entry (earliest step, then lowest layer) names the diverging layer.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from graph_compile.artifacts import ArtifactError, read_manifest, sha256
+from graph_compile.metrics import compare, load_tolerances, within
+
+
+class ParityError(ValueError):
+    """Bad parity request (unknown bucket, too many steps, missing graph)."""
+
+
+# ---- backends ------------------------------------------------------------------------------
+class MindSporeBackend:
+    """The live model's layerwise graph cells (GRAPH_MODE), same outputs as the exported graphs."""
+
+    name = "mindspore"
+
+    def __init__(self, checkpoint_dir: str, precision: str):
+        from ascend_v4.api import build_model
+        from ascend_v4.checkpoint import open_checkpoint
+        from graph_compile.capture import graph_cell
+        self.ckpt = open_checkpoint(checkpoint_dir, overrides={"compute_dtype": precision})
+        self.model = build_model(self.ckpt)
+        self.nets = {g: graph_cell(self.model.transformer, g) for g in ("prefill", "decode")}
+
+    def run(self, graph: str, inputs: List[np.ndarray]) -> List[np.ndarray]:
+        from mindspore import Tensor
+        return [o.asnumpy() for o in self.nets[graph](*[Tensor(a) for a in inputs])]
+
+
+class OnnxBackend:
+    name = "onnxruntime"
+
+    def __init__(self, folder: str, prefill_entry: dict, decode_entry: dict):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sessions, self.inputs = {}, {}
+        for g, entry in (("prefill", prefill_entry), ("decode", decode_entry)):
+            if "onnx" not in entry:
+                raise ParityError(f"{folder}: graph {g} has no ONNX file (compile with --format onnx)")
+            self.sessions[g] = ort.InferenceSession(os.path.join(folder, entry["onnx"]), opts,
+                                                    providers=["CPUExecutionProvider"])
+            self.inputs[g] = entry["inputs"]
+
+    def run(self, graph: str, inputs: List[np.ndarray]) -> List[np.ndarray]:
+        return self.sessions[graph].run(None, dict(zip(self.inputs[graph], inputs)))
+
+
+def run_sequence(backend, prompt: np.ndarray, tokens: List[np.ndarray], n_layers: int,
+                 n_state: int, timings: Optional[dict] = None) -> List[Dict[str, np.ndarray]]:
+    """Prefill `prompt` [b, s] then decode `tokens` (each [b, 1]) -> outputs per step (step 0 = prefill)."""
+    s = prompt.shape[1]
+    t0 = time.perf_counter()
+    out = backend.run("prefill", [prompt])
+    if timings is not None:
+        timings["prefill_s"] = time.perf_counter() - t0
+    steps = [_named_prefill(out, n_state, n_layers)]
+    state = out[2:2 + n_state]
+    decode_times = []
+    for j, tok in enumerate(tokens):
+        t0 = time.perf_counter()
+        out = backend.run("decode", [tok, np.asarray(s + j, np.int32)] + list(state))
+        decode_times.append(time.perf_counter() - t0)
+        state = out[1:1 + n_state]
+        steps.append(_named_decode(out, n_state, n_layers))
+    if timings is not None:
+        timings["decode_s"] = decode_times
+    return steps
+
+
+def _named_prefill(out, n_state, n_layers):
+    d = {"logits": out[0], "H": out[1]}
+    d.update({f"state.{i}": a for i, a in enumerate(out[2:2 + n_state])})
+    d.update({f"hidden.layers.{k}": a for k, a in enumerate(out[2 + n_state:2 + n_state + n_layers])})
+    return d
+
+
+def _named_decode(out, n_state, n_layers):
+    d = {"logits": out[0]}
+    d.update({f"state.{i}": a for i, a in enumerate(out[1:1 + n_state])})
+    d.update({f"hidden.layers.{k}": a for k, a in enumerate(out[1 + n_state:1 + n_state + n_layers])})
+    return d
+
+
+# ---- oracle -------------------------------------------------------------------------------
+def oracle_sequence(ckpt, full_ids: np.ndarray) -> Dict[str, np.ndarray]:
+    """Oracle logits [b, T, vocab] and per-layer streams hidden.layers.k [b, T, n, d] for all positions."""
+    from ascend_v4.oracle import block_forward, dequantize, forward_all
+    cfg = ckpt.config
+    W = dequantize({name: np.asarray(ckpt.raw(name)) for name in ckpt.schema}, cfg)
+    logits, _ = forward_all(cfg, W, full_ids)
+    out = {"logits": logits}
+    X = np.repeat(np.asarray(W["embed.weight"])[full_ids][:, :, None, :], cfg.hc_mult, axis=2).astype(np.float32)
+    for k in range(cfg.n_layers):
+        X = block_forward(cfg, W, k, X, full_ids)
+        out[f"hidden.layers.{k}"] = X
+    return out
+
+
+# ---- the runner ----------------------------------------------------------------------------
+@dataclass
+class ParityReport:
+    bucket: str
+    steps: int
+    precision: str
+    rows: List[dict] = field(default_factory=list)
+    timings: Dict[str, dict] = field(default_factory=dict)
+    first_divergence: Optional[dict] = None
+    modified_files: List[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r["ok"] for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"bucket": self.bucket, "steps": self.steps, "precision": self.precision,
+                "passed": self.passed, "first_divergence": self.first_divergence,
+                "modified_files": self.modified_files, "timings": self.timings, "rows": self.rows}
+
+
+def _layer_of(output: str, state_layer: Dict[str, int]) -> Optional[int]:
+    if output.startswith("hidden.layers."):
+        return int(output.rsplit(".", 1)[1])
+    return state_layer.get(output)
+
+
+def choose_bucket(manifest: dict, bucket: Optional[str]) -> str:
+    buckets = manifest.get("buckets", [])
+    if bucket is None:
+        if not buckets:
+            raise ParityError("the artifact folder lists no buckets")
+        return buckets[0]
+    if bucket not in buckets:
+        raise ParityError(f"unknown bucket {bucket!r}; this folder was compiled for {', '.join(buckets)}")
+    return bucket
+
+
+def run_parity(folder: str, steps: int = 16, bucket: Optional[str] = None, seed: int = 0,
+               tolerances: Optional[dict] = None, mindspore_runs=None) -> ParityReport:
+    """Run the three-way comparison; `mindspore_runs` may pass precomputed (steps, timings) to reuse."""
+    from ascend_v4.checkpoint import open_checkpoint
+    manifest = read_manifest(folder)
+    bucket = choose_bucket(manifest, bucket)
+    b, s = (int(x) for x in bucket.split("x"))
+    cfg_max = manifest["config"]["max_seq_len"]
+    if steps < 0 or s + steps > cfg_max:
+        raise ParityError(f"--steps {steps}: prompt {s} + steps must stay within max_seq_len {cfg_max}")
+    precision = manifest["precision"]
+    tol = (tolerances or load_tolerances())[precision]
+    ckpt_dir = manifest["checkpoint"]
+    if manifest.get("checkpoint_in_folder"):
+        ckpt_dir = os.path.join(folder, ckpt_dir)
+    if not os.path.exists(ckpt_dir):
+        raise ArtifactError(f"{folder}: checkpoint {ckpt_dir} named in the manifest is missing")
+    pre, dec = manifest["graphs"].get(f"prefill_{bucket}"), manifest["graphs"].get(f"decode_b{b}")
+    if pre is None or dec is None:
+        raise ParityError(f"{folder}: graphs for bucket {bucket} are missing from the manifest")
+    report = ParityReport(bucket=bucket, steps=steps, precision=precision)
+    report.modified_files = [rel for rel, h in manifest.get("files", {}).items()
+                             if rel.endswith(".onnx") and sha256(os.path.join(folder, rel)) != h]
+    n_layers = manifest["config"]["n_layers"]
+    state_out = [o for o in dec["outputs"] if o.startswith("next_state.")]
+    n_state = len(state_out)
+    state_layer = {f"state.{i}": int(name.split(".")[2]) for i, name in enumerate(state_out)}
+    state_label = {f"state.{i}": name[len("next_"):] for i, name in enumerate(state_out)}
+
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, manifest["config"]["vocab_size"], (b, s)).astype(np.int32)
+    if mindspore_runs is None:
+        mindspore_runs = mindspore_sequence(ckpt_dir, precision, prompt, steps, n_layers, n_state)
+    ms_steps, ms_timing, tokens = mindspore_runs
+    ort_timing: dict = {}
+    onnx = OnnxBackend(folder, pre, dec)
+    run_sequence(onnx, prompt, [], n_layers, n_state)                      # warm-up
+    ort_steps = run_sequence(onnx, prompt, tokens, n_layers, n_state, ort_timing)
+    report.timings = {"mindspore": _timing_summary(ms_timing), "onnxruntime": _timing_summary(ort_timing)}
+
+    full = np.concatenate([prompt] + tokens, axis=1) if tokens else prompt
+    oracle = oracle_sequence(open_checkpoint(ckpt_dir), full)
+    for j, (m, o) in enumerate(zip(ms_steps, ort_steps)):
+        phase = "prefill" if j == 0 else "decode"
+        for out in m:
+            label = state_label.get(out, out)
+            _add(report, "onnxruntime_vs_mindspore", phase, j, label, _layer_of(out, state_layer),
+                 compare(o[out], m[out], logits=out == "logits"), tol)
+        pos = slice(0, s) if j == 0 else slice(s + j - 1, s + j)
+        _add(report, "mindspore_vs_oracle", phase, j, "logits", None,
+             compare(m["logits"], oracle["logits"][:, pos.stop - 1], logits=True), tol)
+        for k in range(n_layers):
+            name = f"hidden.layers.{k}"
+            _add(report, "mindspore_vs_oracle", phase, j, name, k, compare(m[name], oracle[name][:, pos]), tol)
+    report.first_divergence = _first_divergence(report.rows)
+    return report
+
+
+def mindspore_sequence(ckpt_dir: str, precision: str, prompt: np.ndarray, steps: int, n_layers: int,
+                       n_state: int):
+    """MindSpore's run: (per-step outputs, timings, greedy tokens [b, 1] fed to each decode step)."""
+    ms = MindSporeBackend(ckpt_dir, precision)
+    out = ms.run("prefill", [prompt])
+    state = out[2:2 + n_state]
+    tokens = []
+    logits = out[0]
+    for j in range(steps):                                           # pick the tokens (and warm up)
+        tok = logits.argmax(-1).reshape(-1, 1).astype(np.int32)
+        tokens.append(tok)
+        out = ms.run("decode", [tok, np.asarray(prompt.shape[1] + j, np.int32)] + list(state))
+        state, logits = out[1:1 + n_state], out[0]
+    timing: dict = {}
+    ms_steps = run_sequence(ms, prompt, tokens, n_layers, n_state, timing)
+    return ms_steps, timing, tokens
+
+
+def _timing_summary(t: dict) -> dict:
+    dec = t.get("decode_s", [])
+    return {"prefill_ms": round(1e3 * t.get("prefill_s", 0.0), 3),
+            "decode_median_ms": round(1e3 * float(np.median(dec)), 3) if dec else None}
+
+
+def _add(report, pair, phase, step, output, layer, metrics, tol):
+    ok = within(metrics, tol[pair])
+    report.rows.append({"pair": pair, "phase": phase, "step": step, "output": output, "layer": layer,
+                        **{k: float(v) for k, v in metrics.items()}, "ok": bool(ok)})
+
+
+def _first_divergence(rows: List[dict]) -> Optional[dict]:
+    bad = [r for r in rows if not r["ok"]]
+    if not bad:
+        return None
+    step = min(r["step"] for r in bad)
+    first = [r for r in bad if r["step"] == step]
+    layered = [r for r in first if r["layer"] is not None]
+    r = min(layered, key=lambda r: (r["layer"], r["pair"])) if layered else first[0]
+    where = f"layers.{r['layer']}" if r["layer"] is not None else r["output"]
+    return {"layer": where, "pair": r["pair"], "phase": r["phase"], "step": step, "output": r["output"],
+            "rel": r["rel"]}
+
+
+def format_table(report: ParityReport) -> str:
+    """Readable summary: worst metrics per (pair, phase, output) over all steps."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in report.rows:
+        key = (r["pair"], r["phase"], r["output"] if not r["output"].startswith("state.") else "state (all layers)")
+        groups.setdefault(key, []).append(r)
+    lines = [f"bucket {report.bucket}, {report.steps} decode steps, precision {report.precision}",
+             f"{'pair':<26} {'phase':<8} {'output':<22} {'max_abs':>10} {'max_rel':>10} {'min_cos':>12} "
+             f"{'top1':>6} {'ok':>4}"]
+    for (pair, phase, out), rs in groups.items():
+        top1 = [r["top1"] for r in rs if "top1" in r]
+        lines.append(f"{pair:<26} {phase:<8} {out:<22} {max(r['max_abs'] for r in rs):>10.3g} "
+                     f"{max(r['rel'] for r in rs):>10.3g} {min(r['cosine'] for r in rs):>12.9f} "
+                     f"{(min(top1) if top1 else float('nan')):>6.2f} {'yes' if all(r['ok'] for r in rs) else 'NO':>4}")
+    for name, t in report.timings.items():
+        lines.append(f"latency {name:<12} prefill {t['prefill_ms']} ms, decode median {t['decode_median_ms']} ms")
+    ms, ox = report.timings.get("mindspore"), report.timings.get("onnxruntime")
+    if ms and ox and ms["prefill_ms"] and ms["decode_median_ms"]:
+        lines.append(f"onnxruntime / mindspore time: prefill {ox['prefill_ms'] / ms['prefill_ms']:.2f}x, "
+                     f"decode {ox['decode_median_ms'] / ms['decode_median_ms']:.2f}x")
+    if report.modified_files:
+        lines.append("NOTE: modified since compile: " + ", ".join(report.modified_files))
+    if report.first_divergence:
+        d = report.first_divergence
+        lines.append(f"FAIL: first divergence at {d['layer']} ({d['pair']}, {d['phase']} step {d['step']}, "
+                     f"{d['output']}, rel {d['rel']:.3g})")
+    else:
+        lines.append("PASS: every output within tolerance")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""`ascend-v4 compile`: prefill/decode graphs per shape bucket to MindIR and ONNX (graph_compile/)."""
+from __future__ import annotations
+
+import click
+
+from tools.errors import user_errors
+
+
+@click.command("compile")
+@click.option("--preset", default=None, help="Preset name (random weights, small presets only).")
+@click.option("--checkpoint", "checkpoint", default=None, help="Checkpoint folder to compile.")
+@click.option("--format", "formats", default="onnx,mindir", show_default=True,
+              help="Comma-separated output formats: onnx, mindir.")
+@click.option("--buckets", default="1x8", show_default=True,
+              help="Comma-separated BATCHxPROMPT_LEN shape buckets, e.g. 1x8,2x16.")
+@click.option("--out", required=True, help="Output folder (written atomically).")
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Compute dtype of the graphs (float64 for bit-stable parity runs).")
+@click.option("--weight-format", type=click.Choice(["fp8", "bf16"]), default=None,
+              help="Weight format of the random weights of --preset (default: the preset's).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights of --preset.")
+@click.option("--external-data-threshold", default=1 << 30, show_default=True,
+              help="Initializer bytes above which the ONNX weights go to an external-data file.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+def command(preset, checkpoint, formats, buckets, out, precision, weight_format, seed,
+            external_data_threshold, overwrite):
+    """Export prefill and decode graphs of a model for each shape bucket."""
+    with user_errors():
+        from graph_compile.artifacts import ArtifactError
+        from graph_compile.buckets import BucketError
+        from graph_compile.compiler import CompileError, compile_model
+        try:
+            manifest = compile_model(out, buckets, formats, preset=preset, checkpoint=checkpoint,
+                                     precision=precision, weight_format=weight_format, seed=seed,
+                                     external_threshold=external_data_threshold, overwrite=overwrite,
+                                     log=lambda m: click.echo(m, err=True))
+        except (ArtifactError, BucketError, CompileError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"compiled {manifest['model']} ({manifest['weight_format']} weights, {precision}) "
+               f"to {out} in {manifest['compile_seconds']:.1f} s")
+    for name, g in manifest["graphs"].items():
+        parts = [name]
+        if "onnx" in g:
+            parts.append(f"{g['onnx']} (functions: {', '.join(g['functions'])})")
+        if "mindir" in g:
+            parts.append(g["mindir"])
+        click.echo("  " + "  ".join(parts))
