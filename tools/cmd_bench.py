@@ -35,7 +35,7 @@ def _atomic_write(path: str, write) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write a PNG plot here")
 @click.option("--quick", is_flag=True, help="small sizes (under about a minute)")
 def command(only, json_path, plot_path, quick):
-    """Benchmark the custom operators (ratios measured in one run on this machine)."""
+    """Benchmark the custom operators and the model (ratios measured in one run on this machine)."""
     if plot_path and not plot_path.lower().endswith(".png"):
         raise click.BadParameter("the plot file must end in .png", param_hint="--plot")
     for path, flag in ((json_path, "--json"), (plot_path, "--plot")):
@@ -52,8 +52,8 @@ def command(only, json_path, plot_path, quick):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig = plt.figure(figsize=(6 * len(results) * 3 // 2 + 4, 4.5))
-        for name, res in results.items():
-            importlib.import_module(GROUPS[name]).plot(res, fig)
-        fig.tight_layout()
+        fig = plt.figure(figsize=(14, 4.8 * len(results)), layout="constrained")
+        panels = fig.subfigures(len(results), 1) if len(results) > 1 else [fig]
+        for panel, (name, res) in zip(panels, results.items()):
+            importlib.import_module(GROUPS[name]).plot(res, panel)
         _atomic_write(plot_path, lambda p: fig.savefig(p, format="png", dpi=110))
