@@ -98,3 +98,15 @@ def test_api_input_checks(tiny_ckpt):
     from ascend_v4.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="cannot override dim"):
         ascend_v4.load(tiny_ckpt, dim=64)
+
+
+def test_sampling_rule():
+    from ascend_v4.api import sample
+    logits = np.array([[0.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(sample(logits, 0.0, np.random.default_rng(0)), [1, 0])
+    draws = np.array([sample(logits[:1], 1.0, np.random.default_rng(s))[0] for s in range(4000)])
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    # empirical frequencies within 3 standard errors of softmax(logits / T)
+    assert np.all(np.abs(np.bincount(draws, minlength=3) / 4000 - p) < 3 * np.sqrt(p * (1 - p) / 4000))
+    same = [sample(logits, 0.7, np.random.default_rng(9)).tolist() for _ in range(2)]
+    assert same[0] == same[1]
