@@ -51,6 +51,8 @@ class SafeFile:
         self.metadata = header.pop("__metadata__", {}) or {}
         self.header: Dict[str, dict] = header
         self.data_start = 8 + n
+        for meta in header.values():
+            _normalise_fp4(meta)
         end = max((v["data_offsets"][1] for v in header.values()), default=0)
         if self.data_start + end > size:
             raise SafetensorsError(f"{path}: truncated: tensors need {self.data_start + end} bytes, "
@@ -81,6 +83,14 @@ class SafeFile:
         arr = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.data_start + lo,
                         shape=(hi - lo,))
         return arr.view(dtype).reshape(shape)
+
+
+def _normalise_fp4(meta: dict) -> None:
+    """Present `F4` tensors (logical e2m1 shape, two codes per byte as torch's float4_e2m1fn_x2
+    stores them) as their packed storage: I8 [..., last / 2], low nibble = even element."""
+    if meta.get("dtype") == "F4" and meta.get("shape") and meta["shape"][-1] % 2 == 0:
+        meta["dtype"] = "I8"
+        meta["shape"] = list(meta["shape"][:-1]) + [meta["shape"][-1] // 2]
 
 
 def save(tensors: Dict[str, np.ndarray], path: str, metadata: Dict[str, str] = None) -> None:

@@ -17,7 +17,8 @@ from ascend_v4.safetensors_io import SafeFile, save
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_config("tiny")
+    # head_dim 192 (not the preset's 512): wkv's 192 output rows leave a partial 128-row scale block
+    return load_config("tiny", head_dim=192)
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +310,18 @@ def test_streaming_peak_memory_is_one_tensor_not_the_model(fp8_dir):
     tracemalloc.stop()
     # a few temporaries of the largest tensor, far below one full float32 copy of the model
     assert peak < 6 * largest < full / 3, (peak, largest, full)
+
+
+def test_safetensors_f4_dtype_reads_as_packed_int8(tmp_path):
+    """A release shard stores FP4 experts as dtype F4 with the logical [out, in] shape."""
+    import json
+    import struct
+    from ascend_v4.safetensors_io import SafeFile
+    packed = np.arange(12, dtype=np.uint8).reshape(2, 6)          # logical e2m1 shape [2, 12]
+    header = json.dumps({"w": {"dtype": "F4", "shape": [2, 12], "data_offsets": [0, 12]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "f4.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + packed.tobytes())
+    f = SafeFile(str(path))
+    assert f.info("w") == ("I8", (2, 6))
+    np.testing.assert_array_equal(f.get("w").view(np.uint8), packed)
