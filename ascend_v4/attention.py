@@ -5,6 +5,9 @@ window_size raw tokens plus compressed entries: all visible ones (ratio 128, HCA
 indexer's top-k (ratio 4, CSA). Decode state per layer, in order:
   window ring [b, W, hd]; if ratio: kv_state, score_state, compressed cache [b, max_seq/ratio, hd];
   if ratio 4: indexer kv_state, score_state, indexer key cache [b, max_seq/4, index_head_dim].
+With cfg.custom_ops the window ring and the compressed cache are instead FP8 MODEL1 page pools
+uint8 [ceil(b*n / PAGE_BLOCK), PAGE_BLOCK*584] shared by the batch (row r's slot j is token r*n + j),
+written by the kv_pack_fp8 kernel; decode attends them with sparse_fp8_decode (prefill stays dense).
 """
 from __future__ import annotations
 
@@ -21,6 +24,13 @@ from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
 
 NEG_INF = float("-inf")
+PAGE_BLOCK = 64        # tokens per page block of the kernel-path caches (FlashMLA's block size)
+TOKEN_BYTES = 584      # MODEL1: 448 e4m3 + 64 bf16 + 7 ue8m0 + 1 pad
+
+
+def page_pool_shape(batch: int, per_row: int):
+    """Shape of a MODEL1 pool holding per_row tokens for each of batch rows."""
+    return (max(1, -(-batch * per_row // PAGE_BLOCK)), PAGE_BLOCK * TOKEN_BYTES)
 
 
 def sink_attention(q, keys, mask, sink, scale: float):
@@ -74,15 +84,29 @@ class Attention(nn.Cell):
         self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, fp8) if self.ratio == 4 else None
         self.core = SinkAttention(self.scale)
+        self.use_kernels = cfg.custom_ops
+        self.n_comp = cfg.max_seq_len // self.ratio if self.ratio else 0
+        if self.use_kernels:
+            from custom_ops import ms_ops
+            from custom_ops.sparse_fp8_decode.binding import NO_EXTRA_CACHE
+            self.kv_pack = ms_ops.kv_pack_fp8_op()
+            self.sparse_attn = ms_ops.sparse_fp8_decode_op(self.scale)
+            self.no_extra = Tensor(NO_EXTRA_CACHE)
 
     # ---- state -------------------------------------------------------------------------
     def initial_state(self, batch: int):
         """Numpy arrays of the decode state (see module docstring)."""
         cfg = self.cfg
-        state = [np.zeros((batch, self.window, self.head_dim), self.dt)]
+        if self.use_kernels:
+            state = [np.zeros(page_pool_shape(batch, self.window), np.uint8)]
+        else:
+            state = [np.zeros((batch, self.window, self.head_dim), self.dt)]
         if self.ratio:
             state += list(self.compressor.initial_state(batch))
-            state.append(np.zeros((batch, cfg.max_seq_len // self.ratio, self.head_dim), self.dt))
+            if self.use_kernels:
+                state.append(np.zeros(page_pool_shape(batch, self.n_comp), np.uint8))
+            else:
+                state.append(np.zeros((batch, self.n_comp, self.head_dim), self.dt))
         if self.indexer is not None:
             state += list(self.indexer.compressor.initial_state(batch))
             state.append(np.zeros((batch, cfg.max_seq_len // 4, cfg.index_head_dim), self.dt))
@@ -147,7 +171,18 @@ class Attention(nn.Cell):
                 mask = ops.concat((mask, sel), -1)
         o = self.core(q, keys, mask, self.attn_sink)
         ring = self._prefill_ring(kv)
+        if self.use_kernels:
+            ring = self._pack_rows(ring)
+            if self.ratio:
+                state[2] = self._pack_rows(state[2])
         return self._output(o, cos, sin), tuple([ring] + state)
+
+    def _pack_rows(self, x):
+        """x [b, n, hd] -> a fresh MODEL1 pool with row r's token j in slot r*n + j (kv_pack_fp8)."""
+        b, n, d = x.shape
+        pool = ops.zeros(page_pool_shape(b, n), ms.uint8)
+        slots = ops.arange(b * n).astype(ms.int32)
+        return self.kv_pack(pool, x.reshape(b * n, d).astype(ms.float32), slots)
 
     def _prefill_ring(self, kv):
         """Place the last W tokens of kv [b, s, hd] at ring slots t % W."""
@@ -171,6 +206,8 @@ class Attention(nn.Cell):
         cos = ops.gather(self.cos, pos, 0).reshape(1, -1)
         sin = ops.gather(self.sin, pos, 0).reshape(1, -1)
         q, qr, kv = self._qkv(x, cos, sin)
+        if self.use_kernels:
+            return self._decode_paged(x, pos, state, q, qr, kv, cos, sin)
         ring = state[0]
         slot = (ops.arange(W) == pos % W).reshape(1, W, 1)
         ring = mint.where(slot, kv.broadcast_to(ring.shape), ring)
@@ -192,4 +229,41 @@ class Attention(nn.Cell):
             if self.indexer is not None:
                 new_state += [ikv, iscore, icache]
         o = self.core(q, keys, mask.expand_dims(1), self.attn_sink)
+        return self._output(o, cos, sin), tuple(new_state)
+
+    def _decode_paged(self, x, pos, state, q, qr, kv, cos, sin):
+        """decode() on the FP8 page pools: kv_pack_fp8 writes the new token (and entry), then
+        sparse_fp8_decode attends the visible window slots and the visible / selected entries."""
+        b, W, hd = x.shape[0], self.window, self.head_dim
+        f32, i32 = ms.float32, ms.int32
+        none = Tensor(-1, i32)
+        rows = ops.arange(b).astype(i32).reshape(b, 1)                               # [b, 1]
+        ring = self.kv_pack(state[0], kv.reshape(b, hd).astype(f32), (rows * W + pos % W).reshape(b))
+        j = ops.arange(W).astype(i32).reshape(1, W)
+        ring_idx = mint.where(j <= pos, rows * W + j, none)                         # [b, W]
+        new_state = [ring]
+        extra, extra_idx = self.no_extra, ops.full((b, 1), -1, dtype=i32)
+        if self.ratio:
+            m, n = self.ratio, self.n_comp
+            # the compressor writes its entry (if any) into slot pos // m of a scratch cache
+            scratch = ops.zeros((b, n, hd), self.mdt)
+            written, kv_state, score_state = self.compressor.decode(x, pos, state[1], state[2], scratch,
+                                                                    self.cos, self.sin)
+            entry = ops.gather(written, pos // m, 1)                                 # [b, hd]
+            emit = (pos + 1) % m == 0
+            cslot = mint.where(emit, rows * n + pos // m, none).reshape(b)
+            extra = self.kv_pack(state[3], entry.astype(f32), cslot)
+            if self.indexer is not None:
+                sel, icache, ikv, iscore = self.indexer.decode(x, qr, pos, state[4], state[5], state[6],
+                                                               self.cos, self.sin)
+            else:
+                sel = (ops.arange(n) < (pos + 1) // m).reshape(1, n).broadcast_to((b, n))
+            jn = ops.arange(n).astype(i32).reshape(1, n)
+            extra_idx = mint.where(sel, rows * n + jn, none)                           # [b, n]
+            new_state += [kv_state, score_state, extra]
+            if self.indexer is not None:
+                new_state += [ikv, iscore, icache]
+        out, _ = self.sparse_attn(q.reshape(b, self.n_heads, hd).astype(f32), ring, ring_idx, extra, extra_idx,
+                                  self.attn_sink.astype(f32))
+        o = out.reshape(b, 1, self.n_heads, hd).astype(self.mdt)
         return self._output(o, cos, sin), tuple(new_state)

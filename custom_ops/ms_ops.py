@@ -97,6 +97,22 @@ def moe_combine_op() -> MoeCombineOp:
     return MoeCombineOp()
 
 
+class KvPackFp8Op(nn.Cell):
+    """(cache u8 [blocks, P*584], entries [N,512] f32, slots [N] i32) -> the cache with those slots written
+    (a new tensor; -1 = skip)."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = _aot("kv_pack_fp8", "KvPackFp8Aot", lambda c, e, s: c, lambda c, e, s: ms.uint8)
+
+    def construct(self, cache, entries, slots):
+        return self.op(cache, entries, slots)
+
+
+def kv_pack_fp8_op() -> KvPackFp8Op:
+    return KvPackFp8Op()
+
+
 def last_twin_error(twin: str) -> str:
     """The message of the last failure of a twin (MindSpore only reports the error code)."""
     return twin_library(twin).ascendc_twin_last_error().decode(errors="replace")

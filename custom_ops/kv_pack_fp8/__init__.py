@@ -1,0 +1,1 @@
+"""kv_pack_fp8 operator: AscendC kernel, CPU twin, numpy reference."""
