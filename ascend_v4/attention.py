@@ -51,9 +51,10 @@ def sink_attention(q, keys, mask, sink, scale: float):
 class SinkAttention(nn.Cell):
     """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, dtype=ms.float32):
         super().__init__()
-        self.scale = scale
+        # a tensor of the compute dtype: a Python float would enter the graph as float32
+        self.scale = Tensor(scale, dtype)
 
     def construct(self, q, keys, mask, sink):
         return sink_attention(q, keys, mask, sink, self.scale)
@@ -83,7 +84,7 @@ class Attention(nn.Cell):
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, fp8) if self.ratio == 4 else None
-        self.core = SinkAttention(self.scale)
+        self.core = SinkAttention(self.scale, self.mdt)
         self.use_kernels = cfg.custom_ops
         self.n_comp = cfg.max_seq_len // self.ratio if self.ratio else 0
         if self.use_kernels:

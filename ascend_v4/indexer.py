@@ -21,7 +21,10 @@ NEG_INF = float("-inf")
 def selected_mask(scores, visible, k: int):
     """scores [..., n] with `visible` [..., n] -> bool mask of the top-k visible entries."""
     scores = mint.where(visible, scores, NEG_INF)
-    _, idx = ops.topk(scores, k)                                   # [..., k]
+    # ReLU makes exact ties (score 0) common; a stable descending sort keeps the lower entry
+    # index first, where TopK's order among ties is unspecified
+    _, order = ops.sort(scores, axis=-1, descending=True)
+    idx = order[..., :k]                                           # [..., k]
     hits = ops.one_hot(idx, scores.shape[-1], Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
     return ops.logical_and(hits.sum(-2) > 0, visible)
 

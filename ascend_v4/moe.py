@@ -21,7 +21,9 @@ def route_scores(logits, score_func: str):
         return mint.softmax(logits, -1)
     if score_func == "sigmoid":
         return ops.sigmoid(logits)
-    return ops.sqrt(ops.softplus(logits))
+    # softplus written out: MindSpore's Softplus kernel is float32-accurate even in float64
+    softplus = ops.relu(logits) + ops.log1p(ops.exp(-ops.abs(logits)))
+    return ops.sqrt(softplus)
 
 
 class SharedExpert(nn.Cell):

@@ -32,9 +32,9 @@ def rope_frequencies(cfg: ModelConfig, compressed: bool) -> np.ndarray:
 
 
 def rope_tables(cfg: ModelConfig, compressed: bool):
-    """cos and sin tables [max_seq_len, rope_head_dim / 2] float32."""
+    """cos and sin tables [max_seq_len, rope_head_dim / 2] float64 (cast to the compute dtype)."""
     angles = np.outer(np.arange(cfg.max_seq_len, dtype=np.float64), rope_frequencies(cfg, compressed))
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return np.cos(angles), np.sin(angles)
 
 
 def apply_rope(x, cos, sin, inverse: bool = False):

@@ -27,7 +27,7 @@ from .compressor import compressor_entries, indexer_topk, pool_blocks, visible_m
 from .hc import hc_head, hc_post, hc_pre, sinkhorn
 from .model import block_forward, forward_all, mtp_forward_all
 from .moe import expert, gate, moe_layer
-from .numerics import (e2m1_round, fp4_quant_dequant, fp8_quant_dequant, hadamard,
+from .numerics import (e2m1_round, fp4_quant_dequant, fp8_quant_dequant, hadamard, precision, real,
                        hadamard_matrix, pow2_ceil, rms_norm, rope, rope_frequencies)
 from .weights import WeightError, dequantize, linear, unpack_fp4
 
@@ -37,5 +37,5 @@ __all__ = [
     "block_forward", "forward_all", "mtp_forward_all", "expert", "gate", "moe_layer",
     "e2m1_round", "fp4_quant_dequant", "fp8_quant_dequant", "hadamard", "hadamard_matrix",
     "pow2_ceil", "rms_norm", "rope", "rope_frequencies", "WeightError", "dequantize", "linear",
-    "unpack_fp4",
+    "unpack_fp4", "precision", "real",
 ]

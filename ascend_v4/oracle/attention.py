@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compressor import compressor_entries, indexer_topk, visible_mask
-from .numerics import fp8_quant_dequant, rms_norm, rope
+from .numerics import fp8_quant_dequant, rms_norm, rope, real
 from .weights import get, linear
 
 
@@ -37,7 +37,7 @@ def sparse_attention(q, keys, mask, sink, scale) -> np.ndarray:
     m = np.maximum(z.max(-1), sink)                                   # [b, s, h]
     p = np.exp(z - m[..., None])
     den = p.sum(-1) + np.exp(sink - m)
-    return (np.einsum("bshk,bkd->bshd", p, keys.astype(np.float64)) / den[..., None]).astype(np.float32)
+    return (np.einsum("bshk,bkd->bshd", p, keys.astype(np.float64)) / den[..., None]).astype(real())
 
 
 def attention_layer(cfg, W, layer_id: int, x: np.ndarray) -> np.ndarray:
@@ -72,4 +72,4 @@ def attention_layer(cfg, W, layer_id: int, x: np.ndarray) -> np.ndarray:
     g, r = cfg.o_groups, cfg.o_lora_rank
     wo_a = get(W, p + "wo_a.weight").reshape(g, r, -1)
     o = np.einsum("bsgd,grd->bsgr", o.reshape(b, s, g, -1), wo_a).reshape(b, s, g * r)
-    return linear(o.astype(np.float32), W, p + "wo_b")
+    return linear(o.astype(real()), W, p + "wo_b")

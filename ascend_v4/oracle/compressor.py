@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import fp4_quant_dequant, fp8_quant_dequant, hadamard, rms_norm, rope
+from .numerics import fp4_quant_dequant, fp8_quant_dequant, hadamard, rms_norm, rope, real
 from .weights import get, linear
 
 
@@ -34,7 +34,7 @@ def pool_blocks(kv: np.ndarray, g: np.ndarray, ape: np.ndarray, ratio: int, head
         kv, g = kv_s, g_s
     p = np.exp(g - g.max(2, keepdims=True))
     p /= p.sum(2, keepdims=True)
-    return (p * kv).sum(2).astype(np.float32)
+    return (p * kv).sum(2).astype(real())
 
 
 def compressor_entries(cfg, W, prefix: str, x: np.ndarray, ratio: int, head_dim: int,
@@ -47,7 +47,7 @@ def compressor_entries(cfg, W, prefix: str, x: np.ndarray, ratio: int, head_dim:
     rotate=False: fp8 q-dq (tiles of 64) of the first head_dim - rope_head_dim dims, or
     rotate=True (indexer): Hadamard rotation of the whole vector and FP4 q-dq (blocks of 32).
     """
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, real())
     kv = np.matmul(x, get(W, prefix + ".wkv.weight").T)
     g = np.matmul(x, get(W, prefix + ".wgate.weight").T)
     ent = pool_blocks(kv, g, get(W, prefix + ".ape"), ratio, head_dim)
@@ -84,9 +84,9 @@ def indexer_topk(cfg, W, prefix, x: np.ndarray, qr: np.ndarray):
     k = compressor_entries(cfg, W, prefix + ".compressor", x, ratio, hd, rotate=True)  # [b, n, hd]
     w = linear(x, W, prefix + ".weights_proj") * (hd ** -0.5 * nh ** -0.5)          # [b, s, nh]
     dots = np.maximum(np.einsum("bshd,bnd->bshn", q, k), 0.0)
-    score = np.einsum("bsh,bshn->bsn", w, dots).astype(np.float32)
+    score = np.einsum("bsh,bshn->bsn", w, dots).astype(real())
     vis = visible_mask(s, k.shape[1], ratio)
-    score = np.where(vis[None], score, -np.inf).astype(np.float32)
+    score = np.where(vis[None], score, -np.inf).astype(real())
     order = np.argsort(-score, axis=-1, kind="stable")
     keep = np.minimum(cfg.index_topk, vis.sum(-1))                                # [s]
     rank = np.empty_like(order)

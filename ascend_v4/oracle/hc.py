@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import sigmoid
+from .numerics import sigmoid, real
 
 
 def sinkhorn(mixes: np.ndarray, scale, base, n: int, iters: int, eps: float):
@@ -25,32 +25,32 @@ def sinkhorn(mixes: np.ndarray, scale, base, n: int, iters: int, eps: float):
     for _ in range(iters - 1):
         c = c / (c.sum(-1, keepdims=True) + eps)           # rows
         c = c / (c.sum(-2, keepdims=True) + eps)           # columns (last)
-    return pre.astype(np.float32), post.astype(np.float32), c.astype(np.float32)
+    return pre.astype(real()), post.astype(real()), c.astype(real())
 
 
 def _mixes(X: np.ndarray, fn, eps: float) -> np.ndarray:
     """X [b, s, n, d] -> (flatten(X) @ fn^T) * rsqrt(mean(x^2) + eps)   [b, s, rows of fn]."""
-    x = X.reshape(*X.shape[:-2], -1).astype(np.float32)
+    x = X.reshape(*X.shape[:-2], -1).astype(real())
     rs = 1.0 / np.sqrt(np.mean(np.square(x, dtype=np.float64), -1, keepdims=True) + eps)
-    return (np.matmul(x, np.asarray(fn, np.float32).T) * rs).astype(np.float32)
+    return (np.matmul(x, np.asarray(fn, real()).T) * rs).astype(real())
 
 
 def hc_pre(X: np.ndarray, fn, scale, base, cfg):
     """X [b, s, n, d] -> u [b, s, d] = sum_i pre_i X_i, post [b, s, n], comb [b, s, n, n]."""
     mixes = _mixes(X, fn, cfg.norm_eps)
     pre, post, comb = sinkhorn(mixes, scale, base, cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps)
-    u = np.einsum("bsn,bsnd->bsd", pre, X.astype(np.float32))
-    return u.astype(np.float32), post, comb
+    u = np.einsum("bsn,bsnd->bsd", pre, X.astype(real()))
+    return u.astype(real()), post, comb
 
 
 def hc_post(f: np.ndarray, X: np.ndarray, post, comb) -> np.ndarray:
     """f [b, s, d], X [b, s, n, d] -> X' [b, s, n, d], X'_j = post_j f + sum_i comb[i, j] X_i."""
     y = post[..., :, None] * f[:, :, None, :] + np.einsum("bsij,bsid->bsjd", comb, X)
-    return y.astype(np.float32)
+    return y.astype(real())
 
 
 def hc_head(X: np.ndarray, fn, scale, base, cfg) -> np.ndarray:
     """X [b, s, n, d] -> y [b, s, d] = sum_i (sigmoid(mix_i scale + base_i) + hc_eps) X_i."""
     mixes = _mixes(X, fn, cfg.norm_eps)
-    w = sigmoid(mixes * np.asarray(scale, np.float32)[0] + np.asarray(base, np.float32)) + cfg.hc_eps
-    return np.einsum("bsn,bsnd->bsd", w.astype(np.float32), X.astype(np.float32)).astype(np.float32)
+    w = sigmoid(mixes * np.asarray(scale, real())[0] + np.asarray(base, real())) + cfg.hc_eps
+    return np.einsum("bsn,bsnd->bsd", w.astype(real()), X.astype(real())).astype(real())

@@ -14,7 +14,7 @@ import numpy as np
 from .attention import attention_layer, block_prefix
 from .hc import hc_head, hc_post, hc_pre
 from .moe import moe_layer
-from .numerics import rms_norm
+from .numerics import rms_norm, real
 from .weights import get, linear
 
 
@@ -44,7 +44,7 @@ def _logits(cfg, W, X, prefix: str, norm_name: str) -> np.ndarray:
     y = hc_head(X, get(W, prefix + "hc_head_fn"), get(W, prefix + "hc_head_scale"),
                 get(W, prefix + "hc_head_base"), cfg)
     y = rms_norm(y, get(W, norm_name), cfg.norm_eps)
-    return np.matmul(y, get(W, "head.weight").T).astype(np.float32)          # fp32, no act quant
+    return np.matmul(y, get(W, "head.weight").T).astype(real())          # fp32, no act quant
 
 
 def forward_all(cfg, W, ids):
@@ -54,7 +54,7 @@ def forward_all(cfg, W, ids):
     """
     ids = _check_ids(cfg, ids)
     h = get(W, "embed.weight")[ids]                                            # [b, s, dim]
-    X = np.repeat(h[:, :, None, :], cfg.hc_mult, axis=2).astype(np.float32)
+    X = np.repeat(h[:, :, None, :], cfg.hc_mult, axis=2).astype(real())
     for layer_id in range(cfg.n_layers):
         X = block_forward(cfg, W, layer_id, X, ids)
     return _logits(cfg, W, X, "", "norm.weight"), X
@@ -63,12 +63,12 @@ def forward_all(cfg, W, ids):
 def mtp_forward_all(cfg, W, H, ids, k: int = 0) -> np.ndarray:
     """MTP block k on H [b, s, hc_mult, dim] and ids [b, s] -> logits [b, s, vocab] float32."""
     ids = _check_ids(cfg, ids)
-    H = np.asarray(H, np.float32)
+    H = np.asarray(H, real())
     if H.shape != ids.shape + (cfg.hc_mult, cfg.dim):
         raise ValueError(f"H must have shape {ids.shape + (cfg.hc_mult, cfg.dim)}, got {H.shape}")
     p = f"mtp.{k}."
     e = rms_norm(get(W, "embed.weight")[ids], get(W, p + "enorm.weight"), cfg.norm_eps)
     x = rms_norm(H, get(W, p + "hnorm.weight"), cfg.norm_eps)
     X = linear(e, W, p + "e_proj")[:, :, None, :] + linear(x, W, p + "h_proj")
-    X = block_forward(cfg, W, cfg.n_layers + k, X.astype(np.float32), ids)
+    X = block_forward(cfg, W, cfg.n_layers + k, X.astype(real()), ids)
     return _logits(cfg, W, X, p, p + "norm.weight")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import block_prefix
-from .numerics import sigmoid, silu, softmax
+from .numerics import sigmoid, silu, softmax, real
 from .weights import get, linear
 
 
@@ -16,7 +16,7 @@ def gate(cfg, W, layer_id: int, x: np.ndarray, ids: np.ndarray):
     are the unbiased scores, renormalised (not for softmax) and times route_scale.
     """
     p = block_prefix(cfg, layer_id) + "ffn.gate."
-    z = np.matmul(x.astype(np.float32), get(W, p + "weight").T).astype(np.float64)
+    z = np.matmul(x.astype(real()), get(W, p + "weight").T).astype(np.float64)
     if cfg.score_func == "softmax":
         scores = softmax(z, -1).astype(np.float64)
     elif cfg.score_func == "sigmoid":
@@ -31,7 +31,7 @@ def gate(cfg, W, layer_id: int, x: np.ndarray, ids: np.ndarray):
     w = np.take_along_axis(scores, idx, -1)
     if cfg.score_func != "softmax":
         w = w / w.sum(-1, keepdims=True)
-    return (w * cfg.route_scale).astype(np.float32), idx.astype(np.int64)
+    return (w * cfg.route_scale).astype(real()), idx.astype(np.int64)
 
 
 def expert(x: np.ndarray, W, prefix: str, limit: float, weight=None) -> np.ndarray:
@@ -48,14 +48,14 @@ def expert(x: np.ndarray, W, prefix: str, limit: float, weight=None) -> np.ndarr
     a = silu(h) * u
     if weight is not None:
         a = weight * a
-    return linear(a.astype(np.float32), W, prefix + ".w2")
+    return linear(a.astype(real()), W, prefix + ".w2")
 
 
 def moe_layer(cfg, W, layer_id: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """MoE sublayer F: x [b, s, dim] (after ffn_norm), ids [b, s] -> [b, s, dim] (fp32 sum)."""
     p = block_prefix(cfg, layer_id) + "ffn."
     shape = x.shape
-    xf = x.reshape(-1, shape[-1]).astype(np.float32)
+    xf = x.reshape(-1, shape[-1]).astype(real())
     weights, idx = gate(cfg, W, layer_id, xf, np.asarray(ids).reshape(-1))
     y = np.zeros_like(xf)
     for e in np.unique(idx):

@@ -1,17 +1,38 @@
 """Number formats and small numeric building blocks of the oracle (V4_SPEC sections 3, 4, 9).
 
-Everything is plain numpy in float32 (angles and a few reductions in float64). The reference
+Everything is plain numpy in the oracle's working precision, float32 by default (angles and a
+few reductions in float64); `with precision("float64"):` runs it in float64, so that its FP8 /
+FP4 rounding decisions match another float64 implementation's exactly. The reference
 keeps bf16 activations between operators; the oracle does NOT emulate that rounding, so a
 bf16 implementation differs from it by bf16-level noise (tests choose tolerances accordingly).
 Quant-dequant helpers follow `inference/kernel.py` (act_quant / fp4_act_quant, inplace mode).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 
 import ml_dtypes
 import numpy as np
+
+_WORKING = [np.float32]
+
+
+def real():
+    """The working float dtype (float32 unless inside `precision`)."""
+    return _WORKING[-1]
+
+
+@contextlib.contextmanager
+def precision(dtype: str):
+    """Run the oracle in `dtype` ('float32' or 'float64') inside the block."""
+    _WORKING.append(np.dtype(dtype).type)
+    try:
+        yield
+    finally:
+        _WORKING.pop()
+
 
 FP8_MAX = 448.0
 FP4_MAX = 6.0
@@ -22,10 +43,10 @@ E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
 
 def pow2_ceil(s: np.ndarray) -> np.ndarray:
     """2^ceil(log2(s)) for positive normal float32 s, exact (frexp instead of log2)."""
-    s = np.asarray(s, np.float32)
+    s = np.asarray(s, real())
     mant, exp = np.frexp(s)                      # s = mant * 2^exp, mant in [0.5, 1)
     exp = np.where(mant == 0.5, exp - 1, exp)    # exact powers of two keep their exponent
-    return np.ldexp(np.float32(1.0), exp).astype(np.float32)
+    return np.ldexp(real()(1.0), exp).astype(real())
 
 
 def _tiles(x: np.ndarray, block: int):
@@ -46,22 +67,22 @@ def fp8_quant_dequant(x: np.ndarray, block: int = 128, scale_fmt="ue8m0",
     A last tile shorter than `block` forms its own tile (the reference asserts n % block == 0).
     Returns float32 [..., n] (and the scales [..., n_tiles] when return_scale).
     """
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, real())
     if x.size == 0:
-        return (x.copy(), np.zeros(x.shape[:-1] + (0,), np.float32)) if return_scale else x.copy()
+        return (x.copy(), np.zeros(x.shape[:-1] + (0,), real())) if return_scale else x.copy()
     t, n = _tiles(x, block)
-    amax = np.maximum(np.abs(t).max(-1, keepdims=True), np.float32(1e-4))
-    s = (amax * np.float32(1.0 / FP8_MAX)).astype(np.float32)
+    amax = np.maximum(np.abs(t).max(-1, keepdims=True), real()(1e-4))
+    s = (amax * real()(1.0 / FP8_MAX)).astype(real())
     if scale_fmt is not None:
         s = pow2_ceil(s)
-    q = np.clip(t / s, -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    q = np.clip(t / s, -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn).astype(real())
     y = (q * s).reshape(*x.shape[:-1], -1)[..., :n]
     return (y, s[..., 0]) if return_scale else y
 
 
 def e2m1_round(v: np.ndarray) -> np.ndarray:
     """Round float32 values (already clamped to [-6, 6]) to e2m1, nearest with ties to even code."""
-    v = np.asarray(v, np.float32)
+    v = np.asarray(v, real())
     mags = E2M1_VALUES[:8]
     a = np.abs(v)[..., None]
     d = np.abs(a - mags)                                          # [..., 8]
@@ -70,17 +91,17 @@ def e2m1_round(v: np.ndarray) -> np.ndarray:
     cand = np.where(d == best, np.arange(8), 99)
     even = np.where(cand % 2 == 0, cand, 99).min(-1)
     code = np.where(even < 99, even, cand.min(-1))
-    return np.copysign(mags[code], v).astype(np.float32)
+    return np.copysign(mags[code], v).astype(real())
 
 
 def fp4_quant_dequant(x: np.ndarray, block: int = 32, return_scale: bool = False):
     """e2m1 quant-dequant of x [..., n] per block of 32: s = 2^ceil(log2(amax/6)) (kernel.py)."""
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, real())
     if x.size == 0:
-        return (x.copy(), np.zeros(x.shape[:-1] + (0,), np.float32)) if return_scale else x.copy()
+        return (x.copy(), np.zeros(x.shape[:-1] + (0,), real())) if return_scale else x.copy()
     t, n = _tiles(x, block)
-    amax = np.maximum(np.abs(t).max(-1, keepdims=True), np.float32(6 * 2.0 ** -126))
-    s = pow2_ceil((amax * np.float32(1.0 / FP4_MAX)).astype(np.float32))
+    amax = np.maximum(np.abs(t).max(-1, keepdims=True), real()(6 * 2.0 ** -126))
+    s = pow2_ceil((amax * real()(1.0 / FP4_MAX)).astype(real()))
     q = e2m1_round(np.clip(t / s, -FP4_MAX, FP4_MAX))
     y = (q * s).reshape(*x.shape[:-1], -1)[..., :n]
     return (y, s[..., 0]) if return_scale else y
@@ -88,25 +109,25 @@ def fp4_quant_dequant(x: np.ndarray, block: int = 32, return_scale: bool = False
 
 def rms_norm(x: np.ndarray, weight, eps: float) -> np.ndarray:
     """x [..., d] * rsqrt(mean(x^2) + eps) * weight [d] (weight None: no weight)."""
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, real())
     var = np.mean(np.square(x, dtype=np.float64), -1, keepdims=True)
-    y = (x / np.sqrt(var + eps)).astype(np.float32)
-    return y if weight is None else (y * np.asarray(weight, np.float32)).astype(np.float32)
+    y = (x / np.sqrt(var + eps)).astype(real())
+    return y if weight is None else (y * np.asarray(weight, real())).astype(real())
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return (x / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    return (x / (1.0 + np.exp(-x.astype(np.float64)))).astype(real())
 
 
 def sigmoid(x):
-    return (1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))).astype(real())
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Max-subtracted softmax; all -inf slices give NaN (callers never pass them)."""
     x = np.asarray(x, np.float64)
     e = np.exp(x - x.max(axis, keepdims=True))
-    return (e / e.sum(axis, keepdims=True)).astype(np.float32)
+    return (e / e.sum(axis, keepdims=True)).astype(real())
 
 
 # ---- RoPE ---------------------------------------------------------------------------------
@@ -152,7 +173,7 @@ def rope(x: np.ndarray, positions, cfg, compressed: bool, inverse: bool = False)
     x: [b, s, D] or [b, s, h, D]; positions: int [s] (position of each index along axis 1).
     inverse=True rotates by -angle (used on the attention output). Returns a new float32 array.
     """
-    x = np.array(x, np.float32, copy=True)
+    x = np.array(x, real(), copy=True)
     rd = cfg.rope_head_dim
     ang = np.outer(np.asarray(positions, np.float64), rope_frequencies(cfg, compressed))  # [s, rd/2]
     if inverse:
@@ -182,4 +203,4 @@ def hadamard_matrix(n: int) -> np.ndarray:
 def hadamard(x: np.ndarray) -> np.ndarray:
     """x [..., n] @ H_n * n^-0.5 (fast_hadamard_transform with scale = n^-0.5)."""
     n = x.shape[-1]
-    return (np.asarray(x, np.float64) @ hadamard_matrix(n) * n ** -0.5).astype(np.float32)
+    return (np.asarray(x, np.float64) @ hadamard_matrix(n) * n ** -0.5).astype(real())

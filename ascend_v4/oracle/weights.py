@@ -15,7 +15,7 @@ from typing import Dict
 import ml_dtypes
 import numpy as np
 
-from .numerics import E2M1_VALUES, fp8_quant_dequant
+from .numerics import E2M1_VALUES, fp8_quant_dequant, real
 
 BLOCK = 128
 FP4_BLOCK = 32
@@ -31,14 +31,14 @@ def _fp8_weight(name, w, scale):
     if scale.shape != want:
         raise WeightError(f"{name}: fp8 weight {w.shape} needs a scale of shape {want}, "
                           f"got {scale.shape}")
-    s = np.repeat(np.repeat(scale.astype(np.float32), BLOCK, 0), BLOCK, 1)[:out, :inp]
-    return w.astype(np.float32) * s
+    s = np.repeat(np.repeat(scale.astype(real()), BLOCK, 0), BLOCK, 1)[:out, :inp]
+    return w.astype(real()) * s
 
 
 def unpack_fp4(packed: np.ndarray) -> np.ndarray:
     """int8/uint8 [out, in/2] -> e2m1 values float32 [out, in]; low nibble is element 2j."""
     b = packed.view(np.uint8)
-    vals = np.empty((b.shape[0], b.shape[1] * 2), np.float32)
+    vals = np.empty((b.shape[0], b.shape[1] * 2), real())
     vals[:, 0::2] = E2M1_VALUES[b & 0x0F]
     vals[:, 1::2] = E2M1_VALUES[b >> 4]
     return vals
@@ -50,7 +50,7 @@ def _fp4_weight(name, w, scale):
     if (2 * half) % FP4_BLOCK or scale.shape != want:
         raise WeightError(f"{name}: fp4 weight {w.shape} (packed) needs a scale of shape "
                           f"{want}, got {scale.shape}")
-    return unpack_fp4(w) * np.repeat(scale.astype(np.float32), FP4_BLOCK, 1)
+    return unpack_fp4(w) * np.repeat(scale.astype(real()), FP4_BLOCK, 1)
 
 
 def dequantize(tensors: Dict[str, np.ndarray], cfg) -> Dict[str, object]:
@@ -81,11 +81,11 @@ def dequantize(tensors: Dict[str, np.ndarray], cfg) -> Dict[str, object]:
                 raise WeightError(f"{name}: packed fp4 weight must be 2-D, got shape {arr.shape}")
             W[name], formats[name] = _fp4_weight(name, arr, np.asarray(tensors[scale_name])), "fp4"
         elif arr.dtype == ml_dtypes.bfloat16:
-            W[name], formats[name] = arr.astype(np.float32), "bf16"
+            W[name], formats[name] = arr.astype(real()), "bf16"
         elif arr.dtype == np.float32:
-            W[name], formats[name] = arr.astype(np.float32, copy=True), "fp32"
+            W[name], formats[name] = arr.astype(real(), copy=True), "fp32"
         elif arr.dtype == np.float16:
-            W[name], formats[name] = arr.astype(np.float32), "fp16"
+            W[name], formats[name] = arr.astype(real()), "fp16"
         elif np.issubdtype(arr.dtype, np.integer):
             W[name] = arr.astype(np.int64)
         else:
@@ -116,4 +116,4 @@ def linear(x: np.ndarray, W, name: str) -> np.ndarray:
         raise WeightError(f"{wname}: input has {x.shape[-1]} features, weight expects {w.shape[1]}")
     if W.get("__formats__", {}).get(wname) in ("fp8", "fp4"):
         x = fp8_quant_dequant(x, BLOCK, W.get("__scale_fmt__", "ue8m0"))
-    return np.matmul(np.asarray(x, np.float32), w.T).astype(np.float32)
+    return np.matmul(np.asarray(x, real()), w.T).astype(real())

@@ -66,14 +66,16 @@ def _load_memory(path: str) -> dict:
 
 
 def _agreement(path: str, compute_dtype: str, prompt: int = 120) -> dict:
-    """Max relative error and top-1 agreement vs the oracle over prefill + 16 decode steps."""
+    """Max relative error and top-1 agreement vs the oracle (run in the same precision) over
+    prefill + 16 decode steps."""
     from ascend_v4 import oracle
     from ascend_v4.checkpoint import open_checkpoint
     ckpt = open_checkpoint(path, overrides={"compute_dtype": compute_dtype})
-    W = oracle.dequantize({n: np.asarray(ckpt.raw(n)) for n in ckpt.schema}, ckpt.config)
     model = _load(path, compute_dtype=compute_dtype)
     ids = np.random.default_rng(prompt).integers(0, ckpt.config.vocab_size, (2, prompt + STEPS))
-    ref, _ = oracle.forward_all(ckpt.config, W, ids)
+    with oracle.precision(compute_dtype):
+        W = oracle.dequantize({n: np.asarray(ckpt.raw(n)) for n in ckpt.schema}, ckpt.config)
+        ref, _ = oracle.forward_all(ckpt.config, W, ids)
     got = [model(ids[:, :prompt], 0)] + [model(ids[:, p:p + 1], p) for p in range(prompt, prompt + STEPS - 1)]
     errs, top1 = [], []
     for k, logits in enumerate(got):

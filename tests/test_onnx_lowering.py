@@ -1,0 +1,174 @@
+"""MindIR -> ONNX lowering: primitives against MindSpore, and the tiny model's ONNX file."""
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from graph_compile.testing import BUCKET, compiled_tiny
+
+
+def test_primitives_match_mindspore(tmp_path):
+    import mindspore as ms
+    from mindspore import Tensor, mint, nn, ops
+    from graph_compile.lower import lower_mindir
+    from graph_compile.mindir import read_mindir
+    from graph_compile.weights import WeightTable
+    ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+
+    class Net(nn.Cell):
+        def construct(self, x, i, p):
+            a = x[:, 1:5:2] * 2.0 + x[:, -3:].sum(-1, keepdims=True)       # StridedSlice, Muls, SumExt
+            b = ops.softplus(x) - ops.silu(x) + ops.rsqrt(ops.abs(x) + 1.0) + ops.log1p(ops.exp(-ops.abs(x)))
+            c = ops.round(x * 4.0) + ops.sign(x) * ops.floor(x) - ops.ceil(x)  # half-to-even Round
+            _, idx = ops.topk(x, 3)
+            _, order = ops.sort(ops.relu(x), axis=-1, descending=True)        # ties at 0: stable
+            hot = ops.one_hot(idx, 8, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32)).sum(1) + \
+                ops.one_hot(order[:, 2:6], 8, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32)).sum(1) * 10
+            g = ops.gather_elements(x, 1, idx) + ops.gather(x, i, 0).sum(0)[:3]
+            q = (p % 5) + (p // 3)                                          # int Remainder, FloorDiv
+            m = mint.where(x > 0.5, x, ops.exp(x)).max(-1)
+            return a, b, c, hot, g, q, m, ops.concat((x, x.T), 0).reshape(2, -1)
+
+    x = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    x[0, 0], x[0, 1] = 0.625, -0.375                                           # exact .5 ties after *4
+    i = np.array([1, 3], np.int32)
+    p = np.array(-7, np.int32)
+    ms.export(Net(), Tensor(x), Tensor(i), Tensor(p), file_name=str(tmp_path / "net"), file_format="MINDIR")
+    g = read_mindir(str(tmp_path / "net.mindir"))
+    names = [f"o{k}" for k in range(8)]
+    model = lower_mindir(g, WeightTable(None, {}), ["x", "i", "p"], names, "net")
+    onnx.checker.check_model(model, full_check=True)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "i": i, "p": p})
+    ref = [o.asnumpy() for o in Net()(Tensor(x), Tensor(i), Tensor(p))]
+    assert int(ref[5]) == (-7 % 5) + (-7 // 3)                                # python semantics
+    for k, (a, r) in enumerate(zip(got, ref)):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        if k in (2, 3, 5, 7):                      # rounding, one-hot, integer ops, reshapes: exact
+            np.testing.assert_array_equal(a, r)
+        else:                                      # float32 transcendentals of two libraries
+            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def onnx_models():
+    folder, manifest, _ = compiled_tiny()
+    return folder, manifest, {n: onnx.load(os.path.join(folder, g["onnx"])) for n, g in manifest["graphs"].items()}
+
+
+def test_checker_and_strict_shape_inference(onnx_models):
+    _, _, models = onnx_models
+    for m in models.values():
+        onnx.checker.check_model(m, full_check=True)
+        onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+        assert {o.domain: o.version for o in m.opset_import}[""] == 21
+
+
+def test_fp8_initializers_are_lossless_and_sized(onnx_models):
+    from ascend_v4.checkpoint import open_checkpoint
+    folder, manifest, models = onnx_models
+    ckpt = open_checkpoint(os.path.join(folder, "checkpoint"))
+    m = models[f"prefill_{BUCKET}"]
+    inits = {t.name: t for t in m.graph.initializer}
+    fp8 = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
+    cfg = ckpt.config
+    # per layer: wq_a wq_b wkv wo_b + shared w1 w2 w3 + stacked routed w1 w2 w3; indexer wq_b on ratio-4
+    assert len(fp8) == cfg.n_layers * 10 + sum(r == 4 for r in cfg.compress_ratios[:cfg.n_layers])
+    fp8_bytes = sum(len(t.raw_data) for t in fp8)
+    assert fp8_bytes == sum(int(np.prod(t.dims)) for t in fp8)                 # one byte per weight
+    assert fp8_bytes == manifest["graphs"][f"prefill_{BUCKET}"]["weights"]["fp8_bytes"]
+    size = os.path.getsize(os.path.join(folder, manifest["graphs"][f"prefill_{BUCKET}"]["onnx"]))
+    tensor_bytes = sum(len(t.raw_data) for t in m.graph.initializer) + sum(
+        len(n.attribute[0].t.raw_data) for n in list(m.graph.node) + [b for f in m.functions for b in f.node]
+        if n.op_type == "Constant")
+    assert tensor_bytes <= size < 1.05 * tensor_bytes + 2e6                    # the file is its tensors
+    assert size < fp8_bytes * 8                # FP8 weights held as float64 alone would exceed the file
+    # lossless: an FP8 linear and a recast FP4 expert equal the checkpoint's dequantised weight
+    import ml_dtypes
+    for onnx_name, ckpt_name, idx in (("layers.1.attn.wq_a.weight", "layers.1.attn.wq_a.weight", None),
+                                      ("layers.2.ffn.experts.w2.weight", "layers.2.ffn.experts.5.w2.weight", 5)):
+        t = inits[onnx_name]
+        q = np.frombuffer(t.raw_data, ml_dtypes.float8_e4m3fn).reshape(tuple(t.dims)).astype(np.float64)
+        s = onnx.numpy_helper.to_array(inits[onnx_name + ".scale"]).astype(np.float64)
+        w = q * np.repeat(s, 128, axis=-1)[..., :q.shape[-1]]
+        w = w if idx is None else w[idx]
+        np.testing.assert_array_equal(w, ckpt.dequantized(ckpt_name))
+    assert ckpt.formats["layers.2.ffn.experts.5.w2.weight"] == "fp4"
+
+
+def test_boundary_functions(onnx_models):
+    _, _, models = onnx_models
+    for m in models.values():
+        calls = [n for n in m.graph.node if n.domain == "ascend_v4"]
+        counts = {op: sum(n.op_type == op for n in calls) for op in
+                  ("sinkhorn_mhc", "sparse_attention", "moe_dispatch_combine")}
+        assert counts == {"sinkhorn_mhc": 8, "sparse_attention": 4, "moe_dispatch_combine": 4}
+        funcs = {(f.domain, f.name, f.overload): f for f in m.functions}
+        assert len(funcs) == 16
+        for n in calls:
+            f = funcs[(n.domain, n.op_type, n.overload)]
+            assert list(f.input) == list(n.input) and len(f.output) == len(n.output)
+            assert {b.domain for b in f.node} == {""}
+        # the expert function receives the FP8 weights and dequantises inside
+        moe = funcs[("ascend_v4", "moe_dispatch_combine", "0")]
+        assert "DequantizeLinear" in {b.op_type for b in moe.node}
+        assert {"layers.0.ffn.experts.w1.weight", "layers.0.ffn.experts.w1.weight.scale"} <= set(moe.input)
+        sink = funcs[("ascend_v4", "sinkhorn_mhc", "0")]
+        assert {"Softmax", "Sigmoid", "ReduceSum", "Div"} <= {b.op_type for b in sink.node}
+
+
+def test_external_data_above_threshold(onnx_models, tmp_path):
+    from graph_compile.compiler import _save_onnx
+    folder, manifest, models = onnx_models
+    entry = manifest["graphs"]["decode_b1"]
+    path = str(tmp_path / "decode.onnx")
+    info = _save_onnx(models["decode_b1"], path, threshold=1000)
+    assert info["external_data"] and os.path.getsize(path + ".data") > 0.9 * info["initializer_bytes"]
+    assert os.path.getsize(path) < 0.2 * os.path.getsize(os.path.join(folder, entry["onnx"]))
+    onnx.checker.check_model(path, full_check=True)
+    feeds = {"ids": np.array([[7]], np.int32), "pos": np.array(120, np.int32)}
+    state = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float64)
+             for i in models["decode_b1"].graph.input if i.name.startswith("state.")}
+    outs = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {**feeds, **state})
+            for p in (path, os.path.join(folder, entry["onnx"]))]
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sinkhorn_function_body_matches_kernel_reference(onnx_models):
+    """The ONNX function `ascend_v4.sinkhorn_mhc` run alone == custom_ops' numpy reference of the kernel."""
+    from onnx import helper
+    from custom_ops.sinkhorn_mhc.reference import sinkhorn_mhc_reference
+    _, manifest, models = onnx_models
+    m = models["decode_b1"]
+    call = next(n for n in m.graph.node if n.op_type == "sinkhorn_mhc" and n.overload == "3")
+    fn = next(f for f in m.functions if f.name == "sinkhorn_mhc" and f.overload == "3")
+    inits = {t.name: t for t in m.graph.initializer}
+    feeds_names = [x for x in call.input if x not in inits]
+    assert len(feeds_names) == 1                           # mixes; scale and base are weights
+    inferred = onnx.shape_inference.infer_shapes(m)
+    vi = next(v for v in inferred.graph.value_info if v.name == feeds_names[0])
+    mixes_shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    outs = [next(v for v in inferred.graph.value_info if v.name == o) for o in call.output]
+    g = helper.make_graph([call], "one_op", [vi], outs, initializer=[inits[x] for x in call.input if x in inits])
+    single = helper.make_model(g, opset_imports=list(m.opset_import), functions=[fn], ir_version=m.ir_version)
+    onnx.checker.check_model(single, full_check=True)
+    mixes = np.random.default_rng(5).standard_normal(mixes_shape) * 3.0
+    got = ort.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {feeds_names[0]: mixes})
+    scale, base = (onnx.numpy_helper.to_array(inits[x]) for x in call.input if x in inits)
+    if scale.shape != (3,):
+        scale, base = base, scale
+    cfg = manifest["config"]
+    ref = sinkhorn_mhc_reference(mixes.reshape(-1, mixes_shape[-1]), scale, base, cfg["hc_mult"],
+                                 cfg["hc_sinkhorn_iters"], cfg["hc_eps"])
+    ref = {"pre": ref[0], "post": ref[1], "comb": ref[2]}
+    matched = set()
+    for a in got:
+        a = a.reshape(-1, *a.shape[mixes.ndim - 1:])
+        hit = [k for k, r in ref.items() if r.shape == a.shape and np.allclose(a, r, rtol=2e-5, atol=2e-6)]
+        assert len(hit) == 1, [(k, np.abs(r - a).max()) for k, r in ref.items() if r.shape == a.shape]
+        matched.add(hit[0])
+    assert matched == {"pre", "post", "comb"}
