@@ -28,6 +28,8 @@ OPS = {  # op folder -> (OpType, inputs, outputs) for msopgen's op description
                       ("rank_counts", "int32"), ("rank_token_counts", "int32")]),
     "moe_combine": ("MoeCombine", [("expert_out", "float"), ("slot_of", "int32"), ("topk_weights", "float")],
                     [("y", "float")]),
+    "kv_pack_fp8": ("KvPackFp8", [("cache", "uint8"), ("entries", "float"), ("slots", "int32")],
+                    [("out", "uint8")]),
 }
 
 
