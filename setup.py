@@ -11,6 +11,7 @@ setup(
         "ascend_v4": ["presets/*.yaml"],
         "custom_ops": ["**/*.h", "**/*.cpp", "**/*.hpp", "**/*.yaml"],
         "tools": ["**/*.yaml"],
+        "graph_compile": ["*.yaml"],
     },
     include_package_data=True,
     install_requires=[

@@ -48,6 +48,10 @@ def check_output_folder(out: str, overwrite: bool) -> None:
         raise ArtifactError(f"cannot create output folder {out}: parent {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ArtifactError(f"cannot write output folder {out}: {parent} is not writable")
+    try:                                  # the real test (root passes os.access everywhere)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=parent))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write output folder {out}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -56,6 +60,7 @@ def staging_folder(out: str, overwrite: bool = False) -> Iterator[str]:
     check_output_folder(out, overwrite)
     out = os.path.abspath(out)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
         if not os.path.exists(os.path.join(tmp, MANIFEST)):
@@ -72,13 +77,14 @@ def staging_folder(out: str, overwrite: bool = False) -> Iterator[str]:
         raise
 
 
-def write_manifest(folder: str, manifest: dict) -> None:
-    """Write manifest.json (with the file hashes) via a temp file + rename."""
+def write_manifest(folder: str, manifest: dict) -> dict:
+    """Write manifest.json (with the file hashes) via a temp file + rename; returns it."""
     manifest = dict(manifest, files=file_hashes(folder))
     tmp = os.path.join(folder, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=False)
     os.replace(tmp, os.path.join(folder, MANIFEST))
+    return manifest
 
 
 def read_manifest(folder: str, verify: bool = True) -> dict:

@@ -37,7 +37,7 @@ class Marked(nn.Cell):
     helper functions are parsed once and keep the first caller's scope).
     """
 
-    def __init__(self, inner: nn.Cell, op: str, k: int, n_in: int):
+    def __init__(self, inner: nn.Cell, op: str, k: int):
         super().__init__()
         self.inner = inner
         self.mark_in = _marker(op, k, "in")
@@ -77,7 +77,7 @@ def boundary_markers(transformer) -> Iterator[None]:
             op = BOUNDARIES[type(cell).__name__]
             k = counters.get(op, 0)
             counters[op] = k + 1
-            setattr(parent, attr, Marked(cell, op, k, 0))
+            setattr(parent, attr, Marked(cell, op, k))
         yield
     finally:
         for parent, attr, cell in slots:

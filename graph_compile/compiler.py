@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -161,5 +160,5 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
             "compile_seconds": round(time.perf_counter() - t_start, 2),
             "tool_versions": _tool_versions(),
         }
-        write_manifest(tmp, manifest)
+        manifest = write_manifest(tmp, manifest)
     return manifest

@@ -15,7 +15,7 @@ from onnx import helper
 from graph_compile.boundaries import BOUNDARY_OPS, find_boundaries
 from graph_compile.emit import ONNX_DTYPE, Emitter, LoweringError, Val
 from graph_compile.functions import DOMAIN, outline_groups
-from graph_compile.mindir import MGraph, Meta, short_name
+from graph_compile.mindir import MGraph, short_name
 from graph_compile.primitives import EMITTERS
 from graph_compile.weights import WeightTable
 

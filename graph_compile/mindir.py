@@ -7,7 +7,7 @@ string per node (`domain`, e.g. `Default/model-Transformer/.../core-SinkAttentio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 

@@ -10,7 +10,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from graph_compile.emit import ONNX_DTYPE, Emitter, LoweringError, Val
+from graph_compile.emit import Emitter, LoweringError, Val
 from graph_compile.mindir import Meta
 
 EMITTERS: Dict[str, Callable] = {}
@@ -79,6 +79,18 @@ def _softplus(e, args, meta, attrs, op=None):
     t = e.op("Exp", [e.op("Neg", [e.op("Abs", [x.name], meta).name], meta).name], meta)
     t = e.op("Log", [e.op("Add", [t.name, e.const(np.asarray(1, meta.dtype)).name], meta).name], meta)
     return e.op("Add", [e.op("Relu", [x.name], meta).name, t.name], meta)
+
+
+@emitter("Log1p")
+def _log1p(e, args, meta, attrs, op=None):
+    """log(1 + x) to full precision for small x: log(u) * x / (u - 1) with u = 1 + x (u == 1: x)."""
+    x = e.as_tensor(args[0], meta.dtype)
+    u = e.op("Add", [x.name, e.const(np.asarray(1, meta.dtype)).name], meta)
+    d = e.op("Sub", [u.name, e.const(np.asarray(1, meta.dtype)).name], meta)
+    one = e.op("Equal", [d.name, e.const(np.asarray(0, meta.dtype)).name], Meta(np.dtype(np.bool_), meta.shape))
+    safe = e.op("Where", [one.name, e.const(np.asarray(1, meta.dtype)).name, d.name], meta)
+    r = e.op("Div", [e.op("Mul", [e.op("Log", [u.name], meta).name, x.name], meta).name, safe.name], meta)
+    return e.op("Where", [one.name, x.name, r.name], meta)
 
 
 @emitter("SiLU")
@@ -197,6 +209,18 @@ def _topk(e, args, meta, attrs, op=None):
     x, k = args[0], int(args[1])
     vm, im = meta
     vals, idx = e.node("TopK", [x.name, e.ints([k])], 2, axis=-1, largest=1, sorted=1)
+    return [Val(vals, vm), e.as_tensor(Val(idx, Meta(np.dtype(np.int64), im.shape)), im.dtype)]
+
+
+@emitter("Sort", "SortExt")
+def _sort(e, args, meta, attrs, op=None):
+    """Stable sort = TopK over the whole axis (ONNX breaks ties by the lower index, both ways)."""
+    x = args[0]
+    axis = int(args[1] if len(args) > 1 and args[1] is not None else attrs.get("axis", -1)) % len(x.meta.shape)
+    desc = bool(args[2] if len(args) > 2 and args[2] is not None else attrs.get("descending", False))
+    vm, im = meta
+    n = x.meta.shape[axis]
+    vals, idx = e.node("TopK", [x.name, e.ints([n])], 2, axis=axis, largest=int(desc), sorted=1)
     return [Val(vals, vm), e.as_tensor(Val(idx, Meta(np.dtype(np.int64), im.shape)), im.dtype)]
 
 

@@ -5,16 +5,19 @@ repeated per row ([out, ceil(in/128)], float32) and read through a blocked Dequa
 (axis 1, block_size 128): lossless. FP4 experts have no onnxruntime CPU kernel for an FP4
 DequantizeLinear, so they are recast losslessly to FP8 (`ascend_v4.quant.fp4_to_fp8`).
 Every reconstructed weight is checked bit for bit against the parameter in the MindIR file.
+Other weights are stored in the smallest float type that holds them exactly (bf16 checkpoint
+weights as BFLOAT16, fp32 ones as FLOAT in float64 graphs) and Cast to the compute dtype.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+import ml_dtypes
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from ascend_v4 import quant
-from graph_compile.emit import ONNX_DTYPE, Emitter, LoweringError, Val
+from graph_compile.emit import Emitter, LoweringError, Val
 from graph_compile.mindir import Meta
 
 FP8_BLOCK = 128
@@ -43,6 +46,15 @@ class WeightTable:
         self.initializers: List[TensorProto] = []
         self.stats = {"fp8_bytes": 0, "plain_bytes": 0, "fp8_tensors": 0, "plain_tensors": 0}
         self._done: Dict[str, Val] = {}
+
+    def onnx_name(self, short: str) -> str:
+        """Initializer name: the checkpoint name ('layers.2.attn.wo_b.weight'; stacked experts
+        'layers.0.ffn.experts.w1.weight'), else the MindIR name without the capture wrapper."""
+        if short in self.names:
+            name, slot = self.names[short]
+            return name.replace(f".experts.{slot}.", ".experts.") if slot >= 0 else name
+        name = short.replace(".inner.", ".")
+        return name[len("model."):] if name.startswith("model.") else name
 
     def _fp8_of(self, ckpt_name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """(e4m3 [out, in], block scale [out/128.., in/128..]) of a stored FP8/FP4 weight, else None."""
@@ -84,13 +96,18 @@ class WeightTable:
         if short in self._done:
             return self._done[short]
         meta = Meta(data.dtype, tuple(data.shape))
-        base = short.replace("/", "_")
+        base = self.onnx_name(short)
         qz = self._quantized(short, data)
         if qz is None:
-            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(data), base))
-            self.stats["plain_bytes"] += data.nbytes
+            store = data
+            for narrow in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)):   # the smallest lossless float type
+                if narrow.itemsize < data.dtype.itemsize and np.array_equal(data.astype(narrow).astype(data.dtype), data):
+                    store = data.astype(narrow)
+                    break
+            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(store), base))
+            self.stats["plain_bytes"] += store.nbytes
             self.stats["plain_tensors"] += 1
-            val = Val(base, meta)
+            val = e.as_tensor(Val(base, Meta(store.dtype, meta.shape)), data.dtype)
         else:
             q, s = qz
             self.initializers.append(_fp8_tensor(base, q))

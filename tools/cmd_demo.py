@@ -22,8 +22,10 @@ def _rss_mib() -> float:
 @click.option("--new-tokens", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--weight-format", type=click.Choice(["fp8", "bf16"]), default="fp8", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def command(preset, prompt_len, new_tokens, weight_format, seed):
-    """Build a tiny checkpoint, load it, prefill and decode, and report speed."""
+@click.option("--skip-graphs", is_flag=True, help="skip the MindIR/ONNX compile and the parity run")
+def command(preset, prompt_len, new_tokens, weight_format, seed, skip_graphs):
+    """Build a tiny checkpoint, load it, prefill and decode, report speed, then compile the
+    graphs to MindIR + ONNX and run the three-way parity check."""
     with user_errors():
         from ascend_v4.config import load_config
         from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
@@ -36,24 +38,53 @@ def command(preset, prompt_len, new_tokens, weight_format, seed):
             path = write_random_checkpoint(cfg, os.path.join(tmp, "ckpt"), weight_format=weight_format, seed=seed)
             size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
             t1 = time.perf_counter()
-            click.echo(f"[1/3] wrote a random {weight_format} checkpoint of '{preset}' "
+            click.echo(f"[1/4] wrote a random {weight_format} checkpoint of '{preset}' "
                        f"({size / 2**20:.2f} MiB) in {t1 - t0:.2f} s")
             model = build_model(open_checkpoint(path))
             t2 = time.perf_counter()
-            click.echo(f"[2/3] loaded it into MindSpore cells (GRAPH_MODE) in {t2 - t1:.2f} s, "
+            click.echo(f"[2/4] loaded it into MindSpore cells (GRAPH_MODE) in {t2 - t1:.2f} s, "
                        f"peak RSS {_rss_mib():.0f} MiB")
-        rng = np.random.default_rng(seed)
-        prompt = rng.integers(0, cfg.vocab_size, (1, prompt_len)).tolist()
-        t3 = time.perf_counter()
-        model(prompt, 0)                         # compiles the prefill graph
-        t4 = time.perf_counter()
-        out = model.generate(prompt, new_tokens)
-        t5 = time.perf_counter()
-        tm = model.timings
-        decode = tm["decode_s"][1:] or tm["decode_s"]  # first decode step includes its compile
-        click.echo(f"[3/3] prompt {prompt_len} tokens -> {new_tokens} new tokens: {','.join(map(str, out[0]))}")
-        click.echo(f"      graph compile: prefill {t4 - t3 - tm['prefill_s']:.1f} s, "
-                   f"decode {tm['decode_s'][0] - np.median(decode):.1f} s (once per shape)")
-        click.echo(f"      prefill {prompt_len / tm['prefill_s']:.0f} tokens/s "
-                   f"({tm['prefill_s'] * 1e3:.1f} ms), decode {1 / np.median(decode):.1f} tokens/s "
-                   f"({np.median(decode) * 1e3:.1f} ms/token, median of {len(decode)}), total {t5 - t3:.1f} s")
+            _generate(model, cfg, prompt_len, new_tokens, seed)
+            if not skip_graphs:
+                _graphs(path, tmp, prompt_len, new_tokens)
+
+
+def _generate(model, cfg, prompt_len: int, new_tokens: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, cfg.vocab_size, (1, prompt_len)).tolist()
+    t3 = time.perf_counter()
+    model(prompt, 0)                         # compiles the prefill graph
+    t4 = time.perf_counter()
+    out = model.generate(prompt, new_tokens)
+    t5 = time.perf_counter()
+    tm = model.timings
+    decode = tm["decode_s"][1:] or tm["decode_s"]  # first decode step includes its compile
+    click.echo(f"[3/4] prompt {prompt_len} tokens -> {new_tokens} new tokens: {','.join(map(str, out[0]))}")
+    click.echo(f"      graph compile: prefill {t4 - t3 - tm['prefill_s']:.1f} s, "
+               f"decode {tm['decode_s'][0] - np.median(decode):.1f} s (once per shape)")
+    click.echo(f"      prefill {prompt_len / tm['prefill_s']:.0f} tokens/s "
+               f"({tm['prefill_s'] * 1e3:.1f} ms), decode {1 / np.median(decode):.1f} tokens/s "
+               f"({np.median(decode) * 1e3:.1f} ms/token, median of {len(decode)}), total {t5 - t3:.1f} s")
+
+
+def _graphs(checkpoint: str, tmp: str, prompt_len: int, steps: int) -> None:
+    """Compile prefill/decode to MindIR + ONNX (float64, so rounding decisions are stable) and
+    compare MindSpore, onnxruntime and the numpy oracle."""
+    from graph_compile.compiler import compile_model
+    from graph_compile.parity import run_parity
+    out = os.path.join(tmp, "graphs")
+    t0 = time.perf_counter()
+    manifest = compile_model(out, f"1x{prompt_len}", "onnx,mindir", checkpoint=checkpoint,
+                             precision="float64", log=lambda m: None)
+    sizes = {g: sum(os.path.getsize(os.path.join(out, f)) for f in (v.get("onnx"), v.get("mindir")) if f)
+             for g, v in manifest["graphs"].items()}
+    click.echo(f"[4/4] compiled {len(sizes)} graphs to MindIR + ONNX in {time.perf_counter() - t0:.1f} s "
+               f"({', '.join(f'{g} {n / 2**20:.1f} MiB' for g, n in sizes.items())})")
+    report = run_parity(out, steps=steps)
+    worst = {}
+    for row in report.rows:
+        key = row["pair"]
+        worst[key] = max(worst.get(key, 0.0), row["rel"])
+    verdict = "PASS" if report.passed else f"FAIL (first divergence: {report.first_divergence})"
+    click.echo(f"      parity over prefill + {steps} decode steps: {verdict}; worst max-rel "
+               + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
