@@ -74,6 +74,8 @@ def build_package(out_dir: str | Path, soc: str = "ascend910b", ops=tuple(OPS)) 
         for sub in ("op_host", "op_kernel"):
             for f in (ROOT / op / sub).iterdir():
                 shutil.copy2(f, proj / sub / f.name)
+        for f in (ROOT / "common" / "op_kernel").iterdir():    # kernel headers shared by the ops
+            shutil.copy2(f, proj / "op_kernel" / f.name)
         # the op_host tiling headers include the AscendC CPU twin only under ASCENDC_CPU_TWIN
         subprocess.run(["bash", "build.sh"], cwd=proj, check=True)
         runs += sorted((proj / "build_out").glob("custom_opp_*.run"))

@@ -16,6 +16,7 @@ from custom_ops.runtime.errors import TwinBuildError
 
 ROOT = Path(__file__).resolve().parent.parent          # custom_ops/
 EMULATOR = ROOT / "ascendc_cpu"
+COMMON_KERNEL = ROOT / "common" / "op_kernel"          # kernel headers shared by several operators
 # custom_ops/_build (git-ignored); ASCEND_V4_TWIN_BUILD_DIR overrides it, e.g. for a read-only install
 BUILD_DIR = Path(os.environ.get("ASCEND_V4_TWIN_BUILD_DIR") or ROOT / "_build")
 CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fvisibility=hidden",
@@ -32,7 +33,7 @@ def _unit(name: str) -> tuple[Path, list[Path]]:
     entry = op / "twin" / f"{name}_twin.cpp"
     if not entry.is_file():
         raise TwinBuildError(f"no CPU twin named {name!r}: {entry} does not exist")
-    return entry, [EMULATOR, op / "op_host", op / "op_kernel"]
+    return entry, [EMULATOR, op / "op_host", op / "op_kernel", COMMON_KERNEL]
 
 
 def _source_hash(entry: Path, includes: list[Path], cxx: str) -> str:
