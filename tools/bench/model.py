@@ -86,6 +86,28 @@ def _agreement(path: str, compute_dtype: str, prompt: int = 120) -> dict:
                 top1_agreement=float(np.mean(top1)))
 
 
+def float32_accuracy(n: int = 100_000) -> dict:
+    """Max relative error of MindSpore's CPU float32 transcendentals and of numpy float32,
+    both against float64 (explains why float32 FP8 rounding decisions differ between backends)."""
+    from mindspore import Tensor, mint, ops
+    z = (np.random.default_rng(1).normal(size=n) * 4).astype(np.float32)
+    zz = z.astype(np.float64)
+    rows = z[:1000].reshape(10, 100)
+    sm = np.exp(zz[:1000].reshape(10, 100))
+    sm /= sm.sum(-1, keepdims=True)
+
+    def rel(a, b):
+        return float(np.max(np.abs(np.asarray(a, np.float64) - b) / np.abs(b)))
+    return {
+        "mindspore": {"exp": rel(ops.exp(Tensor(z)).asnumpy(), np.exp(zz)),
+                      "sigmoid": rel(ops.sigmoid(Tensor(z)).asnumpy(), 1 / (1 + np.exp(-zz))),
+                      "softmax": rel(mint.softmax(Tensor(rows), -1).asnumpy(), sm)},
+        "numpy": {"exp": rel(np.exp(z), np.exp(zz)),
+                  "sigmoid": rel(1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-zz))),
+                  "softmax": rel(np.exp(rows) / np.exp(rows).sum(-1, keepdims=True), sm)},
+    }
+
+
 def run(quick: bool = False) -> dict:
     steps = 6 if quick else STEPS
     with tempfile.TemporaryDirectory(prefix="ascend_v4_bench_") as tmp:
@@ -94,7 +116,7 @@ def run(quick: bool = False) -> dict:
         model = _load(fp8)
         graph = _speed(model, ids, steps)
         result = dict(config="tiny", batch=1, prompt=PROMPT, graph_mode=graph,
-                      load_memory=_load_memory(fp8))
+                      load_memory=_load_memory(fp8), float32_accuracy=float32_accuracy())
         result["pynative"] = _pynative_speed(model, ids, max(3, steps // 4))
         result["graph_vs_pynative_decode"] = result["pynative"]["decode_s"] / graph["decode_s"]
         result["graph_vs_pynative_prefill"] = result["pynative"]["prefill_s"] / graph["prefill_s"]
