@@ -75,10 +75,13 @@ def test_generate_bad_input(args, message):
     assert "Traceback" not in res.output
 
 
-def test_demo_runs_and_reports_speed():
+def test_demo_runs_end_to_end():
+    """The main job: checkpoint, load, generate with speed figures, compile, three-way parity."""
     res = run("demo", "--prompt-len", "6", "--new-tokens", "3")
     assert res.exit_code == 0, res.output
-    assert "[3/3]" in res.output and "tokens/s" in res.output
+    assert "[3/4]" in res.output and "tokens/s" in res.output
+    assert "[4/4] compiled 2 graphs to MindIR + ONNX" in res.output
+    assert "parity over prefill + 3 decode steps: PASS" in res.output
 
 
 def test_api_input_checks(tiny_ckpt):
