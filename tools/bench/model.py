@@ -145,7 +145,7 @@ def plot(result: dict, fig) -> None:
     ax[0].legend()
     agree = result.get("oracle_agreement")
     if agree:
-        ax[1].bar(list(agree), [max(a["max_rel_err"], 1e-12) for a in agree.values()])
+        ax[1].bar(list(agree), [max(a["max_rel_err"], 1e-17) for a in agree.values()])
         ax[1].axhline(1e-3, color="r", ls="--", label="1e-3 target")
         ax[1].set(yscale="log", ylabel="max relative error vs oracle", title="oracle agreement")
         ax[1].legend()
