@@ -49,23 +49,29 @@ class Transformer(nn.Cell):
         return dense(y[:, -1], self.head)
 
     def prefill(self, ids):
+        """ids [b, s] -> (logits [b, vocab], H, decode state, per-block outputs H_k)."""
         H = self.widen(ids)
         states = ()
+        hidden = ()
         for layer in self.layers:
             H, state = layer.prefill(H, ids)
             states = states + state
-        return self.logits(H), H, states
+            hidden = hidden + (H,)
+        return self.logits(H), H, states, hidden
 
     def decode(self, ids, pos, states):
+        """ids [b, 1], pos, state -> (logits [b, vocab], new state, per-block outputs H_k)."""
         H = self.widen(ids)
         new_states = ()
+        hidden = ()
         offset = 0
         for layer in self.layers:
             n = layer.attn.n_state
             H, state = layer.decode(H, ids, pos, states[offset:offset + n])
             new_states = new_states + state
+            hidden = hidden + (H,)
             offset += n
-        return self.logits(H), new_states
+        return self.logits(H), new_states, hidden
 
     def mtp_logits(self, H, ids):
         """MTP block 0 on the main model's streams H and the next tokens ids -> [b, vocab]."""
@@ -142,7 +148,7 @@ class PrefillNet(nn.Cell):
         self.model = model
 
     def construct(self, ids):
-        logits, H, states = self.model.prefill(ids)
+        logits, H, states, _ = self.model.prefill(ids)
         return (logits, H) + states
 
 
@@ -152,7 +158,7 @@ class DecodeNet(nn.Cell):
         self.model = model
 
     def construct(self, ids, pos, *states):
-        logits, new_states = self.model.decode(ids, pos, states)
+        logits, new_states, _ = self.model.decode(ids, pos, states)
         return (logits,) + new_states
 
 

@@ -90,14 +90,8 @@ class LayerwisePrefillNet(nn.Cell):
         self.model = model
 
     def construct(self, ids):
-        H = self.model.widen(ids)
-        states = ()
-        hidden = ()
-        for layer in self.model.layers:
-            H, state = layer.prefill(H, ids)
-            states = states + state
-            hidden = hidden + (H,)
-        return (self.model.logits(H), H) + states + hidden
+        logits, H, states, hidden = self.model.prefill(ids)
+        return (logits, H) + states + hidden
 
 
 class LayerwiseDecodeNet(nn.Cell):
@@ -106,17 +100,8 @@ class LayerwiseDecodeNet(nn.Cell):
         self.model = model
 
     def construct(self, ids, pos, *states):
-        H = self.model.widen(ids)
-        new_states = ()
-        hidden = ()
-        offset = 0
-        for layer in self.model.layers:
-            n = layer.attn.n_state
-            H, state = layer.decode(H, ids, pos, states[offset:offset + n])
-            new_states = new_states + state
-            hidden = hidden + (H,)
-            offset += n
-        return (self.model.logits(H),) + new_states + hidden
+        logits, new_states, hidden = self.model.decode(ids, pos, states)
+        return (logits,) + new_states + hidden
 
 
 @dataclass(frozen=True)
