@@ -246,12 +246,8 @@ class Attention(nn.Cell):
         extra, extra_idx = self.no_extra, ops.full((b, 1), -1, dtype=i32)
         if self.ratio:
             m, n = self.ratio, self.n_comp
-            # the compressor writes its entry (if any) into slot pos // m of a scratch cache
-            scratch = ops.zeros((b, n, hd), self.mdt)
-            written, kv_state, score_state = self.compressor.decode(x, pos, state[1], state[2], scratch,
-                                                                    self.cos, self.sin)
-            entry = ops.gather(written, pos // m, 1)                                 # [b, hd]
-            emit = (pos + 1) % m == 0
+            entry, emit, kv_state, score_state = self.compressor.step(x, pos, state[1], state[2],
+                                                                      self.cos, self.sin)  # [b, hd]
             cslot = mint.where(emit, rows * n + pos // m, none).reshape(b)
             extra = self.kv_pack(state[3], entry.astype(f32), cslot)
             if self.indexer is not None:

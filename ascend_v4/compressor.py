@@ -100,12 +100,9 @@ class Compressor(nn.Cell):
             parts_s.append(score_state[:, used:])
         return entries, ops.concat(parts_kv, 1), ops.concat(parts_s, 1)
 
-    def decode(self, x, pos, kv_state, score_state, cache, cos, sin):
-        """One token x [b, 1, dim] at position `pos` (int32 scalar tensor).
-
-        Updates the partial-block state and, when (pos + 1) % ratio == 0, writes the new entry
-        to cache [b, n_max, head_dim] at index pos // ratio. Returns (cache, kv_state, score_state).
-        """
+    def step(self, x, pos, kv_state, score_state, cos, sin):
+        """One token x [b, 1, dim] at position `pos` (int32 scalar tensor) -> (entry [b, head_dim],
+        emit (bool scalar: (pos + 1) % ratio == 0, the entry is valid), kv_state, score_state)."""
         m, d, c = self.ratio, self.head_dim, self.coff
         kv = dense(x, self.wkv)[:, 0]                               # [b, c*d]
         in_block = pos % m
@@ -126,6 +123,12 @@ class Compressor(nn.Cell):
             entry = self._pool(kv_state, score_state, 1)
         entry_pos = ops.maximum(pos + 1 - m, 0)
         entry = self.finish(entry, ops.gather(cos, entry_pos, 0), ops.gather(sin, entry_pos, 0))
-        write = ops.logical_and(ops.arange(cache.shape[1]) == pos // m, emit).reshape(1, -1, 1)
+        return entry, emit, kv_state, score_state
+
+    def decode(self, x, pos, kv_state, score_state, cache, cos, sin):
+        """step(), then write an emitted entry to cache [b, n_max, head_dim] at index pos // ratio.
+        Returns (cache, kv_state, score_state)."""
+        entry, emit, kv_state, score_state = self.step(x, pos, kv_state, score_state, cos, sin)
+        write = ops.logical_and(ops.arange(cache.shape[1]) == pos // self.ratio, emit).reshape(1, -1, 1)
         cache = mint.where(write, entry.expand_dims(1).broadcast_to(cache.shape), cache)
         return cache, kv_state, score_state
