@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -28,25 +28,57 @@ def _set_graph_mode() -> None:
     ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
 
 
-class Model:
-    """A loaded DeepSeek-V4 model with its decode state.
+def extend_buckets(prefill_chunk: int) -> List[int]:
+    """Token counts the extend graph is compiled for: 16, 64, 256, ... below prefill_chunk, and
+    prefill_chunk itself (a chunk pads up to the next bucket; each bucket compiles once)."""
+    buckets, n = {prefill_chunk}, 16
+    while n < prefill_chunk:
+        buckets.add(n)
+        n *= 4
+    return sorted(buckets)
 
-    `model(ids, 0)` prefills ids [b, s]; `model(ids[:, -1:], s)` decodes one token at position s.
-    Both return the logits of the last position as float32 numpy [b, vocab].
+
+class Model:
+    """A loaded DeepSeek-V4 model with a batch of `max_batch_size` independent sequence slots.
+
+    Engine API (rows are independent sequences, each at its own position):
+      prefill(prompt_ids, slot) -> logits [vocab]            the prompt into row `slot`
+      extend(slot, token_ids, start_pos) -> logits [vocab]   append tokens (all_logits: [n, vocab])
+      decode(token_ids [B], positions [B]) -> logits [B, vocab]   one step; position -1 = idle row
+    Reference-compatible API: `model(ids, 0)` prefills ids [b, s] into rows 0..b-1;
+    `model(ids[:, -1:], s)` decodes one token of those rows at position s.
+    Logits are float32 numpy.
     """
 
-    def __init__(self, cfg: ModelConfig, transformer, weight_format: str):
-        from ascend_v4.model import DecodeNet, MtpNet, PrefillNet
+    def __init__(self, cfg: ModelConfig, transformer, weight_format: str, prefill_chunk: int = 256):
+        from ascend_v4.model import DecodeNet, ExtendNet, MtpNet
+        if not isinstance(prefill_chunk, int) or isinstance(prefill_chunk, bool) or prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
         self.cfg = cfg
         self.weight_format = weight_format
         self.transformer = transformer
-        self._prefill = PrefillNet(transformer)
+        self.spec = transformer.state_spec()
+        self.prefill_chunk = prefill_chunk
+        self.buckets = extend_buckets(prefill_chunk)
+        self._extend = ExtendNet(transformer)
+        self._extend_all = ExtendNet(transformer, all_logits=True)
         self._decode = DecodeNet(transformer)
         self._mtp = MtpNet(transformer)
-        self.state = None        # tuple of MindSpore tensors (decode state)
-        self.hidden = None       # H [b, s, n, d] of the last prefill
-        self.next_pos = 0
-        self.batch = 0
+        self.max_batch = cfg.max_batch_size
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty every slot."""
+        from mindspore import Tensor
+        self.state = tuple(Tensor(a) for a in self.spec.initial(self.max_batch))
+        self.lengths = np.full(self.max_batch, -1, np.int64)   # next position per slot; -1: empty
+        self.hidden = None       # H [b, s, hc, d] of the last one-chunk prefill (mtp_logits)
+        self.batch = 0           # rows of the last reference-style prefill
+
+    def state_arrays(self) -> Dict[str, np.ndarray]:
+        """The decode state by slot name (numpy copies; page pools are shared by all rows)."""
+        return {name: t.asnumpy() for name, t in zip(self.spec.names, self.state)}
 
     # ---- validation --------------------------------------------------------------------
     def _check_ids(self, ids) -> np.ndarray:
@@ -58,81 +90,177 @@ class Model:
         if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
             raise InputError(f"token id out of range [0, {self.cfg.vocab_size}): "
                              f"min {ids.min()}, max {ids.max()}")
-        if ids.shape[0] > self.cfg.max_batch_size:
-            raise InputError(f"batch {ids.shape[0]} exceeds max_batch_size {self.cfg.max_batch_size}")
+        if ids.shape[0] > self.max_batch:
+            raise InputError(f"batch {ids.shape[0]} exceeds max_batch_size {self.max_batch}")
         return ids.astype(np.int32)
 
-    # ---- forward -----------------------------------------------------------------------
-    def __call__(self, input_ids, start_pos: int = 0) -> np.ndarray:
+    def _check_slot(self, slot) -> int:
+        if not isinstance(slot, (int, np.integer)) or isinstance(slot, bool) or not 0 <= slot < self.max_batch:
+            raise InputError(f"slot {slot!r} is out of range: slots are 0..{self.max_batch - 1} "
+                             f"(max_batch_size {self.max_batch})")
+        return int(slot)
+
+    def _check_continues(self, slot: int, start_pos: int, n: int) -> None:
+        if start_pos != 0:
+            if self.lengths[slot] < 0:
+                raise InputError(f"slot {slot} holds no sequence: prefill it (start_pos 0) before "
+                                 f"continuing at position {start_pos}")
+            if start_pos != self.lengths[slot]:
+                raise InputError(f"slot {slot}: start_pos {start_pos} does not continue its sequence "
+                                 f"(next position is {self.lengths[slot]})")
+        if start_pos + n > self.cfg.max_seq_len:
+            raise InputError(f"slot {slot}: {n} tokens from position {start_pos} run past max_seq_len "
+                             f"{self.cfg.max_seq_len}")
+
+    # ---- engine API --------------------------------------------------------------------
+    def extend(self, slot: int, token_ids, start_pos: int, all_logits: bool = False) -> np.ndarray:
+        """Append token_ids [n] to the sequence in `slot` at start_pos (0: a new sequence).
+
+        Runs in chunks of `prefill_chunk` tokens, each padded to a compiled bucket. Returns the
+        logits of the last token [vocab], or of every token [n, vocab] with all_logits."""
         from mindspore import Tensor
+        slot = self._check_slot(slot)
+        ids = self._check_ids(token_ids)
+        if ids.shape[0] != 1:
+            raise InputError(f"slot {slot}: extend takes one sequence of token ids, got shape {ids.shape}")
+        if isinstance(start_pos, bool) or not isinstance(start_pos, (int, np.integer)) or start_pos < 0:
+            raise InputError(f"slot {slot}: start_pos must be an integer >= 0, got {start_pos!r}")
+        n = ids.shape[1]
+        self._check_continues(slot, int(start_pos), n)
+        net = self._extend_all if all_logits else self._extend
+        pieces, pos = [], int(start_pos)
+        for lo in range(0, n, self.prefill_chunk):
+            chunk = ids[:, lo:lo + self.prefill_chunk]
+            c = chunk.shape[1]
+            bucket = next(b for b in self.buckets if b >= c)
+            padded = np.zeros((1, bucket), np.int32)
+            padded[:, :c] = chunk
+            out = net(Tensor(padded), Tensor(np.array([slot], np.int32)), Tensor(np.array([pos], np.int32)),
+                      Tensor(np.array([c], np.int32)), *self.state)
+            self.state = tuple(out[2:])
+            pieces.append(out[0].asnumpy()[0, :c] if all_logits else out[0].asnumpy()[0])
+            if lo == 0 and c == n:
+                self.hidden = out[1][:, :n]
+            pos += c
+            self.lengths[slot] = pos
+        return np.concatenate(pieces, 0) if all_logits else pieces[-1]
+
+    def prefill(self, prompt_ids, slot: int = 0) -> np.ndarray:
+        """Run a prompt [s] into row `slot` (its previous sequence is dropped) -> logits [vocab]."""
+        return self.extend(slot, prompt_ids, 0)
+
+    def decode(self, token_ids, positions) -> np.ndarray:
+        """One token per row: token_ids [B], positions [B] (-1: idle row) -> logits [B, vocab]."""
+        from mindspore import Tensor
+        ids = np.asarray(token_ids)
+        pos = np.asarray(positions)
+        if ids.shape != (self.max_batch,) or pos.shape != (self.max_batch,):
+            raise InputError(f"decode takes token_ids and positions of shape [{self.max_batch}] "
+                             f"(max_batch_size), got {ids.shape} and {pos.shape}")
+        if not np.issubdtype(ids.dtype, np.integer) or not np.issubdtype(pos.dtype, np.integer):
+            raise InputError(f"token_ids and positions must be integers, got {ids.dtype} and {pos.dtype}")
+        active = pos >= 0
+        for slot in np.flatnonzero(active):
+            if not 0 <= ids[slot] < self.cfg.vocab_size:
+                raise InputError(f"slot {slot}: token id {ids[slot]} out of range [0, {self.cfg.vocab_size})")
+            if pos[slot] == 0:
+                raise InputError(f"slot {slot}: decode at position 0; start a sequence with prefill")
+            self._check_continues(int(slot), int(pos[slot]), 1)
+        if (pos < -1).any():
+            raise InputError(f"slot {int(np.flatnonzero(pos < -1)[0])}: position must be >= 0 or -1 (idle)")
+        ids = np.where(active, ids, 0).astype(np.int32).reshape(-1, 1)
+        out = self._decode(Tensor(ids), Tensor(pos.astype(np.int32)), *self.state)
+        self.state = tuple(out[1:])
+        self.lengths[active] += 1
+        return out[0].asnumpy()
+
+    # ---- reference-compatible API ------------------------------------------------------
+    def __call__(self, input_ids, start_pos: int = 0) -> np.ndarray:
         ids = self._check_ids(input_ids)
         b, s = ids.shape
         if start_pos == 0:
             if s > self.cfg.max_seq_len:
                 raise InputError(f"prompt of {s} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-            out = self._prefill(Tensor(ids))
-            self.hidden, self.state = out[1], tuple(out[2:])
-            self.batch, self.next_pos = b, s
-            return out[0].asnumpy()
-        if self.state is None:
+            self.lengths[:] = -1
+            logits = np.stack([self.extend(r, ids[r], 0) for r in range(b)])
+            self.batch = b
+            return logits
+        if self.batch == 0:
             raise InputError("decode (start_pos > 0) before any prefill (start_pos = 0)")
-        if s != 1:
-            raise InputError(f"decode takes one token per sequence, got seq length {s}")
         if b != self.batch:
             raise InputError(f"decode batch {b} differs from the prefill batch {self.batch}")
-        if start_pos != self.next_pos:
-            raise InputError(f"start_pos {start_pos} does not continue the sequence (next is {self.next_pos})")
-        if start_pos >= self.cfg.max_seq_len:
-            raise InputError(f"position {start_pos} reaches max_seq_len {self.cfg.max_seq_len}")
-        out = self._decode(Tensor(ids), Tensor(np.int32(start_pos)), *self.state)
-        self.state = tuple(out[1:])
-        self.next_pos += 1
-        return out[0].asnumpy()
+        if start_pos != self.lengths[0]:
+            raise InputError(f"start_pos {start_pos} does not continue the sequence (next is {self.lengths[0]})")
+        if start_pos + s > self.cfg.max_seq_len:
+            raise InputError(f"position {start_pos + s - 1} reaches max_seq_len {self.cfg.max_seq_len}")
+        if s > 1:
+            return np.stack([self.extend(r, ids[r], start_pos) for r in range(b)])
+        pos = np.full(self.max_batch, -1, np.int64)
+        pos[:b] = start_pos
+        tok = np.zeros(self.max_batch, np.int64)
+        tok[:b] = ids[:, 0]
+        return self.decode(tok, pos)[:b]
 
     def mtp_logits(self, input_ids, next_ids) -> np.ndarray:
-        """MTP head: prefill `input_ids`, then predict from (H, next_ids) -> [b, vocab].
-
-        next_ids[:, t] is the token after input_ids[:, t] (the MTP block's embedding input).
-        """
-        from mindspore import Tensor
+        """MTP head: prefill `input_ids` (one chunk per row), then predict from (H, next_ids) ->
+        [b, vocab]. next_ids[:, t] is the token after input_ids[:, t]."""
+        from mindspore import Tensor, ops
         ids = self._check_ids(input_ids)
         nxt = self._check_ids(next_ids)
         if nxt.shape != ids.shape:
             raise InputError(f"next_ids shape {nxt.shape} differs from input_ids shape {ids.shape}")
-        self(ids, 0)
-        return self._mtp(self.hidden, Tensor(nxt)).asnumpy()
+        if ids.shape[1] > self.prefill_chunk:
+            raise InputError(f"mtp_logits takes prompts up to prefill_chunk ({self.prefill_chunk}) tokens, "
+                             f"got {ids.shape[1]}")
+        hidden = []
+        for r in range(ids.shape[0]):
+            self.extend(r, ids[r], 0)
+            hidden.append(self.hidden)
+        self.batch = ids.shape[0]
+        return self._mtp(ops.concat(hidden, 0), Tensor(nxt)).asnumpy()
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                  temperature: float = 0.0, seed: Optional[int] = None, progress=None) -> List[List[int]]:
-        """Greedy (temperature 0) or sampled decoding; prompts of equal length -> new ids."""
-        ids = self._check_ids(prompt_ids)
+        """Greedy (temperature 0) or sampled decoding of up to max_batch_size prompts (any
+        lengths: each row is its own sequence) -> new ids per prompt."""
+        prompts = [np.asarray(p) for p in prompt_ids]
+        if not prompts or len(prompts) > self.max_batch:
+            raise InputError(f"generate takes 1..{self.max_batch} prompts (max_batch_size), got {len(prompts)}")
+        for p in prompts:
+            self._check_ids(p)
         if max_new_tokens < 0:
             raise InputError("max_new_tokens must be >= 0")
         if temperature < 0:
             raise InputError("temperature must be >= 0")
-        if ids.shape[1] + max_new_tokens > self.cfg.max_seq_len:
-            raise InputError(f"prompt {ids.shape[1]} + {max_new_tokens} new tokens exceed max_seq_len "
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.cfg.max_seq_len:
+            raise InputError(f"prompt {longest} + {max_new_tokens} new tokens exceed max_seq_len "
                              f"{self.cfg.max_seq_len}")
         rng = np.random.default_rng(seed)
-        out: List[List[int]] = [[] for _ in range(ids.shape[0])]
-        self.timings = {"prefill_s": 0.0, "decode_s": [], "prompt_tokens": int(ids.size)}
-        pos = 0
-        step_ids = ids
+        b = len(prompts)
+        out: List[List[int]] = [[] for _ in range(b)]
+        self.timings = {"prefill_s": 0.0, "decode_s": [], "prompt_tokens": int(sum(len(p) for p in prompts))}
+        if max_new_tokens == 0:
+            return out
+        self.lengths[:] = -1
+        t0 = time.perf_counter()
+        logits = np.stack([self.prefill(p, slot=r) for r, p in enumerate(prompts)])
+        self.timings["prefill_s"] = time.perf_counter() - t0
+        pos = np.full(self.max_batch, -1, np.int64)
+        tok = np.zeros(self.max_batch, np.int64)
         for step in range(max_new_tokens):
-            t0 = time.perf_counter()
-            logits = self(step_ids, pos)
-            dt = time.perf_counter() - t0
-            if step == 0:
-                self.timings["prefill_s"] = dt
-            else:
-                self.timings["decode_s"].append(dt)
-            pos += step_ids.shape[1]
             nxt = sample(logits, temperature, rng)
-            for row, tok in zip(out, nxt):
-                row.append(int(tok))
-            step_ids = nxt.reshape(-1, 1).astype(np.int32)
+            for row, t in zip(out, nxt):
+                row.append(int(t))
             if progress is not None:
                 progress(1)
+            if step == max_new_tokens - 1:
+                break
+            pos[:b] = self.lengths[:b]
+            tok[:b] = nxt
+            t0 = time.perf_counter()
+            logits = self.decode(tok, pos)[:b]
+            self.timings["decode_s"].append(time.perf_counter() - t0)
         return out
 
 
@@ -146,7 +274,7 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
-def build_model(checkpoint) -> Model:
+def build_model(checkpoint, prefill_chunk: int = 256) -> Model:
     """Create the cells for `checkpoint.config` and stream its weights into them."""
     from mindspore import Tensor
     from ascend_v4.model import Transformer
@@ -176,16 +304,16 @@ def build_model(checkpoint) -> Model:
         raise ConfigError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:5]}")
     for param, buf in stacked.values():
         param.set_data(Tensor(buf))
-    return Model(cfg, transformer, checkpoint.weight_format)
+    return Model(cfg, transformer, checkpoint.weight_format, prefill_chunk)
 
 
 def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed: int = 0,
-         **overrides) -> Model:
+         prefill_chunk: int = 256, **overrides) -> Model:
     """Load a checkpoint folder, or a preset with generated random weights (tiny configs only)."""
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
     if os.path.isdir(path_or_preset):
-        return build_model(open_checkpoint(path_or_preset, overrides=overrides))
+        return build_model(open_checkpoint(path_or_preset, overrides=overrides), prefill_chunk)
     cfg = load_config(path_or_preset, **overrides)
     fmt = weight_format or cfg.dtype
     total = count_params(cfg)["total"]
@@ -194,4 +322,4 @@ def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed
                           "random weights on this machine; pass a checkpoint folder instead")
     with tempfile.TemporaryDirectory(prefix="ascend_v4_") as tmp:
         path = write_random_checkpoint(cfg, os.path.join(tmp, "ckpt"), weight_format=fmt, seed=seed)
-        return build_model(open_checkpoint(path))
+        return build_model(open_checkpoint(path), prefill_chunk)

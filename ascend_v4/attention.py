@@ -2,12 +2,11 @@
 
 One 512-wide KV head serves as key and value. A query at position t attends the last
 window_size raw tokens plus compressed entries: all visible ones (ratio 128, HCA) or the
-indexer's top-k (ratio 4, CSA). Decode state per layer, in order:
-  window ring [b, W, hd]; if ratio: kv_state, score_state, compressed cache [b, max_seq/ratio, hd];
-  if ratio 4: indexer kv_state, score_state, indexer key cache [b, max_seq/4, index_head_dim].
-With cfg.custom_ops the window ring and the compressed cache are instead FP8 MODEL1 page pools
-uint8 [ceil(b*n / PAGE_BLOCK), PAGE_BLOCK*584] shared by the batch (row r's slot j is token r*n + j),
-written by the kv_pack_fp8 kernel; decode attends them with sparse_fp8_decode (prefill stays dense).
+indexer's top-k (ratio 4, CSA). The layer's state is declared by `state_spec()` (window ring,
+compressor partial block, compressed entries, indexer slots); `extend` appends n tokens per row at
+per-row positions: prefill (from 0, in chunks), decode (n = 1) and verification are all extend.
+With cfg.custom_ops the window ring and the compressed entries are FP8 MODEL1 page pools shared by
+the batch (see ascend_v4/state.py), written by kv_pack_fp8 and attended with sparse_fp8_decode.
 """
 from __future__ import annotations
 
@@ -15,22 +14,16 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
-from ascend_v4.compressor import Compressor
+from ascend_v4.compressor import Compressor, gather_rows, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.linear import Linear, zeros_param
 from ascend_v4.numerics import RMSNorm, fp8_quant_dequant, rms_normalize
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
+from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, StateSlot, StateSpec, page_pool_shape
 
 NEG_INF = float("-inf")
-PAGE_BLOCK = 64        # tokens per page block of the kernel-path caches (FlashMLA's block size)
-TOKEN_BYTES = 584      # MODEL1: 448 e4m3 + 64 bf16 + 7 ue8m0 + 1 pad
-
-
-def page_pool_shape(batch: int, per_row: int):
-    """Shape of a MODEL1 pool holding per_row tokens for each of batch rows."""
-    return (max(1, -(-batch * per_row // PAGE_BLOCK)), PAGE_BLOCK * TOKEN_BYTES)
 
 
 def sink_attention(q, keys, mask, sink, scale: float):
@@ -93,29 +86,32 @@ class Attention(nn.Cell):
             self.kv_pack = ms_ops.kv_pack_fp8_op()
             self.sparse_attn = ms_ops.sparse_fp8_decode_op(self.scale)
             self.no_extra = Tensor(NO_EXTRA_CACHE)
+        spec = self.state_spec()
+        self.slot = spec.positions()                 # slot name -> position in this layer's state
+        self.n_state = len(spec)
+        self.state_names = tuple(spec.names)
+        if self.ratio:
+            self.comp_slots = (self.slot["compressor.kv"], self.slot["compressor.score"] + 1)
+        if self.indexer is not None:
+            self.index_slots = (self.slot["indexer.compressor.kv"], self.slot["indexer.keys"] + 1)
 
     # ---- state -------------------------------------------------------------------------
-    def initial_state(self, batch: int):
-        """Numpy arrays of the decode state (see module docstring)."""
-        cfg = self.cfg
-        if self.use_kernels:
-            state = [np.zeros(page_pool_shape(batch, self.window), np.uint8)]
-        else:
-            state = [np.zeros((batch, self.window, self.head_dim), self.dt)]
+    def state_spec(self) -> StateSpec:
+        """window ring [W, hd]; if ratio: compressor partial block, compressed entries
+        [max_seq/ratio, hd]; if ratio 4: the indexer's slots. With custom_ops the window and the
+        entries are MODEL1 FP8 page pools (layout model1_pages)."""
+        spec = StateSpec()
+        layout = PAGES if self.use_kernels else DENSE
+        fill_dt = np.uint8 if self.use_kernels else self.dt
+        spec.add(StateSlot("window", (self.window,) if self.use_kernels else (self.window, self.head_dim),
+                           fill_dt, 0.0, layout))
         if self.ratio:
-            state += list(self.compressor.initial_state(batch))
-            if self.use_kernels:
-                state.append(np.zeros(page_pool_shape(batch, self.n_comp), np.uint8))
-            else:
-                state.append(np.zeros((batch, self.n_comp, self.head_dim), self.dt))
+            spec.include("compressor.", self.compressor.state_spec())
+            spec.add(StateSlot("entries", (self.n_comp,) if self.use_kernels else (self.n_comp, self.head_dim),
+                               fill_dt, 0.0, layout))
         if self.indexer is not None:
-            state += list(self.indexer.compressor.initial_state(batch))
-            state.append(np.zeros((batch, cfg.max_seq_len // 4, cfg.index_head_dim), self.dt))
-        return state
-
-    @property
-    def n_state(self) -> int:
-        return 1 + (3 if self.ratio else 0) + (3 if self.indexer is not None else 0)
+            spec.include("indexer.", self.indexer.state_spec(self.cfg.max_seq_len))
+        return spec
 
     # ---- shared pieces -----------------------------------------------------------------
     def _qkv(self, x, cos, sin):
@@ -139,128 +135,140 @@ class Attention(nn.Cell):
         o = ops.matmul(o, wo_a.swapaxes(-1, -2).expand_dims(0))          # [b, g, s, r]
         return self.wo_b(o.swapaxes(1, 2).reshape(b, s, self.groups * self.o_rank))
 
-    # ---- prefill -----------------------------------------------------------------------
-    def prefill(self, x):
-        """x [b, s, dim] (start_pos 0) -> (out [b, s, dim], decode state tuple)."""
-        b, s, _ = x.shape
-        W = self.window
-        cos, sin = self.cos[:s], self.sin[:s]
+    # ---- extend ------------------------------------------------------------------------
+    def extend(self, x, rows, start, count, state):
+        """Append tokens x [b, n, dim] to b sequences: row i's token k sits at position
+        start[i] + k and is real iff k < count[i] (count 0: the row is idle, its state unchanged).
+        rows [b]: the batch rows of the sequences (addresses in the shared page pools).
+        state: this layer's slots in state_spec() order. -> (out [b, n, dim], new state)."""
+        b, n, _ = x.shape
+        W, hd = self.window, self.head_dim
+        st = self.slot
+        k = ops.arange(n).reshape(1, n)
+        pos = start.reshape(b, 1) + k                                         # [b, n]
+        cnt = count.reshape(b, 1)
+        valid = k < cnt
+        pc = ops.clamp(pos, 0, self.cos.shape[0] - 1)
+        cos, sin = ops.gather(self.cos, pc, 0), ops.gather(self.sin, pc, 0)   # [b, n, rd/2]
         q, qr, kv = self._qkv(x, cos, sin)
-        t = ops.arange(s).reshape(s, 1)
-        j = ops.arange(s).reshape(1, s)
-        mask = ops.logical_and(j <= t, j > t - W).expand_dims(0).broadcast_to((b, s, s))
-        keys = kv
-        state = []
+        # window: ring slot j holds position start - 1 - ((start - 1 - j) mod W) (< 0: empty)
+        j = ops.arange(W).reshape(1, W)
+        held = start.reshape(b, 1) - 1 - (start.reshape(b, 1) - 1 - j) % W      # [b, W]
+        ring_vis = ops.logical_and(held.expand_dims(1) >= 0, held.expand_dims(1) > pos.expand_dims(-1) - W)
+        i = ops.arange(n).reshape(n, 1)
+        causal = ops.logical_and(k <= i, k > i - W).expand_dims(0)              # [1, n, n]
+        chunk_vis = ops.logical_and(causal, valid.expand_dims(1))               # [b, n, n]
         if self.ratio:
-            entries, kv_state, score_state = self.compressor.prefill(x, self.cos, self.sin)
-            cache = ops.zeros((b, self.cfg.max_seq_len // self.ratio, self.head_dim), self.mdt)
-            if entries is not None:
-                keys = ops.concat((kv, entries), 1)
-                cache = ops.concat((entries, cache[:, entries.shape[1]:]), 1)
-            state = [kv_state, score_state, cache]
-            if self.indexer is not None:
-                sel, ikv, iscore, ikeys = self.indexer.prefill(x, qr, self.cos, self.sin)
-                icache = ops.zeros((b, self.cfg.max_seq_len // 4, self.cfg.index_head_dim), self.mdt)
-                if ikeys is not None:
-                    icache = ops.concat((ikeys, icache[:, ikeys.shape[1]:]), 1)
-                state += [ikv, iscore, icache]
-            if entries is not None:
-                if self.indexer is None:
-                    n = entries.shape[1]
-                    visible = ops.arange(n).reshape(1, n) < (t + 1) // self.ratio
-                    sel = visible.expand_dims(0).broadcast_to((b, s, n))
-                mask = ops.concat((mask, sel), -1)
-        o = self.core(q, keys, mask, self.attn_sink)
-        ring = self._prefill_ring(kv)
+            sel, entries, complete, comp = self._compress(x, qr, start, count, pos, cos, sin, state)
+            if self.use_kernels:
+                return self._extend_paged(rows, start, count, pos, q, kv, cos, sin, ring_vis, chunk_vis,
+                                          sel, entries, complete, state, comp)
+            return self._extend_dense(start, count, q, kv, cos, sin, ring_vis, chunk_vis, sel, entries,
+                                      complete, state, comp)
         if self.use_kernels:
-            ring = self._pack_rows(ring)
-            if self.ratio:
-                state[2] = self._pack_rows(state[2])
-        return self._output(o, cos, sin), tuple([ring] + state)
+            return self._extend_paged(rows, start, count, pos, q, kv, cos, sin, ring_vis, chunk_vis,
+                                      None, None, None, state, ())
+        return self._extend_dense(start, count, q, kv, cos, sin, ring_vis, chunk_vis, None, None, None,
+                                  state, ())
 
-    def _pack_rows(self, x):
-        """x [b, n, hd] -> a fresh MODEL1 pool with row r's token j in slot r*n + j (kv_pack_fp8)."""
-        b, n, d = x.shape
-        pool = ops.zeros(page_pool_shape(b, n), ms.uint8)
-        slots = ops.arange(b * n).astype(ms.int32)
-        return self.kv_pack(pool, x.reshape(b * n, d).astype(ms.float32), slots)
+    def _compress(self, x, qr, start, count, pos, cos, sin, state):
+        """Advance the compressor (and indexer) -> (selected entries [b, n, N] bool, candidate
+        entries [b, nb, hd], complete [b, nb], (slot name, new value) pairs)."""
+        c0 = self.slot["compressor.kv"]
+        entries, complete, kv_s, sc_s = self.compressor.extend(x, start, count, state[c0], state[c0 + 1],
+                                                               self.cos, self.sin)
+        comp = (("compressor.kv", kv_s), ("compressor.score", sc_s))
+        if self.indexer is not None:
+            i0 = self.slot["indexer.compressor.kv"]
+            sel, ikv, isc, ikeys = self.indexer.extend(x, qr, start, count, pos, cos, sin, state[i0],
+                                                       state[i0 + 1], state[i0 + 2], self.cos, self.sin)
+            comp = comp + (("indexer.compressor.kv", ikv), ("indexer.compressor.score", isc),
+                           ("indexer.keys", ikeys))
+            return sel, entries, complete, comp
+        sel = ops.arange(self.n_comp).reshape(1, 1, -1) < ((pos + 1) // self.ratio).expand_dims(-1)
+        return sel, entries, complete, comp
 
-    def _prefill_ring(self, kv):
-        """Place the last W tokens of kv [b, s, hd] at ring slots t % W."""
-        b, s, d = kv.shape
-        W = self.window
-        if s <= W:
-            if s == W:
-                return kv
-            return ops.concat((kv, ops.zeros((b, W - s, d), self.mdt)), 1)
-        last = kv[:, s - W:]
-        c = s % W
-        if c == 0:
-            return last
-        return ops.concat((last[:, W - c:], last[:, :W - c]), 1)
+    def _assemble(self, updates):
+        """(slot name, value) pairs -> the layer's state tuple in state_spec() order."""
+        values = {}
+        for name, value in updates:
+            values[name] = value
+        out = ()
+        for name in self.state_names:
+            out = out + (values[name],)
+        return out
 
-    # ---- decode ------------------------------------------------------------------------
-    def decode(self, x, pos, state):
-        """One token x [b, 1, dim] at position pos (int32 scalar) -> (out, new state tuple)."""
-        b = x.shape[0]
-        W = self.window
-        cos = ops.gather(self.cos, pos, 0).reshape(1, -1)
-        sin = ops.gather(self.sin, pos, 0).reshape(1, -1)
-        q, qr, kv = self._qkv(x, cos, sin)
-        if self.use_kernels:
-            return self._decode_paged(x, pos, state, q, qr, kv, cos, sin)
-        ring = state[0]
-        slot = (ops.arange(W) == pos % W).reshape(1, W, 1)
-        ring = mint.where(slot, kv.broadcast_to(ring.shape), ring)
-        keys = ring
-        mask = (ops.arange(W) <= pos).reshape(1, W).broadcast_to((b, W))
-        new_state = [ring]
+    def _extend_dense(self, start, count, q, kv, cos, sin, ring_vis, chunk_vis, sel, entries, complete,
+                      state, comp):
+        """extend() on dense slots: attend [ring, chunk, entries] under the visibility mask, then
+        write the chunk's last W tokens into the ring."""
+        b, n = kv.shape[0], kv.shape[1]
+        W, st = self.window, self.slot
+        ring = state[st["window"]]
+        keys = ops.concat((ring, kv), 1)
+        mask = ops.concat((ring_vis, chunk_vis), -1)
         if self.ratio:
-            cache, kv_state, score_state = self.compressor.decode(x, pos, state[1], state[2], state[3],
-                                                                  self.cos, self.sin)
-            n = cache.shape[1]
-            if self.indexer is not None:
-                sel, icache, ikv, iscore = self.indexer.decode(x, qr, pos, state[4], state[5], state[6],
-                                                              self.cos, self.sin)
-            else:
-                sel = (ops.arange(n) < (pos + 1) // self.ratio).reshape(1, n).broadcast_to((b, n))
-            keys = ops.concat((ring, cache), 1)
+            cache = write_entries(state[st["entries"]], entries, complete, start // self.ratio)
+            comp = comp + (("entries", cache),)
+            keys = ops.concat((keys, cache), 1)
             mask = ops.concat((mask, sel), -1)
-            new_state += [kv_state, score_state, cache]
-            if self.indexer is not None:
-                new_state += [ikv, iscore, icache]
-        o = self.core(q, keys, mask.expand_dims(1), self.attn_sink)
-        return self._output(o, cos, sin), tuple(new_state)
+        o = self.core(q, keys, mask, self.attn_sink)
+        # ring slot j takes the last real chunk token k with (start + k) % W == j, if any
+        cnt = count.reshape(b, 1)
+        j = ops.arange(W).reshape(1, W)
+        last = cnt - 1 - (start.reshape(b, 1) + cnt - 1 - j) % W                 # [b, W]
+        written = gather_rows(kv, ops.clamp(last, 0, n - 1))
+        ring = mint.where((last >= 0).expand_dims(-1), written, ring)
+        return self._output(o, cos, sin), self._assemble(comp + (("window", ring),))
 
-    def _decode_paged(self, x, pos, state, q, qr, kv, cos, sin):
-        """decode() on the FP8 page pools: kv_pack_fp8 writes the new token (and entry), then
-        sparse_fp8_decode attends the visible window slots and the visible / selected entries."""
-        b, W, hd = x.shape[0], self.window, self.head_dim
+    def _extend_paged(self, rows, start, count, pos, q, kv, cos, sin, ring_vis, chunk_vis, sel, entries,
+                      complete, state, comp):
+        """extend() on the FP8 page pools: kv_pack_fp8 writes the chunk's last W tokens (and the
+        completed entries), sparse_fp8_decode attends. For n > 1 the queries read the old ring and
+        the chunk from one temporary pool (old pool + the packed chunk) so that no query sees a
+        ring slot the chunk has overwritten."""
+        b, n = pos.shape
+        W, hd, st = self.window, self.head_dim, self.slot
         f32, i32 = ms.float32, ms.int32
         none = Tensor(-1, i32)
-        rows = ops.arange(b).astype(i32).reshape(b, 1)                               # [b, 1]
-        ring = self.kv_pack(state[0], kv.reshape(b, hd).astype(f32), (rows * W + pos % W).reshape(b))
-        j = ops.arange(W).astype(i32).reshape(1, W)
-        ring_idx = mint.where(j <= pos, rows * W + j, none)                         # [b, W]
-        new_state = [ring]
-        extra, extra_idx = self.no_extra, ops.full((b, 1), -1, dtype=i32)
+        r = rows.astype(i32).reshape(b, 1)
+        cnt = count.astype(i32).reshape(b, 1)
+        k = ops.arange(n).astype(i32).reshape(1, n)
+        ring = state[st["window"]]
+        # the last W real tokens of the chunk go to ring slots (start + k) % W
+        keep = ops.logical_and(k < cnt, k >= cnt - W)
+        ring_slots = mint.where(keep, r * W + (start.astype(i32).reshape(b, 1) + k) % W, none)
+        j = ops.arange(W).astype(i32).reshape(1, 1, W)
+        if n == 1:
+            new_ring = self.kv_pack(ring, kv.reshape(b, hd).astype(f32), ring_slots.reshape(b))
+            vis = ops.logical_or(ring_vis, ops.logical_and(
+                (j == (start.astype(i32).reshape(b, 1, 1) % W)), (cnt > 0).reshape(b, 1, 1)))
+            read_pool, idx = new_ring, mint.where(vis, r.reshape(b, 1, 1) * W + j, none)      # [b, 1, W]
+        else:
+            chunk = self.kv_pack(ops.zeros(page_pool_shape(b, n), ms.uint8), kv.reshape(b * n, hd).astype(f32),
+                                 ops.arange(b * n).astype(i32))
+            read_pool = ops.concat((ring, chunk), 0)
+            offset = ring.shape[0] * PAGE_BLOCK
+            ring_idx = mint.where(ring_vis, r.reshape(b, 1, 1) * W + j, none)                    # [b, n, W]
+            local = ops.arange(b).astype(i32).reshape(b, 1, 1) * n + k.reshape(1, 1, n)   # chunk pool slots
+            chunk_idx = mint.where(chunk_vis, offset + local, none)                             # [b, n, n]
+            idx = ops.concat((ring_idx, chunk_idx), -1)
+            new_ring = self.kv_pack(ring, kv.reshape(b * n, hd).astype(f32), ring_slots.reshape(b * n))
+        comp = comp + (("window", new_ring),)
+        extra, extra_idx = self.no_extra, ops.full((b, n, 1), -1, dtype=i32)
         if self.ratio:
-            m, n = self.ratio, self.n_comp
-            entry, emit, kv_state, score_state = self.compressor.step(x, pos, state[1], state[2],
-                                                                      self.cos, self.sin)  # [b, hd]
-            cslot = mint.where(emit, rows * n + pos // m, none).reshape(b)
-            extra = self.kv_pack(state[3], entry.astype(f32), cslot)
-            if self.indexer is not None:
-                sel, icache, ikv, iscore = self.indexer.decode(x, qr, pos, state[4], state[5], state[6],
-                                                               self.cos, self.sin)
-            else:
-                sel = (ops.arange(n) < (pos + 1) // m).reshape(1, n).broadcast_to((b, n))
-            jn = ops.arange(n).astype(i32).reshape(1, n)
-            extra_idx = mint.where(sel, rows * n + jn, none)                           # [b, n]
-            new_state += [kv_state, score_state, extra]
-            if self.indexer is not None:
-                new_state += [ikv, iscore, icache]
-        out, _ = self.sparse_attn(q.reshape(b, self.n_heads, hd).astype(f32), ring, ring_idx, extra, extra_idx,
+            m, n_comp = self.ratio, self.n_comp
+            nb = entries.shape[1]
+            jb = ops.arange(nb).astype(i32).reshape(1, nb)
+            block = (start.astype(i32) // m).reshape(b, 1) + jb
+            cslots = mint.where(complete, r * n_comp + block, none)
+            extra = self.kv_pack(state[st["entries"]], entries.reshape(b * nb, hd).astype(f32),
+                                 cslots.reshape(b * nb))
+            comp = comp + (("entries", extra),)
+            e = ops.arange(n_comp).astype(i32).reshape(1, 1, n_comp)
+            extra_idx = mint.where(sel, r.reshape(b, 1, 1) * n_comp + e, none)                 # [b, n, N]
+        out, _ = self.sparse_attn(q.reshape(b * n, self.n_heads, hd).astype(f32), read_pool,
+                                  idx.reshape(b * n, -1), extra, extra_idx.reshape(b * n, -1),
                                   self.attn_sink.astype(f32))
-        o = out.reshape(b, 1, self.n_heads, hd).astype(self.mdt)
-        return self._output(o, cos, sin), tuple(new_state)
+        o = out.reshape(b, n, self.n_heads, hd).astype(self.mdt)
+        return self._output(o, cos, sin), self._assemble(comp)

@@ -1,6 +1,7 @@
 """Transformer block with mHC around attention and MoE, and the MTP block (V4_SPEC 3, 6)."""
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import nn, ops
 
 from ascend_v4.attention import Attention
@@ -9,7 +10,8 @@ from ascend_v4.linear import Linear
 from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.moe import MoE
 from ascend_v4.numerics import RMSNorm
-from ascend_v4.precision import np_dtype
+from ascend_v4.precision import dtype_of, np_dtype
+from ascend_v4.state import PAGE_BLOCK, PAGES, TOKEN_BYTES
 
 
 class Block(nn.Cell):
@@ -28,15 +30,10 @@ class Block(nn.Cell):
         u, post, comb = self.hc_ffn.pre(X)
         return self.hc_ffn.post(self.ffn(self.ffn_norm(u), ids), X, post, comb)
 
-    def prefill(self, X, ids):
+    def extend(self, X, ids, rows, start, count, state):
+        """X [b, n, hc, d] of new tokens ids [b, n] (see Attention.extend) -> (X', new state)."""
         u, post, comb = self.hc_attn.pre(X)
-        f, state = self.attn.prefill(self.attn_norm(u))
-        X = self.hc_attn.post(f, X, post, comb)
-        return self._ffn(X, ids), state
-
-    def decode(self, X, ids, pos, state):
-        u, post, comb = self.hc_attn.pre(X)
-        f, state = self.attn.decode(self.attn_norm(u), pos, state)
+        f, state = self.attn.extend(self.attn_norm(u), rows, start, count, state)
         X = self.hc_attn.post(f, X, post, comb)
         return self._ffn(X, ids), state
 
@@ -53,6 +50,9 @@ class MTPBlock(Block):
         self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.hc_head = HcHead(cfg, "hc_head")
+        # the MTP block runs on a fresh window state each call: (paged, shape, fill, dtype) per slot
+        self.fresh_slots = tuple((slot.layout == PAGES, tuple(slot.shape), slot.fill, dtype_of(slot))
+                                 for slot in self.attn.state_spec())
 
     def inputs(self, H, emb):
         """H [b, s, n, d], emb [b, s, d] -> X [b, s, n, d]."""
@@ -60,5 +60,13 @@ class MTPBlock(Block):
 
     def prefill_hidden(self, H, emb, ids):
         """-> normalised final hidden [b, s, d] of the MTP block (before the shared head)."""
-        X, _ = self.prefill(self.inputs(H, emb), ids)
+        b, s = ids.shape
+        zero = ops.zeros((b,), ms.int32)
+        fresh = ()
+        for paged, shape, fill, dtype in self.fresh_slots:
+            full = ((b * shape[0] + PAGE_BLOCK - 1) // PAGE_BLOCK, PAGE_BLOCK * TOKEN_BYTES) if paged \
+                else (b,) + shape
+            fresh = fresh + (ops.full(full, fill, dtype=dtype),)
+        X, _ = self.extend(self.inputs(H, emb), ids, ops.arange(b).astype(ms.int32), zero,
+                           ops.full((b,), s, dtype=ms.int32), fresh)
         return self.norm(self.hc_head(X))

@@ -2,8 +2,9 @@
 
 With ratio 4 the windows overlap (c = 2): an entry pools the first head_dim channels of the
 previous block's 4 tokens and the last head_dim channels of its own 4 tokens.
-Decode keeps the partial block as state: kv_state / score_state [b, c*ratio, c*head_dim]
-(with overlap: slots [:ratio] = previous block, [ratio:] = current block).
+The state (`state_spec`) is the partial block: kv / score [b, c*ratio, c*head_dim] (with overlap:
+rows [:ratio] = previous full block, [ratio:] = current block); `extend` appends any number of
+tokens to it and returns the entries of the blocks they complete.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ascend_v4.linear import dense, zeros_param
 from ascend_v4.numerics import RMSNorm, fp4_quant_dequant, fp8_quant_dequant, hadamard_matrix
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope
+from ascend_v4.state import StateSlot, StateSpec
 
 NEG_INF = float("-inf")
 
@@ -38,14 +40,11 @@ class Compressor(nn.Cell):
         if rotate:
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
 
-    def state_shapes(self, batch: int):
-        """Shapes of (kv_state, score_state)."""
-        shape = (batch, self.coff * self.ratio, self.coff * self.head_dim)
-        return shape, shape
-
-    def initial_state(self, batch: int):
-        kv_shape, score_shape = self.state_shapes(batch)
-        return (np.zeros(kv_shape, self.dt), np.full(score_shape, -np.inf, self.dt))
+    def state_spec(self) -> StateSpec:
+        """kv / score of the previous full block (overlap only) and the current partial block:
+        [c*ratio, c*head_dim] each; unfilled rows hold 0 / -inf."""
+        shape = (self.coff * self.ratio, self.coff * self.head_dim)
+        return StateSpec([StateSlot("kv", shape, self.dt, 0.0), StateSlot("score", shape, self.dt, NEG_INF)])
 
     def finish(self, entry, cos, sin):
         """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the QAT simulation."""
@@ -59,76 +58,70 @@ class Compressor(nn.Cell):
     def _pool(self, kv, score, axis: int):
         return (kv * mint.softmax(score, axis)).sum(axis)
 
-    def prefill(self, x, cos, sin):
-        """x [b, s, dim]; cos/sin [max_seq_len, rd/2] -> entries [b, s//ratio, head_dim] or None,
-        kv_state, score_state."""
-        b, s, _ = x.shape
-        m, d, c = self.ratio, self.head_dim, self.coff
-        kv = dense(x, self.wkv)
-        score = dense(x, self.wgate)
-        cutoff = s - s % m
-        n_blocks = cutoff // m
-        entries = None
-        if n_blocks > 0:
-            kvb = kv[:, :cutoff].reshape(b, n_blocks, m, c * d)
-            sb = score[:, :cutoff].reshape(b, n_blocks, m, c * d) + self.ape
-            if self.overlap:
-                prev_kv = ops.concat((ops.zeros((b, 1, m, d), self.mdt), kvb[:, :-1, :, :d]), 1)
-                prev_s = ops.concat((ops.full((b, 1, m, d), NEG_INF, dtype=self.mdt), sb[:, :-1, :, :d]), 1)
-                kvb = ops.concat((prev_kv, kvb[:, :, :, d:]), 2)
-                sb = ops.concat((prev_s, sb[:, :, :, d:]), 2)
-            pooled = self._pool(kvb, sb, 2)                       # [b, n_blocks, d]
-            entries = self.finish(pooled, cos[:cutoff:m], sin[:cutoff:m])
-        # decode state: previous full block (overlap) and the partial block
-        kv_state = ops.zeros((b, c * m, c * d), self.mdt)
-        score_state = ops.full((b, c * m, c * d), NEG_INF, dtype=self.mdt)
-        parts_kv, parts_s = [], []
-        if self.overlap:
-            if n_blocks > 0:
-                parts_kv.append(kv[:, cutoff - m:cutoff])
-                parts_s.append(score[:, cutoff - m:cutoff] + self.ape)
-            else:
-                parts_kv.append(kv_state[:, :m])
-                parts_s.append(score_state[:, :m])
-        rem = s - cutoff
-        if rem > 0:
-            parts_kv.append(kv[:, cutoff:])
-            parts_s.append(score[:, cutoff:] + self.ape[:rem])
-        used = sum(p.shape[1] for p in parts_kv)
-        if used < c * m:
-            parts_kv.append(kv_state[:, used:])
-            parts_s.append(score_state[:, used:])
-        return entries, ops.concat(parts_kv, 1), ops.concat(parts_s, 1)
+    def extend(self, x, start, count, kv_state, score_state, cos, sin):
+        """Append tokens x [b, n, dim] at positions start[b] + i (i < count[b] valid).
 
-    def step(self, x, pos, kv_state, score_state, cos, sin):
-        """One token x [b, 1, dim] at position `pos` (int32 scalar tensor) -> (entry [b, head_dim],
-        emit (bool scalar: (pos + 1) % ratio == 0, the entry is valid), kv_state, score_state)."""
+        cos/sin [max_seq_len, rd/2]. Returns (entries [b, nb, head_dim] for the blocks the chunk
+        touches (block j has index start // ratio + j), complete [b, nb] bool (block j is full
+        now: its entry is valid), kv_state, score_state). Exact for any chunking: the tokens are
+        laid into a block-aligned buffer behind the stored partial block and pooled block-wise.
+        """
+        b, n, _ = x.shape
         m, d, c = self.ratio, self.head_dim, self.coff
-        kv = dense(x, self.wkv)[:, 0]                               # [b, c*d]
-        in_block = pos % m
-        score = dense(x, self.wgate)[:, 0] + ops.gather(self.ape, in_block, 0)
-        slot = (m if self.overlap else 0) + in_block
-        hit = (ops.arange(c * m) == slot).reshape(1, c * m, 1)
-        kv_state = mint.where(hit, kv.expand_dims(1).broadcast_to(kv_state.shape), kv_state)
-        score_state = mint.where(hit, score.expand_dims(1).broadcast_to(score_state.shape), score_state)
-        emit = (pos + 1) % m == 0
-        if self.overlap:
-            kv_win = ops.concat((kv_state[:, :m, :d], kv_state[:, m:, d:]), 1)
-            s_win = ops.concat((score_state[:, :m, :d], score_state[:, m:, d:]), 1)
-            entry = self._pool(kv_win, s_win, 1)
-            kv_state = mint.where(emit, ops.concat((kv_state[:, m:], kv_state[:, m:]), 1), kv_state)
-            score_state = mint.where(emit, ops.concat((score_state[:, m:], score_state[:, m:]), 1),
-                                     score_state)
+        prev = (c - 1) * m                               # slots of the previous block (overlap)
+        nb = (2 * m - 2 + n) // m                       # blocks touched: ceil((m - 1 + n) / m)
+        length = prev + nb * m
+        r0 = (start % m).reshape(b, 1)
+        first = start.reshape(b, 1) - r0                # position of the current block's first token
+        cnt = count.reshape(b, 1)
+        kv = dense(x, self.wkv)                                            # [b, n, c*d]
+        in_block = (start.reshape(b, 1) + ops.arange(n).reshape(1, n)) % m
+        score = dense(x, self.wgate) + ops.gather(self.ape, in_block, 0)  # [b, n, c*d]
+        # buffer row u holds position first - prev + u: stored rows first, then the new tokens
+        u = ops.arange(length).reshape(1, length)
+        k = u - prev - r0                                                  # [b, L] chunk index
+        stored = u < prev + r0
+        new = ops.logical_and(k >= 0, k < cnt)
+        st_idx = ops.minimum(u, c * m - 1).broadcast_to(k.shape)
+        nw_idx = ops.clamp(k, 0, n - 1)
+        kv_buf = mint.where(stored.expand_dims(-1), gather_rows(kv_state, st_idx),
+                            mint.where(new.expand_dims(-1), gather_rows(kv, nw_idx), 0.0))
+        s_buf = mint.where(stored.expand_dims(-1), gather_rows(score_state, st_idx),
+                           mint.where(new.expand_dims(-1), gather_rows(score, nw_idx), NEG_INF))
+        if self.overlap:   # block j pools the first d channels of block j-1 and the last d of block j
+            kv_win = ops.concat((kv_buf[:, :nb * m].reshape(b, nb, m, c * d)[..., :d],
+                                 kv_buf[:, m:].reshape(b, nb, m, c * d)[..., d:]), 2)
+            s_win = ops.concat((s_buf[:, :nb * m].reshape(b, nb, m, c * d)[..., :d],
+                                s_buf[:, m:].reshape(b, nb, m, c * d)[..., d:]), 2)
         else:
-            entry = self._pool(kv_state, score_state, 1)
-        entry_pos = ops.maximum(pos + 1 - m, 0)
-        entry = self.finish(entry, ops.gather(cos, entry_pos, 0), ops.gather(sin, entry_pos, 0))
-        return entry, emit, kv_state, score_state
+            kv_win = kv_buf.reshape(b, nb, m, d)
+            s_win = s_buf.reshape(b, nb, m, d)
+        pooled = self._pool(kv_win, s_win, 2)                              # [b, nb, d]
+        entry_pos = ops.clamp(first + ops.arange(nb).reshape(1, nb) * m, 0, cos.shape[0] - 1)
+        entries = self.finish(pooled, ops.gather(cos, entry_pos, 0), ops.gather(sin, entry_pos, 0))
+        complete = (ops.arange(nb).reshape(1, nb) + 1) * m <= r0 + cnt
+        # new state: the partial block after the chunk (and the block before it)
+        end = start.reshape(b, 1) + cnt
+        r1 = end % m
+        v = ops.arange(c * m).reshape(1, c * m)
+        src = ops.clamp(v + (end - r1 - first), 0, length - 1)
+        keep = ops.logical_and(v < prev + r1, end - r1 - prev + v >= 0).expand_dims(-1)
+        kv_state = mint.where(keep, gather_rows(kv_buf, src), 0.0)
+        score_state = mint.where(keep, gather_rows(s_buf, src), NEG_INF)
+        return entries, complete, kv_state, score_state
 
-    def decode(self, x, pos, kv_state, score_state, cache, cos, sin):
-        """step(), then write an emitted entry to cache [b, n_max, head_dim] at index pos // ratio.
-        Returns (cache, kv_state, score_state)."""
-        entry, emit, kv_state, score_state = self.step(x, pos, kv_state, score_state, cos, sin)
-        write = ops.logical_and(ops.arange(cache.shape[1]) == pos // self.ratio, emit).reshape(1, -1, 1)
-        cache = mint.where(write, entry.expand_dims(1).broadcast_to(cache.shape), cache)
-        return cache, kv_state, score_state
+
+def gather_rows(x, idx):
+    """x [b, t, c], idx [b, l] (int) -> x[i, idx[i, j]] as [b, l, c]."""
+    b, l = idx.shape
+    return ops.gather_elements(x, 1, idx.expand_dims(-1).broadcast_to((b, l, x.shape[-1])))
+
+
+def write_entries(cache, entries, complete, first_block):
+    """cache [b, N, d]: put entries[:, j] (where complete[:, j]) at index first_block + j."""
+    b, n_max = cache.shape[0], cache.shape[1]
+    nb = entries.shape[1]
+    j = ops.arange(n_max).reshape(1, n_max) - first_block.reshape(b, 1)   # [b, N]
+    jc = ops.clamp(j, 0, nb - 1)
+    hit = ops.logical_and(ops.logical_and(j >= 0, j < nb), ops.gather_elements(complete, 1, jc))
+    return mint.where(hit.expand_dims(-1), gather_rows(entries, jc), cache)

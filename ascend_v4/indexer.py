@@ -8,12 +8,13 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
-from ascend_v4.compressor import Compressor
+from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
 from ascend_v4.numerics import fp4_quant_dequant, hadamard_matrix
 from ascend_v4.precision import np_dtype
 from ascend_v4.rope import apply_rope
+from ascend_v4.state import StateSlot, StateSpec
 
 NEG_INF = float("-inf")
 
@@ -35,7 +36,7 @@ class Indexer(nn.Cell):
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.rd = cfg.rope_head_dim
         self.ratio = 4
-        dt = np_dtype(cfg)
+        dt = self.dt = np_dtype(cfg)
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, fp8_linears, dt)
         self.weights_proj = Linear(cfg.dim, self.n_heads, False, dt)
         self.compressor = Compressor(cfg, 4, self.head_dim, rotate=True)
@@ -56,23 +57,21 @@ class Indexer(nn.Cell):
         dots = ops.relu(ops.matmul(q, keys.expand_dims(1).swapaxes(-1, -2)))  # [b, s, h, n]
         return (dots * w.expand_dims(-1)).sum(2)
 
-    def prefill(self, x, qr, cos, sin):
-        """-> selected [b, s, n_blocks] bool (or None), kv_state, score_state, keys [b, n, d]."""
-        s = x.shape[1]
-        keys, kv_state, score_state = self.compressor.prefill(x, cos, sin)
-        if keys is None:
-            return None, kv_state, score_state, None
-        n = keys.shape[1]
-        q = self.queries(qr, cos[:s], sin[:s])
-        visible = ops.arange(n).reshape(1, n) < (ops.arange(s).reshape(s, 1) + 1) // self.ratio
-        sel = selected_mask(self.scores(x, q, keys), visible.expand_dims(0), min(self.topk, n))
-        return sel, kv_state, score_state, keys
+    def state_spec(self, max_seq_len: int) -> StateSpec:
+        """Its compressor's partial block, then the key cache [max_seq_len / 4, head_dim]."""
+        spec = StateSpec()
+        spec.include("compressor.", self.compressor.state_spec())
+        spec.add(StateSlot("keys", (max_seq_len // self.ratio, self.head_dim), self.dt))
+        return spec
 
-    def decode(self, x, qr, pos, kv_state, score_state, cache, cos, sin):
-        """One token -> selected [b, n_max] bool and updated (cache, kv_state, score_state)."""
-        cache, kv_state, score_state = self.compressor.decode(x, pos, kv_state, score_state, cache, cos, sin)
-        n = cache.shape[1]
-        q = self.queries(qr, ops.gather(cos, pos, 0).reshape(1, -1), ops.gather(sin, pos, 0).reshape(1, -1))
-        visible = (ops.arange(n) < (pos + 1) // self.ratio).reshape(1, n)
-        sel = selected_mask(self.scores(x, q, cache)[:, 0], visible, min(self.topk, n))
-        return sel, cache, kv_state, score_state
+    def extend(self, x, qr, start, count, pos, cos_q, sin_q, kv_state, score_state, cache, cos, sin):
+        """New tokens x [b, n, dim] (queries qr, positions pos [b, n], their rope cos_q/sin_q)
+        -> selected [b, n, N] bool (top-k of the visible entries), kv_state, score_state, cache."""
+        keys, complete, kv_state, score_state = self.compressor.extend(x, start, count, kv_state,
+                                                                       score_state, cos, sin)
+        cache = write_entries(cache, keys, complete, start // self.ratio)
+        n_max = cache.shape[1]
+        q = self.queries(qr, cos_q, sin_q)
+        visible = ops.arange(n_max).reshape(1, 1, n_max) < ((pos + 1) // self.ratio).expand_dims(-1)
+        sel = selected_mask(self.scores(x, q, cache), visible, min(self.topk, n_max))
+        return sel, kv_state, score_state, cache

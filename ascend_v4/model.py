@@ -1,27 +1,30 @@
 """The DeepSeek-V4 transformer as MindSpore cells, and its compiled prefill/decode graphs.
 
-Transformer holds the weights. Three thin graph cells run it in GRAPH_MODE:
-  PrefillNet(ids [b, s])                    -> (logits [b, vocab], H [b, s, n, d], *state)
-  DecodeNet(ids [b, 1], pos int32, *state)  -> (logits [b, vocab], *state)
-  MtpNet(H [b, s, n, d], ids [b, s])        -> MTP logits [b, vocab] of the last position
-The decode state is an explicit flat tuple of tensors (see attention.py for each layer's part),
-so the same graphs export with cache inputs and outputs.
+Transformer holds the weights; `Transformer.extend` is the one forward: n new tokens per row at
+per-row positions, on the full-batch decode state. Thin graph cells run it in GRAPH_MODE:
+  ExtendNet(ids [1, n], row [1], start [1], count [1], *state) -> (logits, H [1, n, hc, d], *state)
+      one sequence: prefill (from 0, chunk by chunk, n a shape bucket), MTP verification
+  DecodeNet(ids [B, 1], positions [B], *state)                 -> (logits [B, vocab], *state)
+      one token for every row at its own position; -1 = idle row
+  MtpNet(H [b, s, hc, d], ids [b, s])                          -> MTP logits [b, vocab]
+The state is a flat tuple ordered and named by `Transformer.state_spec()` (ascend_v4/state.py).
 """
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.block import Block, MTPBlock
+from ascend_v4.compressor import gather_rows
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import dense, zeros_param
 from ascend_v4.mhc import HcHead
 from ascend_v4.numerics import RMSNorm
 from ascend_v4.precision import np_dtype
+from ascend_v4.state import DENSE, StateSpec
 
 
 class Transformer(nn.Cell):
@@ -43,35 +46,34 @@ class Transformer(nn.Cell):
         h = ops.gather(self.embed, ids, 0)
         return ops.tile(h.expand_dims(2), (1, 1, self.hc_mult, 1))
 
-    def logits(self, H):
-        """H [b, s, n, d] -> logits of the last position [b, vocab]."""
-        y = self.norm(self.hc_head(H))
-        return dense(y[:, -1], self.head)
+    def logits(self, H, count=None, all_logits: bool = False):
+        """H [b, n, hc, d] -> logits of each row's last real token [b, vocab] (count [b]; None: the
+        last position), or of every position [b, n, vocab] with all_logits."""
+        y = self.norm(self.hc_head(H))                                       # [b, n, d]
+        if all_logits:
+            return dense(y, self.head)
+        if count is None:
+            return dense(y[:, -1], self.head)
+        b = y.shape[0]
+        last = ops.clamp(count.reshape(b, 1) - 1, 0, y.shape[1] - 1)
+        return dense(gather_rows(y, last)[:, 0], self.head)
 
-    def prefill(self, ids):
-        """ids [b, s] -> (logits [b, vocab], H, decode state, per-block outputs H_k)."""
-        H = self.widen(ids)
-        states = ()
-        hidden = ()
-        for layer in self.layers:
-            H, state = layer.prefill(H, ids)
-            states = states + state
-            hidden = hidden + (H,)
-        return self.logits(H), H, states, hidden
-
-    def decode(self, ids, pos, states):
-        """ids [b, 1], pos, state -> (logits [b, vocab], new state, per-block outputs H_k)."""
+    def extend(self, ids, rows, start, count, states, all_logits: bool = False):
+        """Append tokens ids [b, n] to the sequences in batch rows `rows` [b] (start [b]: position
+        of ids[:, 0]; count [b]: real tokens per row, 0 = idle). `states` is the state of those b
+        rows (see row_view) in state_spec() order.
+        -> (logits, H [b, n, hc, d], new states, per-block outputs H_k)."""
         H = self.widen(ids)
         new_states = ()
         hidden = ()
         offset = 0
         for layer in self.layers:
             n = layer.attn.n_state
-            H, state = layer.decode(H, ids, pos, states[offset:offset + n])
+            H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n])
             new_states = new_states + state
             hidden = hidden + (H,)
             offset += n
-        return self.logits(H), new_states, hidden
+        return self.logits(H, count, all_logits), H, new_states, hidden
 
     def mtp_logits(self, H, ids):
         """MTP block 0 on the main model's streams H and the next tokens ids -> [b, vocab]."""
@@ -79,8 +81,15 @@ class Transformer(nn.Cell):
         return dense(y[:, -1], self.head)
 
     # ---- state and checkpoint plumbing ---------------------------------------------------------
+    def state_spec(self) -> StateSpec:
+        """The flat decode state of the main layers, e.g. 'layers.1.attn.compressor.kv'."""
+        spec = StateSpec()
+        for i, layer in enumerate(self.layers):
+            spec.include(f"layers.{i}.attn.", layer.attn.state_spec())
+        return spec
+
     def initial_state(self, batch: int) -> List[np.ndarray]:
-        return [a for layer in self.layers for a in layer.attn.initial_state(batch)]
+        return self.state_spec().initial(batch)
 
     def checkpoint_parameters(self) -> Dict[str, Tuple[ms.Parameter, int]]:
         """Checkpoint name -> (parameter, expert slot or -1) for every weight."""
@@ -142,23 +151,69 @@ def _block_names(prefix: str, block: Block, cfg: ModelConfig) -> Dict[str, Tuple
     return t
 
 
-class PrefillNet(nn.Cell):
-    def __init__(self, model: Transformer):
+class RowView(nn.Cell):
+    """Reads and writes the rows of one sequence in the full-batch state, slot by slot from the
+    spec: dense slots are gathered / merged by row; page pools are shared and pass through (the
+    attention addresses them by row). A row extended from position 0 starts from the initial
+    values, so a refilled slot carries nothing of its previous sequence."""
+
+    def __init__(self, spec: StateSpec):
+        super().__init__()
+        self.dense = tuple(slot.layout == DENSE for slot in spec)
+        self.fill = tuple(float(slot.fill) for slot in spec)
+
+    def read(self, states, row, start):
+        """row, start: int32 [1] -> the row's state ([1, ...] for dense slots)."""
+        out = ()
+        fresh = start.reshape(()) == 0
+        for s, is_dense, fill in zip(states, self.dense, self.fill):
+            if is_dense:
+                r = ops.gather(s, row, 0)
+                out = out + (mint.where(fresh, ops.full(r.shape, fill, dtype=r.dtype), r),)
+            else:
+                out = out + (s,)
+        return out
+
+    def write(self, states, new_rows, row):
+        out = ()
+        for s, new, is_dense in zip(states, new_rows, self.dense):
+            if is_dense:
+                hit = (ops.arange(s.shape[0]) == row.reshape(())).reshape((-1,) + (1,) * (s.ndim - 1))
+                out = out + (mint.where(hit, new.broadcast_to(s.shape), s),)
+            else:
+                out = out + (new,)
+        return out
+
+
+class ExtendNet(nn.Cell):
+    """One sequence (batch row `row`) extended by ids [1, n] from position start [1], count [1]
+    real tokens (the rest is bucket padding) -> (logits [1, vocab] or [1, n, vocab], H, *state)."""
+
+    def __init__(self, model: Transformer, all_logits: bool = False):
         super().__init__()
         self.model = model
+        self.all_logits = all_logits
+        self.view = RowView(model.state_spec())
 
-    def construct(self, ids):
-        logits, H, states, _ = self.model.prefill(ids)
-        return (logits, H) + states
+    def construct(self, ids, row, start, count, *states):
+        rows = self.view.read(states, row, start)
+        logits, H, new_rows, _ = self.model.extend(ids, row, start, count, rows, self.all_logits)
+        return (logits, H) + self.view.write(states, new_rows, row)
 
 
 class DecodeNet(nn.Cell):
+    """One token per batch row: ids [B, 1] at positions [B] (-1: idle row, state unchanged)
+    -> (logits [B, vocab], *state)."""
+
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
 
-    def construct(self, ids, pos, *states):
-        logits, new_states, _ = self.model.decode(ids, pos, states)
+    def construct(self, ids, positions, *states):
+        b = ids.shape[0]
+        start = ops.maximum(positions, 0)
+        count = (positions >= 0).astype(ms.int32)
+        logits, _, new_states, _ = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count, states)
         return (logits,) + new_states
 
 

@@ -19,3 +19,9 @@ def np_dtype(cfg: ModelConfig):
 
 def ms_dtype(cfg: ModelConfig):
     return ms.float64 if cfg.compute_dtype == "float64" else ms.float32
+
+
+def dtype_of(slot):
+    """The MindSpore dtype of a state slot (numpy dtype in the spec)."""
+    return {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64,
+            np.dtype(np.uint8): ms.uint8, np.dtype(np.int32): ms.int32}[np.dtype(slot.dtype)]

@@ -1,0 +1,101 @@
+"""The decode state spec: each stateful cell declares its slots; everything else derives from it.
+
+A slot is one tensor of per-sequence state. Cells declare their own slots (`state_spec()`), parents
+prefix and concatenate them, and `Transformer.state_spec()` is the flat, ordered spec of the whole
+model. Graph input/output names, parity labels, initial arrays, row selection for the slot API and
+the byte accounting all come from that one spec.
+
+Layouts:
+  dense         [batch, *shape], one row per sequence.
+  model1_pages  an FP8 MODEL1 page pool shared by the batch (custom_ops): uint8
+                [ceil(batch * tokens / PAGE_BLOCK), PAGE_BLOCK * TOKEN_BYTES]; row r's token j sits
+                at pool slot r * tokens + j (`shape` is (tokens,)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+PAGE_BLOCK = 64        # tokens per page block of the kernel-path caches (FlashMLA's block size)
+TOKEN_BYTES = 584      # MODEL1: 448 e4m3 + 64 bf16 + 7 ue8m0 + 1 pad
+DENSE, PAGES = "dense", "model1_pages"
+
+
+def page_pool_shape(batch: int, tokens: int) -> Tuple[int, int]:
+    """Shape of a MODEL1 pool holding `tokens` tokens for each of `batch` rows."""
+    return (max(1, -(-batch * tokens // PAGE_BLOCK)), PAGE_BLOCK * TOKEN_BYTES)
+
+
+@dataclass(frozen=True)
+class StateSlot:
+    name: str                  # dotted path, e.g. "layers.1.attn.compressor.kv"
+    shape: Tuple[int, ...]     # per sequence: dense -> row shape; model1_pages -> (tokens,)
+    dtype: type                # numpy dtype
+    fill: float = 0.0          # initial value (and the value of unwritten entries)
+    layout: str = DENSE
+
+    def batch_shape(self, batch: int) -> Tuple[int, ...]:
+        if self.layout == PAGES:
+            return page_pool_shape(batch, self.shape[0])
+        return (batch,) + tuple(self.shape)
+
+    def initial(self, batch: int) -> np.ndarray:
+        return np.full(self.batch_shape(batch), self.fill, self.dtype)
+
+    @property
+    def bytes_per_sequence(self) -> int:
+        if self.layout == PAGES:
+            return self.shape[0] * TOKEN_BYTES
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    def prefixed(self, prefix: str) -> "StateSlot":
+        return replace(self, name=prefix + self.name)
+
+
+class StateSpec:
+    """An ordered list of slots with name -> position lookup (positions are graph constants)."""
+
+    def __init__(self, slots: Sequence[StateSlot] = ()):
+        self.slots: List[StateSlot] = list(slots)
+
+    def add(self, slot: StateSlot) -> None:
+        self.slots.append(slot)
+
+    def include(self, prefix: str, other: "StateSpec") -> Tuple[int, int]:
+        """Append `other`'s slots under `prefix`; returns their (start, stop) range here."""
+        start = len(self.slots)
+        self.slots += [s.prefixed(prefix) for s in other.slots]
+        return start, len(self.slots)
+
+    def index(self, name: str) -> int:
+        for i, s in enumerate(self.slots):
+            if s.name == name:
+                return i
+        raise KeyError(f"no state slot {name!r}; slots: {', '.join(self.names)}")
+
+    def positions(self) -> Dict[str, int]:
+        return {s.name: i for i, s in enumerate(self.slots)}
+
+    @property
+    def names(self) -> List[str]:
+        return [s.name for s in self.slots]
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __iter__(self):
+        return iter(self.slots)
+
+    def initial(self, batch: int) -> List[np.ndarray]:
+        return [s.initial(batch) for s in self.slots]
+
+    def bytes_per_sequence(self) -> int:
+        return sum(s.bytes_per_sequence for s in self.slots)
+
+    def table(self) -> List[Dict[str, object]]:
+        """Rows for reports: name, layout, per-sequence shape, dtype, bytes per sequence."""
+        return [{"name": s.name, "layout": s.layout, "shape": list(s.shape),
+                 "dtype": np.dtype(s.dtype).name, "bytes_per_sequence": s.bytes_per_sequence}
+                for s in self.slots]
