@@ -187,33 +187,41 @@ class RowView(nn.Cell):
 
 class ExtendNet(nn.Cell):
     """One sequence (batch row `row`) extended by ids [1, n] from position start [1], count [1]
-    real tokens (the rest is bucket padding) -> (logits [1, vocab] or [1, n, vocab], H, *state)."""
+    real tokens (the rest is bucket padding) -> (logits [1, vocab] (all_logits: [1, n, vocab]),
+    H [1, n, hc, d], *state[, *H_layer]); layer_outputs adds each block's output stream."""
 
-    def __init__(self, model: Transformer, all_logits: bool = False):
+    def __init__(self, model: Transformer, all_logits: bool = False, layer_outputs: bool = False):
         super().__init__()
         self.model = model
-        self.all_logits = all_logits
+        self.all_logits, self.layer_outputs = all_logits, layer_outputs
         self.view = RowView(model.state_spec())
 
     def construct(self, ids, row, start, count, *states):
         rows = self.view.read(states, row, start)
-        logits, H, new_rows, _ = self.model.extend(ids, row, start, count, rows, self.all_logits)
-        return (logits, H) + self.view.write(states, new_rows, row)
+        logits, H, new_rows, hidden = self.model.extend(ids, row, start, count, rows, self.all_logits)
+        out = (logits, H) + self.view.write(states, new_rows, row)
+        if self.layer_outputs:
+            return out + hidden
+        return out
 
 
 class DecodeNet(nn.Cell):
     """One token per batch row: ids [B, 1] at positions [B] (-1: idle row, state unchanged)
-    -> (logits [B, vocab], *state)."""
+    -> (logits [B, vocab], *state[, *H_layer])."""
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, layer_outputs: bool = False):
         super().__init__()
         self.model = model
+        self.layer_outputs = layer_outputs
 
     def construct(self, ids, positions, *states):
         b = ids.shape[0]
         start = ops.maximum(positions, 0)
         count = (positions >= 0).astype(ms.int32)
-        logits, _, new_states, _ = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count, states)
+        logits, _, new_states, hidden = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count,
+                                                          states)
+        if self.layer_outputs:
+            return (logits,) + new_states + hidden
         return (logits,) + new_states
 
 

@@ -95,7 +95,12 @@ class StateSpec:
         return sum(s.bytes_per_sequence for s in self.slots)
 
     def table(self) -> List[Dict[str, object]]:
-        """Rows for reports: name, layout, per-sequence shape, dtype, bytes per sequence."""
-        return [{"name": s.name, "layout": s.layout, "shape": list(s.shape),
-                 "dtype": np.dtype(s.dtype).name, "bytes_per_sequence": s.bytes_per_sequence}
-                for s in self.slots]
+        """Rows for manifests and reports: name, layout, per-sequence shape, dtype, fill, bytes per
+        sequence (`from_table` reads them back)."""
+        return [{"name": s.name, "layout": s.layout, "shape": list(s.shape), "dtype": np.dtype(s.dtype).name,
+                 "fill": s.fill, "bytes_per_sequence": s.bytes_per_sequence} for s in self.slots]
+
+    @classmethod
+    def from_table(cls, rows: Sequence[Dict[str, object]]) -> "StateSpec":
+        return cls([StateSlot(r["name"], tuple(r["shape"]), np.dtype(r["dtype"]).type, float(r["fill"]),
+                              r["layout"]) for r in rows])

@@ -1,11 +1,12 @@
 """Graph capture: the model's prefill/decode cells with per-layer outputs, exported to MindIR.
 
-The graph cells run the model's own pieces (`Transformer.widen`, `Block.prefill/decode`,
-`Transformer.logits`) in the same order as `Transformer.prefill/decode`, and additionally
-return each block's output stream H so parity can name the first diverging layer:
-  prefill(ids [b, s])             -> logits [b, vocab], H [b, s, n, d], *state, *H_layer[L]
-  decode(ids [b, 1], pos, *state) -> logits [b, vocab], *state, *H_layer[L] ([b, 1, n, d])
-The leading outputs are exactly PrefillNet's / DecodeNet's (checked in tests).
+The graph cells are the model's own ExtendNet / DecodeNet with each block's output stream H
+added, so parity can name the first diverging layer (state inputs named by the state spec):
+  extend(ids [1, S], row [1], start [1], count [1], *state[B]) -> logits [1, vocab], H [1, S, n, d],
+                                                                  *state, *H_layer[L] ([1, S, n, d])
+  decode(ids [B, 1], positions [B], *state[B])                 -> logits [B, vocab], *state,
+                                                                  *H_layer[L] ([B, 1, n, d])
+The leading outputs are exactly ExtendNet's / DecodeNet's (checked in tests).
 """
 from __future__ import annotations
 
@@ -84,26 +85,6 @@ def boundary_markers(transformer) -> Iterator[None]:
             setattr(parent, attr, cell)
 
 
-class LayerwisePrefillNet(nn.Cell):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def construct(self, ids):
-        logits, H, states, hidden = self.model.prefill(ids)
-        return (logits, H) + states + hidden
-
-
-class LayerwiseDecodeNet(nn.Cell):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def construct(self, ids, pos, *states):
-        logits, new_states, hidden = self.model.decode(ids, pos, states)
-        return (logits,) + new_states + hidden
-
-
 @dataclass(frozen=True)
 class Bucket:
     batch: int
@@ -114,39 +95,39 @@ class Bucket:
         return f"{self.batch}x{self.seq}"
 
 
+GRAPHS = ("extend", "decode")
+
+
 def state_names(transformer) -> List[str]:
-    """Names of the flat decode state, e.g. 'state.layers.1.compressor.kv_state'."""
-    names = []
-    for i, layer in enumerate(transformer.layers):
-        attn = layer.attn
-        names.append(f"state.layers.{i}.window")
-        if attn.ratio:
-            names += [f"state.layers.{i}.compressor.{k}" for k in ("kv_state", "score_state", "cache")]
-        if attn.indexer is not None:
-            names += [f"state.layers.{i}.indexer.{k}" for k in ("kv_state", "score_state", "cache")]
-    return names
+    """Graph names of the flat decode state: 'state.' + the spec's slot name."""
+    return ["state." + name for name in transformer.state_spec().names]
 
 
 def io_names(transformer, graph: str) -> Tuple[List[str], List[str]]:
-    """(input names, output names) of the prefill or decode graph."""
+    """(input names, output names) of the extend or decode graph."""
     st = state_names(transformer)
     nxt = ["next_" + n for n in st]
     hidden = [f"hidden.layers.{i}" for i in range(len(transformer.layers))]
-    if graph == "prefill":
-        return ["ids"], ["logits", "H"] + nxt + hidden
-    return ["ids", "pos"] + st, ["logits"] + nxt + hidden
+    if graph == "extend":
+        return ["ids", "row", "start", "count"] + st, ["logits", "H"] + nxt + hidden
+    return ["ids", "positions"] + st, ["logits"] + nxt + hidden
 
 
 def example_inputs(transformer, graph: str, bucket: Bucket) -> List[Tensor]:
-    """Zero inputs with the bucket's static shapes (ids int32, pos int32 scalar, state arrays)."""
-    if graph == "prefill":
-        return [Tensor(np.zeros((bucket.batch, bucket.seq), np.int32))]
+    """Inputs with the bucket's static shapes: the state of `bucket.batch` rows; extend takes
+    `bucket.seq` tokens of one row, decode one token per row."""
     st = [Tensor(a) for a in transformer.initial_state(bucket.batch)]
-    return [Tensor(np.zeros((bucket.batch, 1), np.int32)), Tensor(np.int32(bucket.seq))] + st
+    i32 = lambda v: Tensor(np.array(v, np.int32))   # noqa: E731
+    if graph == "extend":
+        return [i32(np.zeros((1, bucket.seq))), i32([0]), i32([0]), i32([bucket.seq])] + st
+    return [i32(np.zeros((bucket.batch, 1))), i32(np.full(bucket.batch, bucket.seq))] + st
 
 
 def graph_cell(transformer, graph: str) -> nn.Cell:
-    return LayerwisePrefillNet(transformer) if graph == "prefill" else LayerwiseDecodeNet(transformer)
+    from ascend_v4.model import DecodeNet, ExtendNet
+    if graph == "extend":
+        return ExtendNet(transformer, layer_outputs=True)
+    return DecodeNet(transformer, layer_outputs=True)
 
 
 def export_mindir(transformer, graph: str, bucket: Bucket, path_stem: str) -> str:

@@ -1,7 +1,8 @@
 """`compile_model`: checkpoint -> artifact folder with MindIR and ONNX graphs per shape bucket.
 
-Per bucket BxS: a prefill graph (ids [B, S]) and, per batch size, a decode graph (one token with
-the explicit cache state). Each graph is exported once from the model's cells to MindIR (with the
+Per bucket BxS: an extend graph (S tokens of one sequence into a state of B rows: prefill chunks,
+verification) and, per batch size, a decode graph (one token per row at per-row positions). The
+state inputs and outputs are named by the model's state spec, recorded in the manifest. Each graph is exported once from the model's cells to MindIR (with the
 operator-boundary markers, capture.py); the ONNX file is lowered from that same MindIR.
 """
 from __future__ import annotations
@@ -75,6 +76,10 @@ def _save_onnx(model, path: str, threshold: int) -> Dict[str, object]:
     return {"external_data": external, "initializer_bytes": init_bytes}
 
 
+def graph_name(graph: str, bucket: Bucket) -> str:
+    return f"extend_{bucket.name}" if graph == "extend" else f"decode_b{bucket.batch}"
+
+
 def compile_graph(ckpt, transformer, graph: str, bucket: Bucket, folder: str, formats: Sequence[str],
                   external_threshold: int) -> Dict[str, object]:
     """Export one graph to MindIR and lower it to ONNX; returns its manifest entry."""
@@ -83,10 +88,10 @@ def compile_graph(ckpt, transformer, graph: str, bucket: Bucket, folder: str, fo
     from graph_compile.mindir import read_mindir
     from graph_compile.lower import lower_mindir
     from graph_compile.weights import WeightTable, param_name_table
-    name = f"prefill_{bucket.name}" if graph == "prefill" else f"decode_b{bucket.batch}"
+    name = graph_name(graph, bucket)
     inputs, outputs = io_names(transformer, graph)
     entry: Dict[str, object] = {"graph": graph, "batch": bucket.batch,
-                                "seq": bucket.seq if graph == "prefill" else 1,
+                                "seq": bucket.seq if graph == "extend" else 1,
                                 "inputs": inputs, "outputs": outputs}
     t0 = time.perf_counter()
     mindir = export_mindir(transformer, graph, bucket, os.path.join(folder, name))
@@ -136,9 +141,9 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
         model = build_model(ckpt)
         graphs: Dict[str, dict] = {}
         for bucket in buckets:
-            log(f"prefill {bucket.name} ...")
-            graphs[f"prefill_{bucket.name}"] = compile_graph(ckpt, model.transformer, "prefill", bucket,
-                                                             tmp, formats, external_threshold)
+            log(f"extend {bucket.name} ...")
+            graphs[graph_name("extend", bucket)] = compile_graph(ckpt, model.transformer, "extend", bucket,
+                                                                 tmp, formats, external_threshold)
             if f"decode_b{bucket.batch}" not in graphs:
                 log(f"decode batch {bucket.batch} ...")
                 graphs[f"decode_b{bucket.batch}"] = compile_graph(ckpt, model.transformer, "decode", bucket,
@@ -153,6 +158,7 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
             "weight_format": ckpt.weight_format,
             "precision": precision,
             "buckets": [b.name for b in buckets],
+            "state": model.spec.table(),
             "formats": formats,
             "opset": OPSET,
             "onnx_domain": "ascend_v4",

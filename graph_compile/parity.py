@@ -1,7 +1,7 @@
 """Parity runner: MindSpore (GRAPH_MODE) vs onnxruntime (CPU) vs the numpy oracle.
 
-For one bucket BxS of an artifact folder: prefill a seeded random prompt, then `steps` greedy
-decode steps (MindSpore's argmax picks the tokens; both backends get the same tokens and each
+For one bucket BxS of an artifact folder: prefill a seeded random prompt [B, S] (each row through
+the extend graph), then `steps` greedy decode steps (MindSpore's argmax picks the tokens; both backends get the same tokens and each
 carries its OWN decode state). Compared per output and per layer (hidden.layers.k):
   onnxruntime vs mindspore   every output of every step (state included)
   mindspore vs oracle        logits and per-layer hidden streams at every position
@@ -28,8 +28,8 @@ class ParityError(ValueError):
 class MindSporeBackend:
     """The live model's layerwise graph cells (GRAPH_MODE), same outputs as the exported graphs.
 
-    custom_ops: run the AscendC kernels' CPU twins (cfg.custom_ops; float32 only, and the decode
-    state becomes FP8 page pools, so states are not compared in that mode).
+    custom_ops: run the AscendC kernels' CPU twins (cfg.custom_ops; float32 only, and the window
+    and entry slots become FP8 page pools, so states are not compared in that mode).
     """
 
     name = "mindspore"
@@ -37,11 +37,12 @@ class MindSporeBackend:
     def __init__(self, checkpoint_dir: str, precision: str, custom_ops: bool = False):
         from ascend_v4.api import build_model
         from ascend_v4.checkpoint import open_checkpoint
-        from graph_compile.capture import graph_cell
+        from graph_compile.capture import GRAPHS, graph_cell
         overrides = {"compute_dtype": "float32", "custom_ops": True} if custom_ops else {"compute_dtype": precision}
         self.ckpt = open_checkpoint(checkpoint_dir, overrides=overrides)
         self.model = build_model(self.ckpt)
-        self.nets = {g: graph_cell(self.model.transformer, g) for g in ("prefill", "decode")}
+        self.spec = self.model.spec
+        self.nets = {g: graph_cell(self.model.transformer, g) for g in GRAPHS}
 
     def run(self, graph: str, inputs: List[np.ndarray]) -> List[np.ndarray]:
         from mindspore import Tensor
@@ -51,12 +52,14 @@ class MindSporeBackend:
 class OnnxBackend:
     name = "onnxruntime"
 
-    def __init__(self, folder: str, prefill_entry: dict, decode_entry: dict):
+    def __init__(self, folder: str, extend_entry: dict, decode_entry: dict, state_table: List[dict]):
         import onnxruntime as ort
+        from ascend_v4.state import StateSpec
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.sessions, self.inputs = {}, {}
-        for g, entry in (("prefill", prefill_entry), ("decode", decode_entry)):
+        self.spec = StateSpec.from_table(state_table)
+        for g, entry in (("extend", extend_entry), ("decode", decode_entry)):
             if "onnx" not in entry:
                 raise ParityError(f"{folder}: graph {g} has no ONNX file (compile with --format onnx)")
             path = os.path.join(folder, entry["onnx"])
@@ -71,53 +74,55 @@ class OnnxBackend:
 
 
 def run_sequence(backend, prompt: np.ndarray, tokens: List[np.ndarray], n_layers: int,
-                 n_state: int, timings: Optional[dict] = None) -> List[Dict[str, np.ndarray]]:
-    """Prefill `prompt` [b, s] then decode `tokens` (each [b, 1]) -> outputs per step (step 0 = prefill)."""
-    s = prompt.shape[1]
+                 timings: Optional[dict] = None) -> List[Dict[str, np.ndarray]]:
+    """Prefill each row of `prompt` [b, s] with the extend graph (row r from position 0), then
+    decode `tokens` (each [b, 1]) for all rows -> named outputs per step (step 0 = prefill:
+    logits, H and per-layer streams stacked over the rows, the state after the last row)."""
+    b, s = prompt.shape
+    names = ["state." + n for n in backend.spec.names]
+    state = backend.spec.initial(b)
+    i32 = lambda v: np.array(v, np.int32)   # noqa: E731
     t0 = time.perf_counter()
-    out = backend.run("prefill", [prompt])
+    rows = []
+    for r in range(b):
+        out = backend.run("extend", [prompt[r:r + 1], i32([r]), i32([0]), i32([s])] + list(state))
+        state = out[2:2 + len(names)]
+        rows.append(out)
     if timings is not None:
         timings["prefill_s"] = time.perf_counter() - t0
-    steps = [_named_prefill(out, n_state, n_layers)]
-    state = out[2:2 + n_state]
+    n = len(names)
+    first = {"logits": np.concatenate([o[0] for o in rows]), "H": np.concatenate([o[1] for o in rows])}
+    first.update(dict(zip(names, state)))
+    first.update({f"hidden.layers.{k}": np.concatenate([o[2 + n + k] for o in rows]) for k in range(n_layers)})
+    steps = [first]
     decode_times = []
     for j, tok in enumerate(tokens):
         t0 = time.perf_counter()
-        out = backend.run("decode", [tok, np.asarray(s + j, np.int32)] + list(state))
+        out = backend.run("decode", [tok, i32(np.full(b, s + j))] + list(state))
         decode_times.append(time.perf_counter() - t0)
-        state = out[1:1 + n_state]
-        steps.append(_named_decode(out, n_state, n_layers))
+        state = out[1:1 + n]
+        d = {"logits": out[0]}
+        d.update(dict(zip(names, state)))
+        d.update({f"hidden.layers.{k}": out[1 + n + k] for k in range(n_layers)})
+        steps.append(d)
     if timings is not None:
         timings["decode_s"] = decode_times
     return steps
 
 
-def _named_prefill(out, n_state, n_layers):
-    d = {"logits": out[0], "H": out[1]}
-    d.update({f"state.{i}": a for i, a in enumerate(out[2:2 + n_state])})
-    d.update({f"hidden.layers.{k}": a for k, a in enumerate(out[2 + n_state:2 + n_state + n_layers])})
-    return d
-
-
-def _named_decode(out, n_state, n_layers):
-    d = {"logits": out[0]}
-    d.update({f"state.{i}": a for i, a in enumerate(out[1:1 + n_state])})
-    d.update({f"hidden.layers.{k}": a for k, a in enumerate(out[1 + n_state:1 + n_state + n_layers])})
-    return d
-
-
 # ---- oracle -------------------------------------------------------------------------------
-def oracle_sequence(ckpt, full_ids: np.ndarray) -> Dict[str, np.ndarray]:
-    """Oracle logits [b, T, vocab] and per-layer streams hidden.layers.k [b, T, n, d] for all positions."""
-    from ascend_v4.oracle import block_forward, dequantize, forward_all
+def oracle_sequence(ckpt, full_ids: np.ndarray, precision: str) -> Dict[str, np.ndarray]:
+    """Oracle logits [b, T, vocab] and per-layer streams hidden.layers.k [b, T, n, d] for all
+    positions, computed once, in `precision` (float64 artifacts are checked against a float64
+    oracle, where every FP8 rounding decision matches)."""
+    from ascend_v4.oracle import dequantize, forward_layers
+    from ascend_v4.oracle import precision as oracle_precision
     cfg = ckpt.config
-    W = dequantize({name: np.asarray(ckpt.raw(name)) for name in ckpt.schema}, cfg)
-    logits, _ = forward_all(cfg, W, full_ids)
+    with oracle_precision(precision):
+        W = dequantize({name: np.asarray(ckpt.raw(name)) for name in ckpt.schema}, cfg)
+        logits, streams = forward_layers(cfg, W, full_ids)
     out = {"logits": logits}
-    X = np.repeat(np.asarray(W["embed.weight"])[full_ids][:, :, None, :], cfg.hc_mult, axis=2).astype(np.float32)
-    for k in range(cfg.n_layers):
-        X = block_forward(cfg, W, k, X, full_ids)
-        out[f"hidden.layers.{k}"] = X
+    out.update({f"hidden.layers.{k}": X for k, X in enumerate(streams)})
     return out
 
 
@@ -144,10 +149,12 @@ class ParityReport:
                 "modified_files": self.modified_files, "timings": self.timings, "rows": self.rows}
 
 
-def _layer_of(output: str, state_layer: Dict[str, int]) -> Optional[int]:
-    if output.startswith("hidden.layers."):
-        return int(output.rsplit(".", 1)[1])
-    return state_layer.get(output)
+def _layer_of(output: str) -> Optional[int]:
+    """hidden.layers.k and state.layers.k.* belong to layer k."""
+    for prefix in ("hidden.layers.", "state.layers."):
+        if output.startswith(prefix):
+            return int(output[len(prefix):].split(".")[0])
+    return None
 
 
 def choose_bucket(manifest: dict, bucket: Optional[str]) -> str:
@@ -178,39 +185,34 @@ def run_parity(folder: str, steps: int = 16, bucket: Optional[str] = None, seed:
         ckpt_dir = os.path.join(folder, ckpt_dir)
     if not os.path.exists(ckpt_dir):
         raise ArtifactError(f"{folder}: checkpoint {ckpt_dir} named in the manifest is missing")
-    pre, dec = manifest["graphs"].get(f"prefill_{bucket}"), manifest["graphs"].get(f"decode_b{b}")
-    if pre is None or dec is None:
+    pre, dec = manifest["graphs"].get(f"extend_{bucket}"), manifest["graphs"].get(f"decode_b{b}")
+    if pre is None or dec is None or "state" not in manifest:
         raise ParityError(f"{folder}: graphs for bucket {bucket} are missing from the manifest")
     report = ParityReport(bucket=bucket, steps=steps, precision=precision, custom_ops=custom_ops)
     report.modified_files = [rel for rel, h in manifest.get("files", {}).items() if rel.endswith(".onnx")
                              and os.path.exists(os.path.join(folder, rel))
                              and sha256(os.path.join(folder, rel)) != h]
     n_layers = manifest["config"]["n_layers"]
-    state_out = [o for o in dec["outputs"] if o.startswith("next_state.")]
-    n_state = len(state_out)
-    state_layer = {f"state.{i}": int(name.split(".")[2]) for i, name in enumerate(state_out)}
-    state_label = {f"state.{i}": name[len("next_"):] for i, name in enumerate(state_out)}
 
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, manifest["config"]["vocab_size"], (b, s)).astype(np.int32)
     if mindspore_runs is None:
-        mindspore_runs = mindspore_sequence(ckpt_dir, precision, prompt, steps, n_layers, n_state, custom_ops)
+        mindspore_runs = mindspore_sequence(ckpt_dir, precision, prompt, steps, n_layers, custom_ops)
     ms_steps, ms_timing, tokens = mindspore_runs
     ort_timing: dict = {}
-    onnx = OnnxBackend(folder, pre, dec)
-    run_sequence(onnx, prompt, [], n_layers, n_state)                      # warm-up
-    ort_steps = run_sequence(onnx, prompt, tokens, n_layers, n_state, ort_timing)
+    onnx = OnnxBackend(folder, pre, dec, manifest["state"])
+    run_sequence(onnx, prompt, [], n_layers)                               # warm-up
+    ort_steps = run_sequence(onnx, prompt, tokens, n_layers, ort_timing)
     report.timings = {"mindspore": _timing_summary(ms_timing), "onnxruntime": _timing_summary(ort_timing)}
 
     full = np.concatenate([prompt] + tokens, axis=1) if tokens else prompt
-    oracle = oracle_sequence(open_checkpoint(ckpt_dir), full)
+    oracle = oracle_sequence(open_checkpoint(ckpt_dir), full, precision)
     for j, (m, o) in enumerate(zip(ms_steps, ort_steps)):
         phase = "prefill" if j == 0 else "decode"
         for out in m:
             if custom_ops and out.startswith("state."):
                 continue                                   # FP8 page pools vs dense caches
-            label = state_label.get(out, out)
-            _add(report, "onnxruntime_vs_mindspore", phase, j, label, _layer_of(out, state_layer),
+            _add(report, "onnxruntime_vs_mindspore", phase, j, out, _layer_of(out),
                  compare(o[out], m[out], logits=out == "logits"), tol)
         pos = slice(0, s) if j == 0 else slice(s + j - 1, s + j)
         _add(report, "mindspore_vs_oracle", phase, j, "logits", None,
@@ -223,20 +225,20 @@ def run_parity(folder: str, steps: int = 16, bucket: Optional[str] = None, seed:
 
 
 def mindspore_sequence(ckpt_dir: str, precision: str, prompt: np.ndarray, steps: int, n_layers: int,
-                       n_state: int, custom_ops: bool = False):
+                       custom_ops: bool = False):
     """MindSpore's run: (per-step outputs, timings, greedy tokens [b, 1] fed to each decode step)."""
     ms = MindSporeBackend(ckpt_dir, precision, custom_ops)
-    out = ms.run("prefill", [prompt])
-    state = out[2:2 + n_state]
     tokens = []
-    logits = out[0]
-    for j in range(steps):                                           # pick the tokens (and warm up)
+    picked = run_sequence(ms, prompt, [], n_layers)                  # pick the tokens (and warm up)
+    logits, state = picked[0]["logits"], [picked[0]["state." + n] for n in ms.spec.names]
+    b, s = prompt.shape
+    for j in range(steps):
         tok = logits.argmax(-1).reshape(-1, 1).astype(np.int32)
         tokens.append(tok)
-        out = ms.run("decode", [tok, np.asarray(prompt.shape[1] + j, np.int32)] + list(state))
-        state, logits = out[1:1 + n_state], out[0]
+        out = ms.run("decode", [tok, np.full(b, s + j, np.int32)] + list(state))
+        state, logits = out[1:1 + len(state)], out[0]
     timing: dict = {}
-    ms_steps = run_sequence(ms, prompt, tokens, n_layers, n_state, timing)
+    ms_steps = run_sequence(ms, prompt, tokens, n_layers, timing)
     return ms_steps, timing, tokens
 
 

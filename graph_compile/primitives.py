@@ -122,7 +122,9 @@ def _clamp(e, args, meta, attrs, op=None):
 
 
 _COMPARE = {"Less": "Less", "LessEqual": "LessOrEqual", "Greater": "Greater",
-            "GreaterEqual": "GreaterOrEqual", "Equal": "Equal", "EqScalar": "Equal"}
+            "GreaterEqual": "GreaterOrEqual", "Equal": "Equal", "EqScalar": "Equal",
+            "LessScalar": "Less", "LessEqualScalar": "LessOrEqual", "GreaterScalar": "Greater",
+            "GreaterEqualScalar": "GreaterOrEqual", "EqualScalar": "Equal"}
 
 
 @emitter(*_COMPARE)

@@ -24,7 +24,7 @@ def test_manifest_lists_graphs_hashes_and_versions(artifact):
     assert manifest["buckets"] == [BUCKET] and manifest["opset"] == 21
     assert manifest["precision"] == "float64" and manifest["weight_format"] == "fp8"
     assert manifest["config"]["expert_dtype"] == "fp4"
-    assert set(manifest["graphs"]) == {f"prefill_{BUCKET}", "decode_b1"}
+    assert set(manifest["graphs"]) == {f"extend_{BUCKET}", "decode_b1"}
     for rel, digest in manifest["files"].items():
         assert sha256(os.path.join(folder, rel)) == digest
     for g in manifest["graphs"].values():
@@ -35,27 +35,34 @@ def test_manifest_lists_graphs_hashes_and_versions(artifact):
 
 
 def test_mindir_reload_matches_live_model(artifact):
-    """GraphCell(load(mindir)) == the live cells: every output of prefill and of a decode step."""
+    """GraphCell(load(mindir)) == the live cells: every output of the prompt's extend and of a
+    decode step, with the state fed in spec order."""
     import mindspore as ms
     from mindspore import Tensor, nn
     from ascend_v4.api import build_model
     from ascend_v4.checkpoint import open_checkpoint
+    from ascend_v4.state import StateSpec
     folder, manifest, _ = artifact
     steps, _, tokens = mindspore_run()                 # live layerwise cells, prompt of seed 0
     b, s = (int(x) for x in BUCKET.split("x"))
     prompt = np.random.default_rng(0).integers(0, 512, (b, s)).astype(np.int32)
-    prefill = nn.GraphCell(ms.load(os.path.join(folder, manifest["graphs"][f"prefill_{BUCKET}"]["mindir"])))
-    out = [o.asnumpy() for o in prefill(Tensor(prompt))]
+    spec = StateSpec.from_table(manifest["state"])
+    i32 = lambda v: Tensor(np.array(v, np.int32))     # noqa: E731
+    extend = nn.GraphCell(ms.load(os.path.join(folder, manifest["graphs"][f"extend_{BUCKET}"]["mindir"])))
+    out = [o.asnumpy() for o in extend(Tensor(prompt), i32([0]), i32([0]), i32([s]),
+                                       *[Tensor(a) for a in spec.initial(b)])]
     live = list(steps[0].values())                     # logits, H, state..., hidden...
+    assert list(steps[0]) == manifest["graphs"][f"extend_{BUCKET}"]["outputs"][:2] + \
+        ["state." + n for n in spec.names] + [f"hidden.layers.{k}" for k in range(4)]
     assert len(out) == len(live)
     for a, ref in zip(out, live):
         np.testing.assert_array_equal(a, ref)
-    n_state = sum(k.startswith("state.") for k in steps[0])
+    n_state = len(spec)
     decode = nn.GraphCell(ms.load(os.path.join(folder, manifest["graphs"]["decode_b1"]["mindir"])))
-    dec = decode(Tensor(tokens[0]), Tensor(np.int32(s)), *[Tensor(a) for a in out[2:2 + n_state]])
+    dec = decode(Tensor(tokens[0]), i32([s]), *[Tensor(a) for a in out[2:2 + n_state]])
     for a, ref in zip(dec, steps[1].values()):
         np.testing.assert_array_equal(a.asnumpy(), ref)
-    # and the model's own PrefillNet (ascend_v4.api.Model) gives the same logits and streams
+    # and the model's own ExtendNet (ascend_v4.api.Model) gives the same logits and streams
     model = build_model(open_checkpoint(os.path.join(folder, "checkpoint"), overrides={"compute_dtype": "float64"}))
     np.testing.assert_allclose(model(prompt, 0), out[0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(model.hidden.asnumpy(), out[1], rtol=0, atol=1e-12)

@@ -1,11 +1,11 @@
 """The model with cfg.custom_ops (kv_pack_fp8 + sparse_fp8_decode on FP8 MODEL1 page pools, plus the
 sinkhorn_mhc / MoE kernels) against the default path on the tiny preset.
 
-Prefill 20 tokens (batch 2), then 16 teacher-forced decode steps (positions 20..35: four ratio-4 entry
+Prefill 20 tokens (batch 2, one extend per row), then 16 teacher-forced decode steps (positions 20..35: four ratio-4 entry
 emissions and the window wrap at 32).  The one lossy step of the FP8 cache is the bf16 rounding of the
 64 RoPE dims (the 448 other dims are already fp8-simulated, so packing them is lossless).
 
-* bf16 checkpoint, whole model: per-step logits within 1e-2 relative (measured max 4.0e-3, seed 3), same top-1.
+* bf16 checkpoint, whole model: per-step logits within 2e-2 relative (measured max 1.3e-2, seed 3), same top-1.
 * FP8 checkpoint, float64, one CSA attention layer: with the RoPE dims of keys and entries rounded to bf16 on
   the default path too, the kernel path's outputs are equal (measured difference 0).  Whole-model FP8
   comparisons are not tight: the float32 kernels inside a float64 model flip FP8 activation roundings that a
@@ -29,7 +29,9 @@ from ascend_v4.config import load_config  # noqa: E402
 from custom_ops.sparse_fp8_decode.reference import unpack_kv_fp8  # noqa: E402
 
 PROMPT, STEPS, BATCH = 20, 16, 2
-LOGIT_RTOL = 1e-2          # bf16 checkpoint, per step: max|on - off| / max|off| (measured <= 4.0e-3)
+# bf16 checkpoint, per step: max|on - off| / max|off| (measured <= 1.3e-2). Prefill is an extend too, so
+# it attends the FP8 pages (bf16 RoPE dims on every key) where it used to attend dense fp32 keys (4.0e-3).
+LOGIT_RTOL = 2e-2
 SAME_ROUNDING_RTOL = 1e-6  # FP8 float64 with bf16 RoPE keys on both paths (measured 0)
 
 
@@ -37,7 +39,7 @@ def run(path, overrides, ids):
     """Prefill ids[:, :PROMPT], decode the rest one by one -> (logits [1+STEPS, b, vocab], prefill state)."""
     model = build_model(open_checkpoint(path, overrides=overrides))
     out = [model(ids[:, :PROMPT], 0)]
-    state = [s.asnumpy() for s in model.state]
+    state = model.state_arrays()
     for p in range(PROMPT, PROMPT + STEPS):
         out.append(model(ids[:, p:p + 1], p))
     return np.stack(out), state, model
@@ -61,26 +63,25 @@ def test_bf16_checkpoint_kernels_match_default(tmp_path, ids):
     err = rel_err(on, off)
     assert err.max() <= LOGIT_RTOL, err
     np.testing.assert_array_equal(on.argmax(-1), off.argmax(-1))
-    # state layout: the page pools follow initial_state; after prefill they hold the fp32 state, rounded
-    init = model.transformer.initial_state(BATCH)
-    assert [(a.shape, a.dtype) for a in init] == [(a.shape, a.dtype) for a in on_state]
-    W, hd = model.cfg.window_size, model.cfg.head_dim
-    offset = 0
-    for layer in model.transformer.layers:
-        attn = layer.attn
-        pairs = [(0, W)] + ([(3, attn.n_comp)] if attn.ratio else [])
-        for i, n in pairs:
-            ref = off_state[offset + i].reshape(BATCH * n, hd)
-            got = unpack_kv_fp8(on_state[offset + i])[:BATCH * n]
-            assert on_state[offset + i].dtype == np.uint8
-            rope = ref[:, 448:].astype(ml_dtypes.bfloat16).astype(np.float32)
-            np.testing.assert_allclose(got[:, 448:], rope, rtol=2 ** -7, atol=1e-6)   # prefill inputs differ ~1e-7
-            # fp8 dims: lossless, except where the prefill inputs' ~1e-7 difference (sinkhorn / MoE kernels)
-            # flipped an fp8 rounding (one e4m3 step, at most 1/8 relative)
-            close = np.isclose(got[:, :448], ref[:, :448], rtol=1e-6, atol=0)
-            assert close.mean() >= 0.999, close.mean()
-            np.testing.assert_allclose(got[:, :448], ref[:, :448], rtol=1 / 8, atol=2 ** -9 * np.abs(ref).max())
-        offset += attn.n_state
+    # state layout: the spec says which slots are page pools; after prefill they hold the dense state, rounded
+    spec = {slot.name: slot for slot in model.spec}
+    assert list(on_state) == list(off_state) == list(spec)
+    for name, slot in spec.items():
+        assert on_state[name].shape == slot.batch_shape(BATCH) and on_state[name].dtype == slot.dtype
+    paged = [name for name, slot in spec.items() if slot.layout == "model1_pages"]
+    assert sorted(paged) == sorted(n for n in spec if n.endswith(".window") or n.endswith("attn.entries"))
+    hd = model.cfg.head_dim
+    for name in paged:
+        n = spec[name].shape[0]
+        ref = off_state[name].reshape(BATCH * n, hd)
+        got = unpack_kv_fp8(on_state[name])[:BATCH * n]
+        rope = ref[:, 448:].astype(ml_dtypes.bfloat16).astype(np.float32)
+        np.testing.assert_allclose(got[:, 448:], rope, rtol=2 ** -7, atol=1e-6)   # prefill inputs differ ~1e-7
+        # fp8 dims: lossless, except where the prefill inputs' ~1e-7 difference (sinkhorn / MoE kernels)
+        # flipped an fp8 rounding (one e4m3 step, at most 1/8 relative)
+        close = np.isclose(got[:, :448], ref[:, :448], rtol=1e-6, atol=0)
+        assert close.mean() >= 0.999, close.mean()
+        np.testing.assert_allclose(got[:, :448], ref[:, :448], rtol=1 / 8, atol=2 ** -9 * np.abs(ref).max())
 
 
 # --- the same comparison with the bf16 RoPE rounding applied on the default path as well -------------
@@ -96,34 +97,27 @@ def _finish_bf16_rope(self, entry, cos, sin):
     return ops.concat((entry[..., :-self.rd], entry[..., -self.rd:].astype(ms.bfloat16).astype(entry.dtype)), -1)
 
 
-class _LayerPrefill(nn.Cell):
+class _LayerExtend(nn.Cell):
     def __init__(self, attn):
         super().__init__()
         self.attn = attn
 
-    def construct(self, x):
-        out, state = self.attn.prefill(x)
-        return (out,) + state
-
-
-class _LayerDecode(nn.Cell):
-    def __init__(self, attn):
-        super().__init__()
-        self.attn = attn
-
-    def construct(self, x, pos, *state):
-        out, state = self.attn.decode(x, pos, state)
+    def construct(self, x, rows, start, count, *state):
+        out, state = self.attn.extend(x, rows, start, count, state)
         return (out,) + state
 
 
 def _layer_outputs(attn, xs):
-    """Prefill xs[:, :PROMPT], decode the rest through one attention layer -> (outputs [1+STEPS, b, 1, dim],
-    final state)."""
-    out = _LayerPrefill(attn)(ms.Tensor(xs[:, :PROMPT]))
+    """Prefill xs[:, :PROMPT] (one extend from 0), then extend one token at a time through one attention
+    layer -> (outputs [1+STEPS, b, 1, dim], final state)."""
+    i32 = lambda v: ms.Tensor(np.full(BATCH, v, np.int32))   # noqa: E731
+    rows = ms.Tensor(np.arange(BATCH, dtype=np.int32))
+    ext = _LayerExtend(attn)
+    state = [ms.Tensor(a) for a in attn.state_spec().initial(BATCH)]
+    out = ext(ms.Tensor(xs[:, :PROMPT]), rows, i32(0), i32(PROMPT), *state)
     outs, state = [out[0].asnumpy()[:, -1:]], out[1:]
-    dec = _LayerDecode(attn)
     for p in range(PROMPT, PROMPT + STEPS):
-        out = dec(ms.Tensor(xs[:, p:p + 1]), ms.Tensor(np.int32(p)), *state)
+        out = ext(ms.Tensor(xs[:, p:p + 1]), rows, i32(p), i32(1), *state)
         outs.append(out[0].asnumpy())
         state = out[1:]
     return np.stack(outs), [a.asnumpy() for a in state]

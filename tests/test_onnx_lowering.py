@@ -70,7 +70,7 @@ def test_fp8_initializers_are_lossless_and_sized(onnx_models):
     from ascend_v4.checkpoint import open_checkpoint
     folder, manifest, models = onnx_models
     ckpt = open_checkpoint(os.path.join(folder, "checkpoint"))
-    m = models[f"prefill_{BUCKET}"]
+    m = models[f"extend_{BUCKET}"]
     inits = {t.name: t for t in m.graph.initializer}
     fp8 = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
     cfg = ckpt.config
@@ -78,8 +78,8 @@ def test_fp8_initializers_are_lossless_and_sized(onnx_models):
     assert len(fp8) == cfg.n_layers * 10 + sum(r == 4 for r in cfg.compress_ratios[:cfg.n_layers])
     fp8_bytes = sum(len(t.raw_data) for t in fp8)
     assert fp8_bytes == sum(int(np.prod(t.dims)) for t in fp8)                 # one byte per weight
-    assert fp8_bytes == manifest["graphs"][f"prefill_{BUCKET}"]["weights"]["fp8_bytes"]
-    size = os.path.getsize(os.path.join(folder, manifest["graphs"][f"prefill_{BUCKET}"]["onnx"]))
+    assert fp8_bytes == manifest["graphs"][f"extend_{BUCKET}"]["weights"]["fp8_bytes"]
+    size = os.path.getsize(os.path.join(folder, manifest["graphs"][f"extend_{BUCKET}"]["onnx"]))
     tensor_bytes = sum(len(t.raw_data) for t in m.graph.initializer) + sum(
         len(n.attribute[0].t.raw_data) for n in list(m.graph.node) + [b for f in m.functions for b in f.node]
         if n.op_type == "Constant")
@@ -128,9 +128,11 @@ def test_external_data_above_threshold(onnx_models, tmp_path):
     assert info["external_data"] and os.path.getsize(path + ".data") > 0.9 * info["initializer_bytes"]
     assert os.path.getsize(path) < 0.2 * os.path.getsize(os.path.join(folder, entry["onnx"]))
     onnx.checker.check_model(path, full_check=True)
-    feeds = {"ids": np.array([[7]], np.int32), "pos": np.array(120, np.int32)}
-    state = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float64)
-             for i in models["decode_b1"].graph.input if i.name.startswith("state.")}
+    from ascend_v4.state import StateSpec
+    feeds = {"ids": np.array([[7]], np.int32), "positions": np.array([120], np.int32)}
+    spec = StateSpec.from_table(manifest["state"])
+    state = dict(zip(["state." + n for n in spec.names], spec.initial(1)))
+    assert set(state) == {i.name for i in models["decode_b1"].graph.input if i.name.startswith("state.")}
     outs = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {**feeds, **state})
             for p in (path, os.path.join(folder, entry["onnx"]))]
     for a, b in zip(*outs):

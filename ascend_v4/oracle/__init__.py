@@ -25,7 +25,7 @@ layers and decode steps. Compare sublayers/blocks on identical inputs (`attentio
 from .attention import attention_layer, block_prefix, sparse_attention, window_mask
 from .compressor import compressor_entries, indexer_topk, pool_blocks, visible_mask
 from .hc import hc_head, hc_post, hc_pre, sinkhorn
-from .model import block_forward, forward_all, mtp_forward_all
+from .model import block_forward, forward_all, forward_layers, mtp_forward_all
 from .moe import expert, gate, moe_layer
 from .numerics import (e2m1_round, fp4_quant_dequant, fp8_quant_dequant, hadamard, precision, real,
                        hadamard_matrix, pow2_ceil, rms_norm, rope, rope_frequencies)
@@ -34,7 +34,7 @@ from .weights import WeightError, dequantize, linear, unpack_fp4
 __all__ = [
     "attention_layer", "block_prefix", "sparse_attention", "window_mask", "compressor_entries",
     "indexer_topk", "pool_blocks", "visible_mask", "hc_head", "hc_post", "hc_pre", "sinkhorn",
-    "block_forward", "forward_all", "mtp_forward_all", "expert", "gate", "moe_layer",
+    "block_forward", "forward_all", "forward_layers", "mtp_forward_all", "expert", "gate", "moe_layer",
     "e2m1_round", "fp4_quant_dequant", "fp8_quant_dequant", "hadamard", "hadamard_matrix",
     "pow2_ceil", "rms_norm", "rope", "rope_frequencies", "WeightError", "dequantize", "linear",
     "unpack_fp4", "precision", "real",

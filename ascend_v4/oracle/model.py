@@ -52,12 +52,20 @@ def forward_all(cfg, W, ids):
 
     H is the widened residual stream after the last block (the input of HcHead and of MTP).
     """
+    logits, streams = forward_layers(cfg, W, ids)
+    return logits, streams[-1]
+
+
+def forward_layers(cfg, W, ids):
+    """ids [b, s] -> (logits [b, s, vocab], [X_k [b, s, hc_mult, dim] after block k for every k])."""
     ids = _check_ids(cfg, ids)
-    h = get(W, "embed.weight")[ids]                                            # [b, s, dim]
+    h = get(W, "embed.weight")[ids]
     X = np.repeat(h[:, :, None, :], cfg.hc_mult, axis=2).astype(real())
+    streams = []
     for layer_id in range(cfg.n_layers):
         X = block_forward(cfg, W, layer_id, X, ids)
-    return _logits(cfg, W, X, "", "norm.weight"), X
+        streams.append(X)
+    return _logits(cfg, W, X, "", "norm.weight"), streams
 
 
 def mtp_forward_all(cfg, W, H, ids, k: int = 0) -> np.ndarray:
