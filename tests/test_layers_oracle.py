@@ -18,6 +18,14 @@ SEQ = 132            # crosses 33 ratio-4 blocks, one ratio-128 block and the 16
 REL_TOL = 1e-3
 
 
+def fresh(batch: int, seq: int, spec=None):
+    """(rows, start, count) int32 tensors for `batch` new sequences of `seq` tokens, and the initial
+    state of `spec`: a prefill is an extend from position 0."""
+    i32 = lambda v: Tensor(np.asarray(v, np.int32))   # noqa: E731
+    state = tuple(Tensor(a) for a in spec.initial(batch)) if spec is not None else ()
+    return i32(np.arange(batch)), i32(np.zeros(batch)), i32(np.full(batch, seq)), state
+
+
 def rel_err(a, b):
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
@@ -53,7 +61,9 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("layer", range(4))
 def test_attention_layer(setup, layer):
     net, cfg, W, x, _, _, _ = setup
-    got = net.layers[layer].attn.prefill(Tensor(x))[0].asnumpy()
+    attn = net.layers[layer].attn
+    rows, start, count, state = fresh(x.shape[0], SEQ, attn.state_spec())
+    got = attn.extend(Tensor(x), rows, start, count, state)[0].asnumpy()
     assert rel_err(got, oracle.attention_layer(cfg, W, layer, x)) <= REL_TOL
 
 
@@ -89,7 +99,12 @@ def test_compressor_entries(setup, layer, rotate):
     attn = net.layers[layer].attn
     comp = attn.indexer.compressor if rotate else attn.compressor
     prefix = f"layers.{layer}.attn." + ("indexer.compressor" if rotate else "compressor")
-    got = comp.prefill(Tensor(x), attn.cos, attn.sin)[0].asnumpy()
+    _, start, count, _ = fresh(x.shape[0], SEQ)
+    kv, score = (Tensor(a) for a in comp.state_spec().initial(x.shape[0]))
+    entries, complete, _, _ = comp.extend(Tensor(x), start, count, kv, score, attn.cos, attn.sin)
+    n = SEQ // comp.ratio
+    assert complete.asnumpy()[:, :n].all() and not complete.asnumpy()[:, n:].any()
+    got = entries.asnumpy()[:, :n]
     want = oracle.compressor_entries(cfg, W, prefix, x, comp.ratio, comp.head_dim, rotate)
     assert got.shape == want.shape
     assert rel_err(got, want) <= REL_TOL
@@ -99,8 +114,14 @@ def test_indexer_selection(setup):
     net, cfg, W, x, _, _, _ = setup
     attn = net.layers[1].attn
     qr = attn.q_norm(attn.wq_a(Tensor(x)))
-    sel = attn.indexer.prefill(Tensor(x), qr, attn.cos, attn.sin)[0].asnumpy()
+    _, start, count, state = fresh(x.shape[0], SEQ, attn.indexer.state_spec(cfg.max_seq_len))
+    pos = Tensor(np.broadcast_to(np.arange(SEQ, dtype=np.int32), (x.shape[0], SEQ)).copy())
+    cos, sin = ms.ops.gather(attn.cos, pos, 0), ms.ops.gather(attn.sin, pos, 0)
+    sel = attn.indexer.extend(Tensor(x), qr, start, count, pos, cos, sin, *state, attn.cos, attn.sin)[0].asnumpy()
     want, _ = oracle.indexer_topk(cfg, W, 1, x, qr.asnumpy())
+    n = want.shape[-1]
+    assert not sel[..., n:].any()          # entries beyond the prompt's are never selected
+    sel = sel[..., :n]
     assert sel.shape == want.shape
     # a near-tie can swap one selected entry; demand >= 99.5% identical decisions and the
     # exact per-query count min(index_topk, visible)
@@ -112,7 +133,9 @@ def test_indexer_selection(setup):
 def test_block_on_oracle_inputs(setup, layer):
     _, cfg, _, _, ids, net64, W64 = setup
     X = np.random.default_rng(layer).normal(size=(2, SEQ, cfg.hc_mult, cfg.dim)).astype(np.float32)
-    got, _ = net64.layers[layer].prefill(Tensor(X.astype(np.float64)), Tensor(ids.astype(np.int32)))
+    block = net64.layers[layer]
+    rows, start, count, state = fresh(X.shape[0], SEQ, block.attn.state_spec())
+    got, _ = block.extend(Tensor(X.astype(np.float64)), Tensor(ids.astype(np.int32)), rows, start, count, state)
     with oracle.precision("float64"):
         want = oracle.block_forward(cfg, W64, layer, X.astype(np.float64), ids)
     err = token_errors(got.asnumpy(), want)
