@@ -52,20 +52,24 @@ class Model:
 
     def __init__(self, cfg: ModelConfig, transformer, weight_format: str, prefill_chunk: int = 256):
         from ascend_v4.model import DecodeNet, ExtendNet, MtpNet
-        if not isinstance(prefill_chunk, int) or isinstance(prefill_chunk, bool) or prefill_chunk < 1:
-            raise ConfigError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
+        self.set_prefill_chunk(prefill_chunk)
         self.cfg = cfg
         self.weight_format = weight_format
         self.transformer = transformer
         self.spec = transformer.state_spec()
-        self.prefill_chunk = prefill_chunk
-        self.buckets = extend_buckets(prefill_chunk)
         self._extend = ExtendNet(transformer)
         self._extend_all = ExtendNet(transformer, all_logits=True)
         self._decode = DecodeNet(transformer)
         self._mtp = MtpNet(transformer)
         self.max_batch = cfg.max_batch_size
         self.reset()
+
+    def set_prefill_chunk(self, prefill_chunk: int) -> None:
+        """Tokens per extend call (longer inputs run in chunks); buckets follow (extend_buckets)."""
+        if not isinstance(prefill_chunk, int) or isinstance(prefill_chunk, bool) or prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
+        self.prefill_chunk = prefill_chunk
+        self.buckets = extend_buckets(prefill_chunk)
 
     # ---- state -------------------------------------------------------------------------
     def reset(self) -> None:
@@ -100,13 +104,13 @@ class Model:
                              f"(max_batch_size {self.max_batch})")
         return int(slot)
 
-    def _check_continues(self, slot: int, start_pos: int, n: int) -> None:
+    def _check_continues(self, slot: int, start_pos: int, n: int, what: str = "start_pos") -> None:
         if start_pos != 0:
             if self.lengths[slot] < 0:
                 raise InputError(f"slot {slot} holds no sequence: prefill it (start_pos 0) before "
                                  f"continuing at position {start_pos}")
             if start_pos != self.lengths[slot]:
-                raise InputError(f"slot {slot}: start_pos {start_pos} does not continue its sequence "
+                raise InputError(f"slot {slot}: {what} {start_pos} does not continue its sequence "
                                  f"(next position is {self.lengths[slot]})")
         if start_pos + n > self.cfg.max_seq_len:
             raise InputError(f"slot {slot}: {n} tokens from position {start_pos} run past max_seq_len "
@@ -165,7 +169,7 @@ class Model:
                 raise InputError(f"slot {slot}: token id {ids[slot]} out of range [0, {self.cfg.vocab_size})")
             if pos[slot] == 0:
                 raise InputError(f"slot {slot}: decode at position 0; start a sequence with prefill")
-            self._check_continues(int(slot), int(pos[slot]), 1)
+            self._check_continues(int(slot), int(pos[slot]), 1, "position")
         if (pos < -1).any():
             raise InputError(f"slot {int(np.flatnonzero(pos < -1)[0])}: position must be >= 0 or -1 (idle)")
         ids = np.where(active, ids, 0).astype(np.int32).reshape(-1, 1)

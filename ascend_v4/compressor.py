@@ -106,8 +106,9 @@ class Compressor(nn.Cell):
         v = ops.arange(c * m).reshape(1, c * m)
         src = ops.clamp(v + (end - r1 - first), 0, length - 1)
         keep = ops.logical_and(v < prev + r1, end - r1 - prev + v >= 0).expand_dims(-1)
-        kv_state = mint.where(keep, gather_rows(kv_buf, src), 0.0)
-        score_state = mint.where(keep, gather_rows(s_buf, src), NEG_INF)
+        idle = (cnt == 0).reshape(b, 1, 1)               # an idle row (start may be a placeholder)
+        kv_state = mint.where(idle, kv_state, mint.where(keep, gather_rows(kv_buf, src), 0.0))
+        score_state = mint.where(idle, score_state, mint.where(keep, gather_rows(s_buf, src), NEG_INF))
         return entries, complete, kv_state, score_state
 
 

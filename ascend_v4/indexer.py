@@ -20,14 +20,22 @@ NEG_INF = float("-inf")
 
 
 def selected_mask(scores, visible, k: int):
-    """scores [..., n] with `visible` [..., n] -> bool mask of the top-k visible entries."""
+    """scores [..., n] with `visible` [..., n] -> bool mask of the top-k visible entries; ties at
+    the k-th value go to the lower entry index.
+
+    ReLU makes exact ties (score 0) common and TopK orders ties arbitrarily, so the selection is
+    made from values only: every entry above the k-th largest value, then the lowest-index
+    entries equal to it. (TopK's values are exact in float64; the CPU Sort kernel rounds float64
+    to float32, measured, which mis-ranks near-equal scores.)"""
     scores = mint.where(visible, scores, NEG_INF)
-    # ReLU makes exact ties (score 0) common; a stable descending sort keeps the lower entry
-    # index first, where TopK's order among ties is unspecified
-    _, order = ops.sort(scores, axis=-1, descending=True)
-    idx = order[..., :k]                                           # [..., k]
-    hits = ops.one_hot(idx, scores.shape[-1], Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
-    return ops.logical_and(hits.sum(-2) > 0, visible)
+    values, _ = ops.topk(scores, k)
+    kth = values[..., k - 1:k]                                       # [..., 1]
+    above = scores > kth
+    tie = scores == kth
+    room = k - above.astype(ms.int32).sum(-1, keepdims=True)
+    tie_rank = ops.cumsum(tie.astype(ms.int32), -1)                  # 1-based rank among the ties
+    chosen = ops.logical_or(above, ops.logical_and(tie, tie_rank <= room))
+    return ops.logical_and(chosen, visible)
 
 
 class Indexer(nn.Cell):

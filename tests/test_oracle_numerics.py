@@ -476,3 +476,20 @@ def test_bad_ids_are_rejected(cfg, weights):
         forward_all(cfg, weights, np.array([[0, cfg.vocab_size]]))
     with pytest.raises(ValueError, match="batch, seq"):
         forward_all(cfg, weights, np.array([1, 2]))
+
+
+def test_e4m3_round_in_float64_has_no_double_rounding():
+    """float64 values round to e4m3 directly: every code maps to itself, float32-exact values match
+    ml_dtypes, and a value just above a midpoint rounds up (ml_dtypes goes through float32 and
+    lands on the midpoint, then on the even code below)."""
+    import ml_dtypes
+    from ascend_v4.oracle.numerics import e4m3_round
+    codes = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    codes = codes[np.isfinite(codes)]
+    np.testing.assert_array_equal(e4m3_round(codes), codes)
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(-448, 448, 20000) * 2.0 ** rng.integers(-12, 0, 20000)).astype(np.float32)
+    np.testing.assert_array_equal(e4m3_round(x.astype(np.float64)),
+                                  x.astype(ml_dtypes.float8_e4m3fn).astype(np.float64))
+    np.testing.assert_array_equal(e4m3_round(np.array([21.000000715381354, 21.0, 23.0, -21.0000001])),
+                                  [22.0, 20.0, 24.0, -22.0])

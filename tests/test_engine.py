@@ -1,0 +1,184 @@
+"""The engine API (`Model.prefill / extend / decode`) on tiny, FP8 linears + FP4 experts.
+
+References are independent of the engine: the numpy oracle in float64 on each row's whole sequence
+(forward_all gives the logits of every position), and the same sequence run alone.
+
+* float64: rows at different lengths decode together, one row idle for some steps, a slot refilled
+  with a new prompt while the other continues; every row's logits at every step within 1e-9
+  (relative, ||got - oracle|| / ||oracle||) and the same top-1. An idle row's state is bit-identical.
+* A prompt prefilled in chunks of 1, 7, 64 or all at once: the same logits and the same state
+  (every dense slot of the row within 1e-9 of its scale, -inf where the one-shot run has -inf).
+* float32: batched rows vs the same rows alone (measured max relative difference 0: each row's
+  arithmetic does not depend on the others; tolerance 1e-5).
+"""
+import numpy as np
+import pytest
+
+from ascend_v4.api import InputError, build_model
+from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
+from ascend_v4.config import load_config
+from ascend_v4.oracle import dequantize, forward_all, precision
+
+REL = 1e-9
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_random_checkpoint(load_config("tiny"), str(tmp_path_factory.mktemp("engine") / "ckpt"),
+                                   weight_format="fp8", seed=5)
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    ckpt = open_checkpoint(checkpoint, overrides={"compute_dtype": "float64"})
+    with precision("float64"):
+        W = dequantize({n: np.asarray(ckpt.raw(n)) for n in ckpt.schema}, ckpt.config)
+    return build_model(ckpt, prefill_chunk=64), ckpt.config, W
+
+
+def oracle_logits(cfg, W, seq):
+    with precision("float64"):
+        return forward_all(cfg, W, np.asarray(seq)[None])[0][0]          # [len, vocab]
+
+
+def check(got, ref, what):
+    assert rel_err(got, ref) <= REL, f"{what}: relative error {rel_err(got, ref):.2e}"
+    assert got.argmax() == ref.argmax(), f"{what}: top-1 differs"
+
+
+def test_rows_at_mixed_positions_match_the_oracle(engine):
+    model, cfg, W = engine
+    model.reset()
+    rng = np.random.default_rng(0)
+    # row 0: 21-token prompt (ratio-4 phase 1), row 1: 30 tokens (phase 2); both wrap the 16-slot
+    # window at different steps; row 0 idles for steps 5-7; then row 0 is refilled with a new
+    # 9-token prompt while row 1 keeps decoding
+    seqs = [list(rng.integers(0, cfg.vocab_size, 21 + 20)), list(rng.integers(0, cfg.vocab_size, 30 + 20))]
+    refill = list(rng.integers(0, cfg.vocab_size, 9 + 6))
+    lengths = [21, 30]
+    for r in range(2):
+        check(model.prefill(seqs[r][:lengths[r]], slot=r), oracle_logits(cfg, W, seqs[r][:lengths[r]])[-1],
+              f"row {r} prefill")
+    ref = [oracle_logits(cfg, W, s) for s in seqs]
+    ref_refill = oracle_logits(cfg, W, refill)
+    refilled = False
+    for step in range(14):
+        if step == 9:                                   # refill slot 0 while slot 1 continues
+            check(model.prefill(refill[:9], slot=0), ref_refill[8], "slot 0 refill prefill")
+            refilled, lengths[0] = True, 9
+        idle0 = 5 <= step <= 7
+        toks = np.array([(refill if refilled else seqs[0])[lengths[0]], seqs[1][lengths[1]]])
+        pos = np.array([-1 if idle0 else lengths[0], lengths[1]])
+        before = model.state_arrays()
+        logits = model.decode(toks, pos)
+        if idle0:
+            after = model.state_arrays()
+            for slot in model.spec:
+                if slot.layout == "dense":
+                    np.testing.assert_array_equal(after[slot.name][0], before[slot.name][0], err_msg=slot.name)
+        else:
+            want = ref_refill if refilled else ref[0]
+            check(logits[0], want[lengths[0]], f"step {step} row 0 at position {lengths[0]}")
+            lengths[0] += 1
+        check(logits[1], ref[1][lengths[1]], f"step {step} row 1 at position {lengths[1]}")
+        lengths[1] += 1
+    assert list(model.lengths) == lengths
+
+
+def test_extend_all_logits_match_the_oracle(engine):
+    """extend(slot, n tokens, start) with all_logits (what MTP verification needs): [n, vocab]."""
+    model, cfg, W = engine
+    model.reset()
+    seq = list(np.random.default_rng(3).integers(0, cfg.vocab_size, 30))
+    model.prefill(seq[:25], slot=1)
+    got = model.extend(1, seq[25:], 25, all_logits=True)
+    ref = oracle_logits(cfg, W, seq)
+    assert got.shape == (5, cfg.vocab_size)
+    for k in range(5):
+        check(got[k], ref[25 + k], f"extend token {k}")
+
+
+def _dense_row(model, slot):
+    return {s.name: model.state_arrays()[s.name][slot] for s in model.spec if s.layout == "dense"}
+
+
+def test_chunked_prefill_equals_one_shot(engine):
+    model, cfg, W = engine
+    prompt = list(np.random.default_rng(4).integers(0, cfg.vocab_size, 135))   # HCA emits at 127
+    runs = {}
+    try:
+        for chunk in (135, 64, 7, 1):
+            model.set_prefill_chunk(chunk)
+            model.reset()
+            runs[chunk] = model.prefill(prompt, slot=1), _dense_row(model, 1)
+    finally:
+        model.set_prefill_chunk(64)
+    logits, state = runs[135]
+    check(logits, oracle_logits(cfg, W, prompt)[-1], "one-shot prefill")
+    assert np.abs(state["layers.2.attn.entries"][0]).max() > 0          # the HCA entry is there
+    for chunk in (64, 7, 1):
+        got_logits, got_state = runs[chunk]
+        check(got_logits, logits, f"chunks of {chunk}")
+        for name, ref in state.items():
+            got = got_state[name]
+            inf = np.isinf(ref)
+            np.testing.assert_array_equal(np.isinf(got), inf, err_msg=f"chunks of {chunk}: {name}")
+            scale = max(np.abs(ref[~inf]).max(initial=0.0), 1e-300)
+            assert np.abs(got[~inf] - ref[~inf]).max(initial=0.0) <= REL * scale, f"chunks of {chunk}: {name}"
+
+
+def test_bad_engine_input_names_the_slot(engine):
+    model, cfg, _ = engine
+    model.reset()
+    with pytest.raises(InputError, match="slot 2 is out of range"):
+        model.prefill([1, 2, 3], slot=2)
+    with pytest.raises(InputError, match="slot 0 holds no sequence"):
+        model.decode(np.array([5, 0]), np.array([3, -1]))
+    with pytest.raises(InputError, match="slot 1 holds no sequence"):
+        model.extend(1, [4, 5], 3)
+    model.prefill([1, 2, 3], slot=0)
+    with pytest.raises(InputError, match="slot 0: start_pos 5 does not continue its sequence"):
+        model.extend(0, [4], 5)
+    with pytest.raises(InputError, match="slot 0: position 4 does not continue|slot 0: start_pos 4"):
+        model.decode(np.array([5, 0]), np.array([4, -1]))
+    with pytest.raises(InputError, match=f"slot 0: 300 tokens from position 3 run past max_seq_len {cfg.max_seq_len}"):
+        model.extend(0, [1] * 300, 3)
+    with pytest.raises(InputError, match="slot 0: token id 999"):
+        model.decode(np.array([999, 0]), np.array([3, -1]))
+    with pytest.raises(InputError, match=r"shape \[2\]"):
+        model.decode(np.array([5]), np.array([3]))
+    assert list(model.lengths) == [3, -1]                # nothing above touched the state
+
+
+def test_float32_batched_rows_equal_solo_rows(checkpoint):
+    model = build_model(open_checkpoint(checkpoint), prefill_chunk=64)
+    rng = np.random.default_rng(9)
+    seqs = [list(rng.integers(0, 512, 19 + 8)), list(rng.integers(0, 512, 26 + 8))]
+    solo = []
+    for r, seq in enumerate(seqs):                      # each row alone, the other slot empty
+        model.reset()
+        n = len(seq) - 8
+        out = [model.prefill(seq[:n], slot=r)]
+        for k in range(n, len(seq) - 1):
+            pos = np.full(2, -1)
+            pos[r] = k
+            tok = np.zeros(2, np.int64)
+            tok[r] = seq[k]
+            out.append(model.decode(tok, pos)[r])
+        solo.append(np.stack(out))
+    model.reset()
+    batched = [[model.prefill(seq[:len(seq) - 8], slot=r)] for r, seq in enumerate(seqs)]
+    for j in range(7):
+        pos = np.array([len(s) - 8 + j for s in seqs])
+        logits = model.decode(np.array([s[p] for s, p in zip(seqs, pos)]), pos)
+        for r in range(2):
+            batched[r].append(logits[r])
+    for r in range(2):
+        got = np.stack(batched[r])
+        err = np.abs(got - solo[r]).max() / np.abs(solo[r]).max()
+        assert err <= 1e-5, f"row {r}: batched vs solo {err:.2e}"
+        np.testing.assert_array_equal(got.argmax(-1), solo[r].argmax(-1))
