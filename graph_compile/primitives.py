@@ -226,6 +226,14 @@ def _sort(e, args, meta, attrs, op=None):
     return [Val(vals, vm), e.as_tensor(Val(idx, Meta(np.dtype(np.int64), im.shape)), im.dtype)]
 
 
+@emitter("CumSum", "CumsumExt")
+def _cumsum(e, args, meta, attrs, op=None):
+    x = e.as_tensor(args[0], meta.dtype)
+    axis = int(args[1]) % len(meta.shape)
+    return e.op("CumSum", [x.name, e.const(np.array(axis, np.int64)).name], meta,
+                exclusive=int(bool(attrs.get("exclusive", False))), reverse=int(bool(attrs.get("reverse", False))))
+
+
 # ---- linear algebra ------------------------------------------------------------------------
 @emitter("MatMulExt", "BatchMatMulExt", "MatMul", "BatchMatMul")
 def _matmul(e, args, meta, attrs, op=None):
