@@ -18,14 +18,22 @@ class InputError(ValueError):
     """Bad token ids, positions or batch shapes passed to the model."""
 
 
+_CONTEXT_SET = False
+
+
 def _set_graph_mode() -> None:
-    """GRAPH_MODE (15-30x faster than PyNative here) with the light O0 pass pipeline.
+    """GRAPH_MODE (15-30x faster than PyNative here) with the light O0 pass pipeline, set once
+    per process (a caller that switches to PyNative switches back itself).
 
     MindSpore's on-disk compile cache is deliberately not used: measured here, it served a graph
     compiled for another prompt length (a Reshape size error), so every process compiles afresh.
     """
+    global _CONTEXT_SET
+    if _CONTEXT_SET:
+        return
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+    _CONTEXT_SET = True
 
 
 def extend_buckets(prefill_chunk: int) -> List[int]:
@@ -50,10 +58,12 @@ class Model:
     Logits are float32 numpy.
     """
 
-    def __init__(self, cfg: ModelConfig, transformer, weight_format: str, prefill_chunk: int = 256):
+    def __init__(self, cfg: ModelConfig, runtime, transformer, weight_format: str):
         from ascend_v4.model import DecodeNet, ExtendNet, MtpNet
-        self.set_prefill_chunk(prefill_chunk)
-        self.cfg = cfg
+        self.cfg = cfg                   # the model (config.json)
+        self.runtime = runtime           # how it runs (RuntimeConfig)
+        self.max_seq_len = runtime.max_seq_len
+        self.set_prefill_chunk(runtime.prefill_chunk)
         self.weight_format = weight_format
         self.transformer = transformer
         self.spec = transformer.state_spec()
@@ -61,7 +71,7 @@ class Model:
         self._extend_all = ExtendNet(transformer, all_logits=True)
         self._decode = DecodeNet(transformer)
         self._mtp = MtpNet(transformer)
-        self.max_batch = cfg.max_batch_size
+        self.max_batch = runtime.max_batch_size
         self.reset()
 
     def set_prefill_chunk(self, prefill_chunk: int) -> None:
@@ -112,9 +122,9 @@ class Model:
             if start_pos != self.lengths[slot]:
                 raise InputError(f"slot {slot}: {what} {start_pos} does not continue its sequence "
                                  f"(next position is {self.lengths[slot]})")
-        if start_pos + n > self.cfg.max_seq_len:
+        if start_pos + n > self.max_seq_len:
             raise InputError(f"slot {slot}: {n} tokens from position {start_pos} run past max_seq_len "
-                             f"{self.cfg.max_seq_len}")
+                             f"{self.max_seq_len}")
 
     # ---- engine API --------------------------------------------------------------------
     def extend(self, slot: int, token_ids, start_pos: int, all_logits: bool = False) -> np.ndarray:
@@ -183,8 +193,8 @@ class Model:
         ids = self._check_ids(input_ids)
         b, s = ids.shape
         if start_pos == 0:
-            if s > self.cfg.max_seq_len:
-                raise InputError(f"prompt of {s} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            if s > self.max_seq_len:
+                raise InputError(f"prompt of {s} tokens exceeds max_seq_len {self.max_seq_len}")
             self.lengths[:] = -1
             logits = np.stack([self.extend(r, ids[r], 0) for r in range(b)])
             self.batch = b
@@ -195,8 +205,8 @@ class Model:
             raise InputError(f"decode batch {b} differs from the prefill batch {self.batch}")
         if start_pos != self.lengths[0]:
             raise InputError(f"start_pos {start_pos} does not continue the sequence (next is {self.lengths[0]})")
-        if start_pos + s > self.cfg.max_seq_len:
-            raise InputError(f"position {start_pos + s - 1} reaches max_seq_len {self.cfg.max_seq_len}")
+        if start_pos + s > self.max_seq_len:
+            raise InputError(f"position {start_pos + s - 1} reaches max_seq_len {self.max_seq_len}")
         if s > 1:
             return np.stack([self.extend(r, ids[r], start_pos) for r in range(b)])
         pos = np.full(self.max_batch, -1, np.int64)
@@ -237,9 +247,9 @@ class Model:
         if temperature < 0:
             raise InputError("temperature must be >= 0")
         longest = max(len(p) for p in prompts)
-        if longest + max_new_tokens > self.cfg.max_seq_len:
+        if longest + max_new_tokens > self.max_seq_len:
             raise InputError(f"prompt {longest} + {max_new_tokens} new tokens exceed max_seq_len "
-                             f"{self.cfg.max_seq_len}")
+                             f"{self.max_seq_len}")
         rng = np.random.default_rng(seed)
         b = len(prompts)
         out: List[List[int]] = [[] for _ in range(b)]
@@ -278,14 +288,17 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
-def build_model(checkpoint, prefill_chunk: int = 256) -> Model:
+def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
     """Create the cells for `checkpoint.config` and stream its weights into them."""
     from mindspore import Tensor
     from ascend_v4.model import Transformer
     from ascend_v4.precision import np_dtype
     _set_graph_mode()
-    cfg = checkpoint.config
-    transformer = Transformer(cfg)
+    cfg, rt = checkpoint.config, checkpoint.runtime
+    if prefill_chunk is not None:
+        rt = rt.replace(prefill_chunk=prefill_chunk)
+        rt.validate(cfg)
+    transformer = Transformer(cfg, rt)
     table = transformer.checkpoint_parameters()
     stacked = {}
     seen = set()
@@ -298,22 +311,23 @@ def build_model(checkpoint, prefill_chunk: int = 256) -> Model:
         param, slot = table[name]
         seen.add(name)
         if slot < 0:
-            kind = np.int32 if array.dtype.kind in "iu" else np_dtype(cfg)
+            kind = np.int32 if array.dtype.kind in "iu" else np_dtype(rt)
             param.set_data(Tensor(np.ascontiguousarray(array, dtype=kind)))
         else:
-            buf = stacked.setdefault(id(param), (param, np.zeros(param.shape, np_dtype(cfg))))[1]
+            buf = stacked.setdefault(id(param), (param, np.zeros(param.shape, np_dtype(rt))))[1]
             buf[slot] = array
     missing = sorted(set(table) - seen)
     if missing:
         raise ConfigError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:5]}")
     for param, buf in stacked.values():
         param.set_data(Tensor(buf))
-    return Model(cfg, transformer, checkpoint.weight_format, prefill_chunk)
+    return Model(cfg, rt, transformer, checkpoint.weight_format)
 
 
 def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed: int = 0,
-         prefill_chunk: int = 256, **overrides) -> Model:
-    """Load a checkpoint folder, or a preset with generated random weights (tiny configs only)."""
+         prefill_chunk: Optional[int] = None, **overrides) -> Model:
+    """Load a checkpoint folder, or a preset with generated random weights (tiny configs only).
+    overrides: runtime options (max_seq_len, max_batch_size, compute_dtype, custom_ops)."""
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
     if os.path.isdir(path_or_preset):

@@ -5,7 +5,7 @@ window_size raw tokens plus compressed entries: all visible ones (ratio 128, HCA
 indexer's top-k (ratio 4, CSA). The layer's state is declared by `state_spec()` (window ring,
 compressor partial block, compressed entries, indexer slots); `extend` appends n tokens per row at
 per-row positions: prefill (from 0, in chunks), decode (n = 1) and verification are all extend.
-With cfg.custom_ops the window ring and the compressed entries are FP8 MODEL1 page pools shared by
+With custom_ops (RuntimeConfig) the window ring and the compressed entries are FP8 MODEL1 page pools shared by
 the batch (see ascend_v4/state.py), written by kv_pack_fp8 and attended with sparse_fp8_decode.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ascend_v4.linear import Linear, zeros_param
 from ascend_v4.numerics import RMSNorm, fp8_quant_dequant, rms_normalize
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, StateSlot, StateSpec, page_pool_shape
 
 NEG_INF = float("-inf")
@@ -54,16 +55,16 @@ class SinkAttention(nn.Cell):
 
 
 class Attention(nn.Cell):
-    def __init__(self, cfg: ModelConfig, layer_id: int):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.rt, self.layer_id = cfg, rt, layer_id
         self.ratio = cfg.compress_ratios[layer_id]
         self.n_heads, self.head_dim, self.rd = cfg.n_heads, cfg.head_dim, cfg.rope_head_dim
         self.window, self.eps = cfg.window_size, cfg.norm_eps
         self.groups, self.o_rank = cfg.o_groups, cfg.o_lora_rank
         self.scale = cfg.head_dim ** -0.5
         fp8 = cfg.dtype == "fp8"
-        self.dt, self.mdt = np_dtype(cfg), ms_dtype(cfg)
+        self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         dt = self.dt
         self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, fp8, dt)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt)
@@ -73,13 +74,13 @@ class Attention(nn.Cell):
         self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, False, dt)
         self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, fp8, dt)
         self.attn_sink = zeros_param((cfg.n_heads,), "attn_sink", dt)
-        cos, sin = rope_tables(cfg, compressed=self.ratio > 0)
+        cos, sin = rope_tables(cfg, self.ratio > 0, rt.max_seq_len)
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
-        self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
-        self.indexer = Indexer(cfg, fp8) if self.ratio == 4 else None
+        self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
+        self.indexer = Indexer(cfg, rt, fp8) if self.ratio == 4 else None
         self.core = SinkAttention(self.scale, self.mdt)
-        self.use_kernels = cfg.custom_ops
-        self.n_comp = cfg.max_seq_len // self.ratio if self.ratio else 0
+        self.use_kernels = rt.custom_ops
+        self.n_comp = rt.max_seq_len // self.ratio if self.ratio else 0
         if self.use_kernels:
             from custom_ops import ms_ops
             from custom_ops.sparse_fp8_decode.binding import NO_EXTRA_CACHE
@@ -96,22 +97,25 @@ class Attention(nn.Cell):
             self.index_slots = (self.slot["indexer.compressor.kv"], self.slot["indexer.keys"] + 1)
 
     # ---- state -------------------------------------------------------------------------
-    def state_spec(self) -> StateSpec:
+    @staticmethod
+    def spec_for(cfg: ModelConfig, rt: RuntimeConfig, layer_id: int) -> StateSpec:
         """window ring [W, hd]; if ratio: compressor partial block, compressed entries
         [max_seq/ratio, hd]; if ratio 4: the indexer's slots. With custom_ops the window and the
         entries are MODEL1 FP8 page pools (layout model1_pages)."""
+        ratio, hd, paged = cfg.compress_ratios[layer_id], cfg.head_dim, rt.custom_ops
         spec = StateSpec()
-        layout = PAGES if self.use_kernels else DENSE
-        fill_dt = np.uint8 if self.use_kernels else self.dt
-        spec.add(StateSlot("window", (self.window,) if self.use_kernels else (self.window, self.head_dim),
-                           fill_dt, 0.0, layout))
-        if self.ratio:
-            spec.include("compressor.", self.compressor.state_spec())
-            spec.add(StateSlot("entries", (self.n_comp,) if self.use_kernels else (self.n_comp, self.head_dim),
-                               fill_dt, 0.0, layout))
-        if self.indexer is not None:
-            spec.include("indexer.", self.indexer.state_spec(self.cfg.max_seq_len))
+        layout, dt = (PAGES, np.uint8) if paged else (DENSE, np_dtype(rt))
+        spec.add(StateSlot("window", (cfg.window_size,) if paged else (cfg.window_size, hd), dt, 0.0, layout))
+        if ratio:
+            n = rt.max_seq_len // ratio
+            spec.include("compressor.", Compressor.spec_for(ratio, hd, np_dtype(rt)))
+            spec.add(StateSlot("entries", (n,) if paged else (n, hd), dt, 0.0, layout))
+        if ratio == 4:
+            spec.include("indexer.", Indexer.spec_for(cfg, rt))
         return spec
+
+    def state_spec(self) -> StateSpec:
+        return Attention.spec_for(self.cfg, self.rt, self.layer_id)
 
     # ---- shared pieces -----------------------------------------------------------------
     def _qkv(self, x, cos, sin):
@@ -142,8 +146,7 @@ class Attention(nn.Cell):
         rows [b]: the batch rows of the sequences (addresses in the shared page pools).
         state: this layer's slots in state_spec() order. -> (out [b, n, dim], new state)."""
         b, n, _ = x.shape
-        W, hd = self.window, self.head_dim
-        st = self.slot
+        W = self.window
         k = ops.arange(n).reshape(1, n)
         pos = start.reshape(b, 1) + k                                         # [b, n]
         cnt = count.reshape(b, 1)

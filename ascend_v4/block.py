@@ -10,6 +10,7 @@ from ascend_v4.linear import Linear
 from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.moe import MoE
 from ascend_v4.numerics import RMSNorm
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import dtype_of, np_dtype
 from ascend_v4.state import PAGE_BLOCK, PAGES, TOKEN_BYTES
 
@@ -17,14 +18,14 @@ from ascend_v4.state import PAGE_BLOCK, PAGES, TOKEN_BYTES
 class Block(nn.Cell):
     """X [b, s, n, d] -> X'. Each sublayer: u = pre(X); f = F(norm(u)); X = post(f, X)."""
 
-    def __init__(self, cfg: ModelConfig, layer_id: int):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
         super().__init__()
-        self.attn = Attention(cfg, layer_id)
-        self.ffn = MoE(cfg, layer_id)
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(cfg))
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(cfg))
-        self.hc_attn = HyperConnection(cfg, "hc_attn")
-        self.hc_ffn = HyperConnection(cfg, "hc_ffn")
+        self.attn = Attention(cfg, rt, layer_id)
+        self.ffn = MoE(cfg, rt, layer_id)
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt))
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt))
+        self.hc_attn = HyperConnection(cfg, rt, "hc_attn")
+        self.hc_ffn = HyperConnection(cfg, rt, "hc_ffn")
 
     def _ffn(self, X, ids):
         u, post, comb = self.hc_ffn.pre(X)
@@ -41,15 +42,15 @@ class Block(nn.Cell):
 class MTPBlock(Block):
     """Multi-token prediction: X = e_proj(enorm(embed(ids)))[:, :, None] + h_proj(hnorm(H))."""
 
-    def __init__(self, cfg: ModelConfig, layer_id: int):
-        super().__init__(cfg, layer_id)
-        fp8, dt = cfg.dtype == "fp8", np_dtype(cfg)
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
+        super().__init__(cfg, rt, layer_id)
+        fp8, dt = cfg.dtype == "fp8", np_dtype(rt)
         self.e_proj = Linear(cfg.dim, cfg.dim, fp8, dt)
         self.h_proj = Linear(cfg.dim, cfg.dim, fp8, dt)
         self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
-        self.hc_head = HcHead(cfg, "hc_head")
+        self.hc_head = HcHead(cfg, rt, "hc_head")
         # the MTP block runs on a fresh window state each call: (paged, shape, fill, dtype) per slot
         self.fresh_slots = tuple((slot.layout == PAGES, tuple(slot.shape), slot.fill, dtype_of(slot))
                                  for slot in self.attn.state_spec())

@@ -8,8 +8,6 @@ tokens to it and returns the entries of the blocks they complete.
 """
 from __future__ import annotations
 
-import numpy as np
-import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.config import ModelConfig
@@ -17,6 +15,7 @@ from ascend_v4.linear import dense, zeros_param
 from ascend_v4.numerics import RMSNorm, fp4_quant_dequant, fp8_quant_dequant, hadamard_matrix
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import StateSlot, StateSpec
 
 NEG_INF = float("-inf")
@@ -25,14 +24,14 @@ NEG_INF = float("-inf")
 class Compressor(nn.Cell):
     """Builds compressed entries [b, n, head_dim] in prefill, one per full block in decode."""
 
-    def __init__(self, cfg: ModelConfig, ratio: int, head_dim: int, rotate: bool):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, ratio: int, head_dim: int, rotate: bool):
         super().__init__()
         self.ratio, self.head_dim, self.rotate = ratio, head_dim, rotate
         self.overlap = ratio == 4
         self.coff = 2 if self.overlap else 1
         self.rd = cfg.rope_head_dim
         width = self.coff * head_dim
-        self.dt, self.mdt = np_dtype(cfg), ms_dtype(cfg)
+        self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         self.ape = zeros_param((ratio, width), "ape", self.dt)
         self.wkv = zeros_param((width, cfg.dim), "wkv", self.dt)
         self.wgate = zeros_param((width, cfg.dim), "wgate", self.dt)
@@ -40,11 +39,16 @@ class Compressor(nn.Cell):
         if rotate:
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
 
-    def state_spec(self) -> StateSpec:
+    @staticmethod
+    def spec_for(ratio: int, head_dim: int, dtype) -> StateSpec:
         """kv / score of the previous full block (overlap only) and the current partial block:
         [c*ratio, c*head_dim] each; unfilled rows hold 0 / -inf."""
-        shape = (self.coff * self.ratio, self.coff * self.head_dim)
-        return StateSpec([StateSlot("kv", shape, self.dt, 0.0), StateSlot("score", shape, self.dt, NEG_INF)])
+        c = 2 if ratio == 4 else 1
+        shape = (c * ratio, c * head_dim)
+        return StateSpec([StateSlot("kv", shape, dtype, 0.0), StateSlot("score", shape, dtype, NEG_INF)])
+
+    def state_spec(self) -> StateSpec:
+        return Compressor.spec_for(self.ratio, self.head_dim, self.dt)
 
     def finish(self, entry, cos, sin):
         """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the QAT simulation."""

@@ -74,13 +74,11 @@ class ModelConfig:
     dtype: str = "fp8"              # non-expert linear weights: bf16 | fp8
     scale_fmt: Optional[str] = "ue8m0"
     expert_dtype: Optional[str] = "fp4"  # routed experts: None (= dtype) | fp4 | fp8 | bf16
-    # runtime limits (not in config.json of the release)
-    max_seq_len: int = 4096
-    max_batch_size: int = 1
-    compute_dtype: str = "float32"   # float64: verification runs (FP8 rounding decisions stay stable)
-    custom_ops: bool = False         # run sinkhorn_mhc / moe_dispatch+combine / sparse_fp8_decode kernels
     engram: EngramConfig = field(default_factory=EngramConfig)
     name: str = "custom"
+    # runtime hints a config file may carry (max_seq_len, max_batch_size, ...): defaults for
+    # RuntimeConfig (ascend_v4/runtime.py), not part of the model
+    runtime_defaults: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -96,18 +94,12 @@ class ModelConfig:
     def routed_expert_dtype(self) -> str:
         return self.expert_dtype or self.dtype
 
-    def layer_ratio(self, layer_id: int) -> int:
-        """compress ratio of block `layer_id` (n_layers.. are MTP blocks)."""
-        return self.compress_ratios[layer_id]
-
-    def attention_kind(self, layer_id: int) -> str:
-        r = self.compress_ratios[layer_id]
-        return {0: "window", 4: "CSA (ratio 4 + indexer)"}.get(r, f"HCA (ratio {r})")
-
     def to_dict(self) -> Dict[str, Any]:
+        """The config.json keys (the runtime hints included, flat)."""
         d = dataclasses.asdict(self)
         d["compress_ratios"] = list(self.compress_ratios)
         d["engram"]["layers"] = list(self.engram.layers)
+        d.update(d.pop("runtime_defaults"))
         return d
 
     def replace(self, **overrides) -> "ModelConfig":
@@ -164,10 +156,14 @@ def from_dict(raw: Dict[str, Any], name: str = "custom") -> ModelConfig:
     """Build and validate a ModelConfig from official or HF-release keys."""
     data = _normalise_keys(raw)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(k for k in data if k not in known and k not in IGNORED_KEYS
-                     and k not in HF_KEY_MAP)
+    from ascend_v4.runtime import RUNTIME_KEYS as runtime_keys
+    unknown = sorted(k for k in data if (k not in known or k == "runtime_defaults") and k not in IGNORED_KEYS
+                     and k not in HF_KEY_MAP and k not in runtime_keys)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    from ascend_v4.runtime import RUNTIME_KEYS
+    runtime = {k: data.pop(k) for k in RUNTIME_KEYS if k in data}
+    known -= {"runtime_defaults"}
     kwargs = {k: v for k, v in data.items() if k in known}
     engram = kwargs.pop("engram", None) or {}
     if isinstance(engram, dict):
@@ -177,11 +173,13 @@ def from_dict(raw: Dict[str, Any], name: str = "custom") -> ModelConfig:
         engram = EngramConfig(**{**engram, "layers": tuple(engram.get("layers", ()))})
     kwargs.setdefault("name", name)
     try:
-        cfg = ModelConfig(**kwargs, engram=engram)
+        cfg = ModelConfig(**kwargs, engram=engram, runtime_defaults=runtime)
     except TypeError as exc:  # pragma: no cover - guarded by the key check above
         raise ConfigError(str(exc)) from None
     cfg.compress_ratios = tuple(int(r) for r in (cfg.compress_ratios or ()))
     validate(cfg)
+    from ascend_v4.runtime import RuntimeConfig
+    RuntimeConfig.for_model(cfg)            # the runtime hints must be valid too
     return cfg
 
 
@@ -195,7 +193,7 @@ def validate(cfg: ModelConfig) -> None:
     ints = ["vocab_size", "dim", "moe_inter_dim", "n_layers", "n_heads", "n_routed_experts",
             "n_activated_experts", "q_lora_rank", "head_dim", "rope_head_dim", "o_groups",
             "o_lora_rank", "window_size", "index_n_heads", "index_head_dim", "index_topk",
-            "hc_mult", "hc_sinkhorn_iters", "max_seq_len", "max_batch_size"]
+            "hc_mult", "hc_sinkhorn_iters"]
     for key in ints:
         value = getattr(cfg, key)
         _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
@@ -250,11 +248,6 @@ def validate(cfg: ModelConfig) -> None:
                            ("moe_inter_dim", cfg.moe_inter_dim)):
             _require(value % 128 == 0, f"{key} ({value}) must be a multiple of 128 for FP8 "
                                        "weights (activation tiles of 128)")
-    _require(cfg.max_seq_len % max([r for r in cfg.compress_ratios if r] or [1]) == 0,
-             f"max_seq_len ({cfg.max_seq_len}) must be a multiple of every compress ratio")
-    _require(isinstance(cfg.custom_ops, bool), f"custom_ops must be true or false, got {cfg.custom_ops!r}")
-    _require(cfg.compute_dtype in ("float32", "float64"),
-             f"compute_dtype must be float32 or float64, got {cfg.compute_dtype!r}")
     for key in ("norm_eps", "hc_eps"):
         _require(float(getattr(cfg, key)) > 0, f"{key} must be > 0")
     for layer in cfg.engram.layers:

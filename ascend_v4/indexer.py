@@ -14,6 +14,7 @@ from ascend_v4.linear import Linear
 from ascend_v4.numerics import fp4_quant_dequant, hadamard_matrix
 from ascend_v4.precision import np_dtype
 from ascend_v4.rope import apply_rope
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import StateSlot, StateSpec
 
 NEG_INF = float("-inf")
@@ -39,15 +40,16 @@ def selected_mask(scores, visible, k: int):
 
 
 class Indexer(nn.Cell):
-    def __init__(self, cfg: ModelConfig, fp8_linears: bool):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, fp8_linears: bool):
         super().__init__()
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.rd = cfg.rope_head_dim
         self.ratio = 4
-        dt = self.dt = np_dtype(cfg)
+        self.cfg, self.rt = cfg, rt
+        dt = self.dt = np_dtype(rt)
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, fp8_linears, dt)
         self.weights_proj = Linear(cfg.dim, self.n_heads, False, dt)
-        self.compressor = Compressor(cfg, 4, self.head_dim, rotate=True)
+        self.compressor = Compressor(cfg, rt, 4, self.head_dim, rotate=True)
         self.hadamard = Tensor(hadamard_matrix(self.head_dim, dt))
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
@@ -65,12 +67,16 @@ class Indexer(nn.Cell):
         dots = ops.relu(ops.matmul(q, keys.expand_dims(1).swapaxes(-1, -2)))  # [b, s, h, n]
         return (dots * w.expand_dims(-1)).sum(2)
 
-    def state_spec(self, max_seq_len: int) -> StateSpec:
-        """Its compressor's partial block, then the key cache [max_seq_len / 4, head_dim]."""
+    @staticmethod
+    def spec_for(cfg: ModelConfig, rt: RuntimeConfig) -> StateSpec:
+        """Its compressor's partial block, then the key cache [max_seq_len / 4, index_head_dim]."""
         spec = StateSpec()
-        spec.include("compressor.", self.compressor.state_spec())
-        spec.add(StateSlot("keys", (max_seq_len // self.ratio, self.head_dim), self.dt))
+        spec.include("compressor.", Compressor.spec_for(4, cfg.index_head_dim, np_dtype(rt)))
+        spec.add(StateSlot("keys", (rt.max_seq_len // 4, cfg.index_head_dim), np_dtype(rt)))
         return spec
+
+    def state_spec(self) -> StateSpec:
+        return Indexer.spec_for(self.cfg, self.rt)
 
     def extend(self, x, qr, start, count, pos, cos_q, sin_q, kv_state, score_state, cache, cos, sin):
         """New tokens x [b, n, dim] (queries qr, positions pos [b, n], their rope cos_q/sin_q)

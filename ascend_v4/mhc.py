@@ -6,6 +6,7 @@ from mindspore import mint, nn, ops
 
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import dense, zeros_param
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 
 
@@ -58,15 +59,15 @@ class SinkhornSplit(nn.Cell):
 class HyperConnection(nn.Cell):
     """One sublayer's mHC: `pre` reduces the n streams to one input, `post` writes back."""
 
-    def __init__(self, cfg: ModelConfig, prefix: str):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, prefix: str):
         super().__init__()
         n = cfg.hc_mult
         self.n, self.norm_eps = n, cfg.norm_eps
-        dt = np_dtype(cfg)
+        dt = np_dtype(rt)
         self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn", dt)
         self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base", dt)
         self.scale = zeros_param((3,), f"{prefix}_scale", dt)
-        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.custom_ops)
+        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, rt.custom_ops)
 
     def pre(self, X):
         """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""
@@ -84,11 +85,11 @@ class HyperConnection(nn.Cell):
 class HcHead(nn.Cell):
     """Final stream reduction: y = sum_i (sigmoid(mix_i * scale + base_i) + eps) X_i."""
 
-    def __init__(self, cfg: ModelConfig, prefix: str):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, prefix: str):
         super().__init__()
         n = cfg.hc_mult
         self.hc_eps, self.norm_eps = cfg.hc_eps, cfg.norm_eps
-        dt = np_dtype(cfg)
+        dt = np_dtype(rt)
         self.fn = zeros_param((n, n * cfg.dim), f"{prefix}_fn", dt)
         self.base = zeros_param((n,), f"{prefix}_base", dt)
         self.scale = zeros_param((1,), f"{prefix}_scale", dt)

@@ -15,30 +15,32 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, mint, nn, ops
+from mindspore import mint, nn, ops
 
+from ascend_v4.attention import Attention
 from ascend_v4.block import Block, MTPBlock
 from ascend_v4.compressor import gather_rows
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import dense, zeros_param
 from ascend_v4.mhc import HcHead
 from ascend_v4.numerics import RMSNorm
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 from ascend_v4.state import DENSE, StateSpec
 
 
 class Transformer(nn.Cell):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.runtime = cfg, rt
         self.hc_mult = cfg.hc_mult
-        dt = np_dtype(cfg)
+        dt = np_dtype(rt)
         self.embed = zeros_param((cfg.vocab_size, cfg.dim), "embed", dt)
-        self.layers = nn.CellList([Block(cfg, i) for i in range(cfg.n_layers)])
+        self.layers = nn.CellList([Block(cfg, rt, i) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.head = zeros_param((cfg.vocab_size, cfg.dim), "head", dt)
-        self.hc_head = HcHead(cfg, "hc_head")
-        self.mtp = nn.CellList([MTPBlock(cfg, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
+        self.hc_head = HcHead(cfg, rt, "hc_head")
+        self.mtp = nn.CellList([MTPBlock(cfg, rt, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
 
     # ---- pieces shared by the graphs ---------------------------------------------------------
     def widen(self, ids):
@@ -81,12 +83,17 @@ class Transformer(nn.Cell):
         return dense(y[:, -1], self.head)
 
     # ---- state and checkpoint plumbing ---------------------------------------------------------
-    def state_spec(self) -> StateSpec:
-        """The flat decode state of the main layers, e.g. 'layers.1.attn.compressor.kv'."""
+    @staticmethod
+    def spec_for(cfg: ModelConfig, rt: RuntimeConfig) -> StateSpec:
+        """The flat decode state of the main layers, e.g. 'layers.1.attn.compressor.kv' (from the
+        configs alone: no cells are built, so it works for any model size)."""
         spec = StateSpec()
-        for i, layer in enumerate(self.layers):
-            spec.include(f"layers.{i}.attn.", layer.attn.state_spec())
+        for i in range(cfg.n_layers):
+            spec.include(f"layers.{i}.attn.", Attention.spec_for(cfg, rt, i))
         return spec
+
+    def state_spec(self) -> StateSpec:
+        return Transformer.spec_for(self.cfg, self.runtime)
 
     def initial_state(self, batch: int) -> List[np.ndarray]:
         return self.state_spec().initial(batch)

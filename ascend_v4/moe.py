@@ -12,6 +12,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import ACT_BLOCK, Linear, dense, zeros_param
 from ascend_v4.numerics import fp8_quant_dequant
+from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 
 
@@ -46,7 +47,7 @@ class RoutedExperts(nn.Cell):
     zero for unselected pairs: exact for any routing and static-shaped for GRAPH_MODE.
     """
 
-    def __init__(self, cfg: ModelConfig, dtype):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, dtype):
         super().__init__()
         E, d, inter = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
         self.n_experts, self.limit = E, cfg.swiglu_limit
@@ -54,7 +55,7 @@ class RoutedExperts(nn.Cell):
         self.w1 = zeros_param((E, inter, d), "w1", dtype)
         self.w2 = zeros_param((E, d, inter), "w2", dtype)
         self.w3 = zeros_param((E, inter, d), "w3", dtype)
-        self.use_kernels = cfg.custom_ops
+        self.use_kernels = rt.custom_ops
         if self.use_kernels:
             from custom_ops import ms_ops
             self.dispatch = ms_ops.moe_dispatch_op(E)
@@ -106,19 +107,19 @@ class RoutedExperts(nn.Cell):
 
 
 class MoE(nn.Cell):
-    def __init__(self, cfg: ModelConfig, layer_id: int):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
         super().__init__()
         E, d = cfg.n_routed_experts, cfg.dim
         self.n_experts, self.topk, self.dim = E, cfg.n_activated_experts, d
         self.score_func, self.route_scale = cfg.score_func, cfg.route_scale
         self.hash = layer_id < cfg.n_hash_layers
-        dt = np_dtype(cfg)
+        dt = np_dtype(rt)
         self.gate_weight = zeros_param((E, d), "gate_weight", dt)
         if self.hash:
             self.tid2eid = zeros_param((cfg.vocab_size, self.topk), "tid2eid", np.int32)
         else:
             self.gate_bias = zeros_param((E,), "gate_bias", dt)
-        self.experts = RoutedExperts(cfg, dt)
+        self.experts = RoutedExperts(cfg, rt, dt)
         self.shared = SharedExpert(d, cfg.moe_inter_dim, cfg.dtype == "fp8", dt)
 
     def route(self, x, ids):

@@ -86,7 +86,3 @@ def hadamard_matrix(n: int, dtype=np.float32) -> np.ndarray:
         h = np.block([[h, h], [h, -h]])
     return (h * n ** -0.5).astype(dtype)
 
-
-def softmax_last(x):
-    """Numerically stable softmax over the last dim."""
-    return mint.softmax(x, -1)

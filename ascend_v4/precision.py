@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import mindspore as ms
 
-from ascend_v4.config import ModelConfig
+from ascend_v4.runtime import RuntimeConfig
 
 
-def np_dtype(cfg: ModelConfig):
-    return np.float64 if cfg.compute_dtype == "float64" else np.float32
+def np_dtype(rt: RuntimeConfig):
+    return np.float64 if rt.compute_dtype == "float64" else np.float32
 
 
-def ms_dtype(cfg: ModelConfig):
-    return ms.float64 if cfg.compute_dtype == "float64" else ms.float32
+def ms_dtype(rt: RuntimeConfig):
+    return ms.float64 if rt.compute_dtype == "float64" else ms.float32
 
 
 def dtype_of(slot):

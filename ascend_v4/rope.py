@@ -31,9 +31,9 @@ def rope_frequencies(cfg: ModelConfig, compressed: bool) -> np.ndarray:
     return freqs
 
 
-def rope_tables(cfg: ModelConfig, compressed: bool):
+def rope_tables(cfg: ModelConfig, compressed: bool, max_seq_len: int):
     """cos and sin tables [max_seq_len, rope_head_dim / 2] float64 (cast to the compute dtype)."""
-    angles = np.outer(np.arange(cfg.max_seq_len, dtype=np.float64), rope_frequencies(cfg, compressed))
+    angles = np.outer(np.arange(max_seq_len, dtype=np.float64), rope_frequencies(cfg, compressed))
     return np.cos(angles), np.sin(angles)
 
 

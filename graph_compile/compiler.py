@@ -137,7 +137,7 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
     with staging_folder(out, overwrite) as tmp:
         ckpt_dir = prepare_checkpoint(preset, checkpoint, tmp, weight_format, seed)
         ckpt = open_checkpoint(ckpt_dir, overrides={"compute_dtype": precision})
-        buckets = parse_buckets(buckets_spec, ckpt.config)
+        buckets = parse_buckets(buckets_spec, ckpt.runtime)
         model = build_model(ckpt)
         graphs: Dict[str, dict] = {}
         for bucket in buckets:
@@ -153,6 +153,7 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
             "format_version": 1,
             "model": ckpt.config.name,
             "config": ckpt.config.to_dict(),
+            "runtime": ckpt.runtime.to_dict(),
             "checkpoint": "checkpoint" if in_folder else ckpt_dir,
             "checkpoint_in_folder": in_folder,
             "weight_format": ckpt.weight_format,

@@ -28,7 +28,7 @@ class ParityError(ValueError):
 class MindSporeBackend:
     """The live model's layerwise graph cells (GRAPH_MODE), same outputs as the exported graphs.
 
-    custom_ops: run the AscendC kernels' CPU twins (cfg.custom_ops; float32 only, and the window
+    custom_ops: run the AscendC kernels' CPU twins (RuntimeConfig.custom_ops; float32 only, and the window
     and entry slots become FP8 page pools, so states are not compared in that mode).
     """
 
@@ -175,7 +175,7 @@ def run_parity(folder: str, steps: int = 16, bucket: Optional[str] = None, seed:
     manifest = read_manifest(folder, verify=False)       # parity needs only the ONNX files + checkpoint
     bucket = choose_bucket(manifest, bucket)
     b, s = (int(x) for x in bucket.split("x"))
-    cfg_max = manifest["config"]["max_seq_len"]
+    cfg_max = manifest["runtime"]["max_seq_len"]
     if steps < 0 or s + steps > cfg_max:
         raise ParityError(f"--steps {steps}: prompt {s} + steps must stay within max_seq_len {cfg_max}")
     precision = manifest["precision"]

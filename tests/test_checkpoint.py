@@ -200,9 +200,14 @@ def test_one_error_lists_missing_unexpected_and_misshaped(tiny, tmp_path):
 def test_truncated_file_and_other_config(tiny, fp8_dir, tmp_path):
     with pytest.raises(CheckpointError, match="(?s)for another model config.*vocab_size"):
         open_checkpoint(fp8_dir, cfg=tiny.replace(vocab_size=1024))
-    # runtime limits may differ: they come from the requested config
-    assert open_checkpoint(fp8_dir, cfg=tiny.replace(max_seq_len=512)).config.max_seq_len == 512
-    assert open_checkpoint(fp8_dir, overrides={"max_batch_size": 3}).config.max_batch_size == 3
+    # runtime options may differ: hints come from the requested config, overrides on top
+    assert open_checkpoint(fp8_dir, cfg=tiny.replace(max_seq_len=512)).runtime.max_seq_len == 512
+    ck = open_checkpoint(fp8_dir, overrides={"max_batch_size": 3, "compute_dtype": "float64"})
+    assert (ck.runtime.max_batch_size, ck.runtime.compute_dtype, ck.runtime.max_seq_len) == (3, "float64", 256)
+    assert ck.config == tiny                          # the model config does not carry them
+    assert not hasattr(ck.config, "max_seq_len") and not hasattr(ck.config, "compute_dtype")
+    with pytest.raises(CheckpointError, match="compute_dtype must be float32 or float64"):
+        open_checkpoint(fp8_dir, overrides={"compute_dtype": "float16"})
     with pytest.raises(CheckpointError, match="cannot override dim"):
         open_checkpoint(fp8_dir, overrides={"dim": 256, "max_seq_len": 512})
     d = write_random_checkpoint(tiny, str(tmp_path / "ck"))

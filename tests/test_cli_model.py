@@ -1,5 +1,4 @@
 """CLI `generate`/`demo` and the Python API's input checks."""
-import json
 import os
 
 import numpy as np

@@ -59,11 +59,26 @@ def test_config_file_and_folder(tmp_path):
     ({"compress_ratios": [0, 4, 128, 4, 4]}, "MTP block) must be 0"),
     ({"q_lora_rank": 96}, "q_lora_rank (96) must be a multiple of 128"),
     ({"compute_dtype": "float16"}, "compute_dtype must be float32 or float64"),
+    ({"max_seq_len": 100}, "max_seq_len (100) must be a multiple of every compress ratio"),
 ])
 def test_validation_errors_name_the_key(change, message):
     with pytest.raises(ConfigError) as err:
         load_config("tiny", **change)
     assert message in str(err.value)
+
+
+def test_runtime_options_are_apart_from_the_model_config():
+    from ascend_v4.runtime import RuntimeConfig
+    cfg = load_config("tiny", max_batch_size=4, compute_dtype="float64")
+    assert cfg == load_config("tiny")                       # same model
+    rt = RuntimeConfig.for_model(cfg, custom_ops=True)
+    assert (rt.max_seq_len, rt.max_batch_size, rt.compute_dtype, rt.custom_ops, rt.prefill_chunk) == \
+        (256, 4, "float64", True, 256)
+    assert cfg.to_dict()["max_batch_size"] == 4             # written back to config.json as a hint
+    with pytest.raises(ConfigError, match="unknown runtime option"):
+        RuntimeConfig.for_model(cfg, max_tokens=3)
+    with pytest.raises(ConfigError, match="prefill_chunk must be a positive integer"):
+        RuntimeConfig.for_model(cfg, prefill_chunk=0)
 
 
 def test_unknown_preset_lists_presets():

@@ -145,7 +145,7 @@ def test_bad_engine_input_names_the_slot(engine):
         model.extend(0, [4], 5)
     with pytest.raises(InputError, match="slot 0: position 4 does not continue|slot 0: start_pos 4"):
         model.decode(np.array([5, 0]), np.array([4, -1]))
-    with pytest.raises(InputError, match=f"slot 0: 300 tokens from position 3 run past max_seq_len {cfg.max_seq_len}"):
+    with pytest.raises(InputError, match=f"slot 0: 300 tokens from position 3 run past max_seq_len {model.max_seq_len}"):
         model.extend(0, [1] * 300, 3)
     with pytest.raises(InputError, match="slot 0: token id 999"):
         model.decode(np.array([999, 0]), np.array([3, -1]))

@@ -114,7 +114,7 @@ def test_indexer_selection(setup):
     net, cfg, W, x, _, _, _ = setup
     attn = net.layers[1].attn
     qr = attn.q_norm(attn.wq_a(Tensor(x)))
-    _, start, count, state = fresh(x.shape[0], SEQ, attn.indexer.state_spec(cfg.max_seq_len))
+    _, start, count, state = fresh(x.shape[0], SEQ, attn.indexer.state_spec())
     pos = Tensor(np.broadcast_to(np.arange(SEQ, dtype=np.int32), (x.shape[0], SEQ)).copy())
     cos, sin = ms.ops.gather(attn.cos, pos, 0), ms.ops.gather(attn.sin, pos, 0)
     sel = attn.indexer.extend(Tensor(x), qr, start, count, pos, cos, sin, *state, attn.cos, attn.sin)[0].asnumpy()

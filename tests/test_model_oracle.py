@@ -47,7 +47,7 @@ def test_prefill_and_decode_match_oracle(loaded, prompt_len):
     rng = np.random.default_rng(prompt_len)
     total = prompt_len + DECODE_STEPS
     ids = rng.integers(0, cfg.vocab_size, (2, total))
-    with precision(cfg.compute_dtype):
+    with precision(model.runtime.compute_dtype):
         expected, _ = forward_all(cfg, W, ids)              # [2, total, vocab]
     got = [model(ids[:, :prompt_len], 0)]
     for pos in range(prompt_len, total - 1):
@@ -66,7 +66,7 @@ def test_mtp_logits_match_oracle(loaded):
     rng = np.random.default_rng(1)
     ids = rng.integers(0, cfg.vocab_size, (2, 20))
     nxt = rng.integers(0, cfg.vocab_size, (2, 20))
-    with precision(cfg.compute_dtype):
+    with precision(model.runtime.compute_dtype):
         _, H = forward_all(cfg, W, ids)
         expected = mtp_forward_all(cfg, W, H, nxt)[:, -1]
     got = model.mtp_logits(ids, nxt)

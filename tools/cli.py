@@ -16,7 +16,6 @@ COMMANDS = {
     "bench": "tools.cmd_bench",
     "compile": "tools.cmd_compile",
     "parity": "tools.cmd_parity",
-    "launch": "tools.cmd_launch",
 }
 
 

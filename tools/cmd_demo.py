@@ -30,9 +30,11 @@ def command(preset, prompt_len, new_tokens, weight_format, seed, skip_graphs):
         from ascend_v4.config import load_config
         from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
         from ascend_v4.api import build_model
+        from ascend_v4.runtime import RuntimeConfig
         cfg = load_config(preset)
-        if prompt_len + new_tokens > cfg.max_seq_len:
-            raise click.UsageError(f"prompt-len + new-tokens exceeds max_seq_len {cfg.max_seq_len}")
+        max_seq_len = RuntimeConfig.for_model(cfg).max_seq_len
+        if prompt_len + new_tokens > max_seq_len:
+            raise click.UsageError(f"prompt-len + new-tokens exceeds max_seq_len {max_seq_len}")
         with tempfile.TemporaryDirectory(prefix="ascend_v4_demo_") as tmp:
             t0 = time.perf_counter()
             path = write_random_checkpoint(cfg, os.path.join(tmp, "ckpt"), weight_format=weight_format, seed=seed)

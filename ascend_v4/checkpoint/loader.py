@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ascend_v4 import quant
 from ascend_v4.config import ConfigError, ModelConfig, load_config
+from ascend_v4.runtime import RUNTIME_KEYS, RuntimeConfig
 from ascend_v4.safetensors_io import SafeFile, SafetensorsError
 from ascend_v4.checkpoint.errors import CheckpointError
 from ascend_v4.checkpoint.names import hf_to_converted
@@ -29,9 +31,9 @@ from ascend_v4.checkpoint.schema import TensorSpec, checkpoint_schema, expert_in
 
 SHARD_RE = re.compile(r"^model(\d+)-mp(\d+)\.safetensors$")
 # fields that do not change the tensors (weight formats are checked through the tensors)
-RUNTIME_KEYS = {"dtype", "scale_fmt", "expert_dtype", "max_seq_len", "max_batch_size", "name", "compute_dtype",
-                "custom_ops"}
-OVERRIDABLE = {"max_seq_len", "max_batch_size", "name", "compute_dtype", "custom_ops"}
+# keys a caller's expected config may differ in (formats are checked tensor by tensor; runtime hints)
+UNCHECKED_KEYS = {"dtype", "scale_fmt", "expert_dtype", "name", *RUNTIME_KEYS}
+OVERRIDABLE = {"name", *RUNTIME_KEYS}
 MAX_LISTED = 100
 # stored dtypes accepted in place of the schema's (dequantised to float32 all the same)
 ALTERNATIVES = {"F8_E8M0": {"F32"}, "BF16": {"F32", "F16"}, "I8": {"U8"}}
@@ -142,13 +144,14 @@ def _merged_info(name: str, parts: List[_Part]) -> Tuple[str, Tuple[int, ...], O
 
 
 class Checkpoint:
-    """A validated checkpoint: `config`, `weight_format`, `formats`, `raw`, `iter_dequantized`."""
+    """A validated checkpoint: `config`, `runtime`, `weight_format`, `formats`, `raw`, `iter_dequantized`."""
 
     def __init__(self, folder: str, layout: str, config: ModelConfig,
-                 parts: Dict[str, List[_Part]]):
+                 parts: Dict[str, List[_Part]], runtime: Optional[RuntimeConfig] = None):
         self.folder = folder
         self.layout = layout                      # 'converted' | 'hf'
         self.config = config
+        self.runtime = runtime or RuntimeConfig.for_model(config)   # how it is to be run
         self.weight_format = config.dtype         # 'fp8' (release) | 'bf16'
         self.schema: Dict[str, TensorSpec] = checkpoint_schema(config, self.weight_format)
         self.formats: Dict[str, str] = {n: s.kind for n, s in self.schema.items() if not s.is_scale}
@@ -229,22 +232,24 @@ def _validate(expected: Dict[str, TensorSpec], parts: Dict[str, List[_Part]], fo
 def _check_same_model(ckpt_cfg: ModelConfig, cfg: ModelConfig, folder: str) -> None:
     a, b = ckpt_cfg.to_dict(), cfg.to_dict()
     diffs = [f"{k}: checkpoint {a[k]!r} vs requested {b[k]!r}" for k in sorted(a)
-             if k not in RUNTIME_KEYS and a[k] != b.get(k)]
+             if k not in UNCHECKED_KEYS and a[k] != b.get(k)]
     if diffs:
         raise _err(diffs, f"{folder}: checkpoint is for another model config")
 
 
-def _apply_overrides(ckpt_cfg: ModelConfig, overrides: Optional[Dict], folder: str) -> ModelConfig:
-    """Runtime limits (max_seq_len, max_batch_size, name) may be overridden; nothing else."""
-    if not overrides:
-        return ckpt_cfg
+def _apply_overrides(ckpt_cfg: ModelConfig, overrides: Optional[Dict], folder: str):
+    """Runtime options (RuntimeConfig) and the name may be overridden; nothing else.
+    -> (config, runtime)."""
+    overrides = dict(overrides or {})
     fixed = sorted(k for k in overrides if k not in OVERRIDABLE)
     if fixed:
         raise CheckpointError(f"{folder}: cannot override {', '.join(fixed)} of a checkpoint (its "
                               f"tensors fix them); only {', '.join(sorted(OVERRIDABLE))} may change")
     try:
-        return ckpt_cfg.replace(**overrides)
-    except ConfigError as exc:
+        if "name" in overrides:
+            ckpt_cfg = ckpt_cfg.replace(name=overrides.pop("name"))
+        return ckpt_cfg, RuntimeConfig.for_model(ckpt_cfg, **overrides)
+    except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
 
 
@@ -253,7 +258,7 @@ def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None,
     """Open and validate a checkpoint folder (or one of its .safetensors files).
 
     cfg: the config the caller expects (CheckpointError if the checkpoint's differs; its runtime
-    limits are kept). overrides: runtime limits to change (max_seq_len, max_batch_size, name).
+    runtime hints are kept). overrides: runtime options (RuntimeConfig fields) and the name.
     """
     folder = path_or_dir if os.path.isdir(path_or_dir) else os.path.dirname(os.path.abspath(path_or_dir))
     if not os.path.exists(path_or_dir):
@@ -270,12 +275,12 @@ def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None,
             raise CheckpointError(f"{folder}/config.json: {exc}") from None
         if cfg is not None:
             _check_same_model(ckpt_cfg, cfg, folder)
-            ckpt_cfg = ckpt_cfg.replace(max_seq_len=cfg.max_seq_len, max_batch_size=cfg.max_batch_size)
+            ckpt_cfg = dataclasses.replace(ckpt_cfg, runtime_defaults=dict(cfg.runtime_defaults))
     elif cfg is not None:
         ckpt_cfg = cfg
     else:
         raise CheckpointError(f"{folder}: no config.json; pass the model config explicitly")
-    ckpt_cfg = _apply_overrides(ckpt_cfg, overrides, folder)
+    ckpt_cfg, runtime = _apply_overrides(ckpt_cfg, overrides, folder)
     if converted:
         layout, parts = "converted", _converted_parts(folder, converted)
         expected = checkpoint_schema(ckpt_cfg, ckpt_cfg.dtype)
@@ -283,4 +288,4 @@ def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None,
         layout, parts = "hf", _hf_parts(folder)
         expected = _hf_schema(checkpoint_schema(ckpt_cfg, ckpt_cfg.dtype), ckpt_cfg.dtype)
     _validate(expected, parts, folder)
-    return Checkpoint(folder, layout, ckpt_cfg, parts)
+    return Checkpoint(folder, layout, ckpt_cfg, parts, runtime)

@@ -1,2 +1,2 @@
 """Benchmark groups for `ascend-v4 bench`: each module has run(quick) -> dict and plot(result, fig)."""
-GROUPS = {"ops": "tools.bench.ops", "model": "tools.bench.model"}
+GROUPS = {"ops": "tools.bench.ops", "model": "tools.bench.model", "engine": "tools.bench.engine"}
