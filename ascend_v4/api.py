@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,12 +38,28 @@ def _set_graph_mode() -> None:
 
 def extend_buckets(prefill_chunk: int) -> List[int]:
     """Token counts the extend graph is compiled for: 16, 64, 256, ... below prefill_chunk, and
-    prefill_chunk itself (a chunk pads up to the next bucket; each bucket compiles once)."""
+    prefill_chunk itself (each compiles once; see chunk_plan)."""
     buckets, n = {prefill_chunk}, 16
     while n < prefill_chunk:
         buckets.add(n)
         n *= 4
     return sorted(buckets)
+
+
+def chunk_plan(n: int, buckets: Sequence[int]) -> List[Tuple[int, int]]:
+    """Split n tokens into (tokens, bucket) calls: the largest bucket that fits while at least
+    the smallest one is left, then the rest padded up to the smallest bucket that holds it.
+    Only bucket shapes run, and at most buckets[0] - 1 tokens are padding."""
+    plan, left = [], n
+    while left > 0:
+        fit = [b for b in buckets if b <= left]
+        if fit:
+            plan.append((fit[-1], fit[-1]))
+            left -= fit[-1]
+        else:
+            plan.append((left, next(b for b in buckets if b >= left)))
+            left = 0
+    return plan
 
 
 class Model:
@@ -74,12 +90,16 @@ class Model:
         self.max_batch = runtime.max_batch_size
         self.reset()
 
-    def set_prefill_chunk(self, prefill_chunk: int) -> None:
-        """Tokens per extend call (longer inputs run in chunks); buckets follow (extend_buckets)."""
+    def set_prefill_chunk(self, prefill_chunk: int, buckets: Optional[Sequence[int]] = None) -> None:
+        """Most tokens per extend call (longer inputs run in chunks) and the compiled token counts
+        (default extend_buckets(prefill_chunk); an explicit list must end at prefill_chunk)."""
         if not isinstance(prefill_chunk, int) or isinstance(prefill_chunk, bool) or prefill_chunk < 1:
             raise ConfigError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
+        buckets = sorted(set(int(b) for b in buckets)) if buckets else extend_buckets(prefill_chunk)
+        if buckets[0] < 1 or buckets[-1] != prefill_chunk:
+            raise ConfigError(f"buckets {buckets} must be positive and end at prefill_chunk {prefill_chunk}")
         self.prefill_chunk = prefill_chunk
-        self.buckets = extend_buckets(prefill_chunk)
+        self.buckets = buckets
 
     # ---- state -------------------------------------------------------------------------
     def reset(self) -> None:
@@ -87,7 +107,7 @@ class Model:
         from mindspore import Tensor
         self.state = tuple(Tensor(a) for a in self.spec.initial(self.max_batch))
         self.lengths = np.full(self.max_batch, -1, np.int64)   # next position per slot; -1: empty
-        self.hidden = None       # H [b, s, hc, d] of the last one-chunk prefill (mtp_logits)
+        self.hidden = None       # H [1, n, hc, d] of the last extend with keep_hidden (numpy)
         self.batch = 0           # rows of the last reference-style prefill
 
     def state_arrays(self) -> Dict[str, np.ndarray]:
@@ -127,11 +147,13 @@ class Model:
                              f"{self.max_seq_len}")
 
     # ---- engine API --------------------------------------------------------------------
-    def extend(self, slot: int, token_ids, start_pos: int, all_logits: bool = False) -> np.ndarray:
+    def extend(self, slot: int, token_ids, start_pos: int, all_logits: bool = False,
+               keep_hidden: bool = False) -> np.ndarray:
         """Append token_ids [n] to the sequence in `slot` at start_pos (0: a new sequence).
 
-        Runs in chunks of `prefill_chunk` tokens, each padded to a compiled bucket. Returns the
-        logits of the last token [vocab], or of every token [n, vocab] with all_logits."""
+        Runs as calls of compiled bucket sizes (chunk_plan). Returns the logits of the last token
+        [vocab], or of every token [n, vocab] with all_logits; keep_hidden leaves the final
+        streams H [1, n, hc, d] in self.hidden (the MTP block's input)."""
         from mindspore import Tensor
         slot = self._check_slot(slot)
         ids = self._check_ids(token_ids)
@@ -142,21 +164,20 @@ class Model:
         n = ids.shape[1]
         self._check_continues(slot, int(start_pos), n)
         net = self._extend_all if all_logits else self._extend
-        pieces, pos = [], int(start_pos)
-        for lo in range(0, n, self.prefill_chunk):
-            chunk = ids[:, lo:lo + self.prefill_chunk]
-            c = chunk.shape[1]
-            bucket = next(b for b in self.buckets if b >= c)
+        pieces, hidden, pos = [], [], int(start_pos)
+        for c, bucket in chunk_plan(n, self.buckets):
             padded = np.zeros((1, bucket), np.int32)
-            padded[:, :c] = chunk
+            padded[:, :c] = ids[:, pos - start_pos:pos - start_pos + c]
             out = net(Tensor(padded), Tensor(np.array([slot], np.int32)), Tensor(np.array([pos], np.int32)),
                       Tensor(np.array([c], np.int32)), *self.state)
             self.state = tuple(out[2:])
             pieces.append(out[0].asnumpy()[0, :c] if all_logits else out[0].asnumpy()[0])
-            if lo == 0 and c == n:
-                self.hidden = out[1][:, :n]
+            if keep_hidden:
+                hidden.append(out[1].asnumpy()[:, :c])
             pos += c
             self.lengths[slot] = pos
+        if keep_hidden:
+            self.hidden = np.concatenate(hidden, 1)
         return np.concatenate(pieces, 0) if all_logits else pieces[-1]
 
     def prefill(self, prompt_ids, slot: int = 0) -> np.ndarray:
@@ -218,20 +239,17 @@ class Model:
     def mtp_logits(self, input_ids, next_ids) -> np.ndarray:
         """MTP head: prefill `input_ids` (one chunk per row), then predict from (H, next_ids) ->
         [b, vocab]. next_ids[:, t] is the token after input_ids[:, t]."""
-        from mindspore import Tensor, ops
+        from mindspore import Tensor
         ids = self._check_ids(input_ids)
         nxt = self._check_ids(next_ids)
         if nxt.shape != ids.shape:
             raise InputError(f"next_ids shape {nxt.shape} differs from input_ids shape {ids.shape}")
-        if ids.shape[1] > self.prefill_chunk:
-            raise InputError(f"mtp_logits takes prompts up to prefill_chunk ({self.prefill_chunk}) tokens, "
-                             f"got {ids.shape[1]}")
         hidden = []
         for r in range(ids.shape[0]):
-            self.extend(r, ids[r], 0)
+            self.extend(r, ids[r], 0, keep_hidden=True)
             hidden.append(self.hidden)
         self.batch = ids.shape[0]
-        return self._mtp(ops.concat(hidden, 0), Tensor(nxt)).asnumpy()
+        return self._mtp(Tensor(np.concatenate(hidden, 0)), Tensor(nxt)).asnumpy()
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                  temperature: float = 0.0, seed: Optional[int] = None, progress=None) -> List[List[int]]:

@@ -111,8 +111,8 @@ def test_chunked_prefill_equals_one_shot(engine):
     prompt = list(np.random.default_rng(4).integers(0, cfg.vocab_size, 135))   # HCA emits at 127
     runs = {}
     try:
-        for chunk in (135, 64, 7, 1):
-            model.set_prefill_chunk(chunk)
+        for chunk in (135, 64, 7, 1):          # chunks of 64: 64 + 64 + 7 (the 7 in the 7-bucket)
+            model.set_prefill_chunk(chunk, buckets=[7, 64] if chunk == 64 else None)
             model.reset()
             runs[chunk] = model.prefill(prompt, slot=1), _dense_row(model, 1)
     finally:
@@ -182,3 +182,30 @@ def test_float32_batched_rows_equal_solo_rows(checkpoint):
         err = np.abs(got - solo[r]).max() / np.abs(solo[r]).max()
         assert err <= 1e-5, f"row {r}: batched vs solo {err:.2e}"
         np.testing.assert_array_equal(got.argmax(-1), solo[r].argmax(-1))
+
+
+def test_state_spec_names_layouts_and_graph_io():
+    """One spec owns the state: with and without custom_ops the slots have the same names, the kernel
+    path turns exactly the window and entry slots into MODEL1 page pools, and graph I/O names and
+    initial arrays derive from the spec."""
+    from ascend_v4.model import Transformer
+    from ascend_v4.runtime import RuntimeConfig
+    from graph_compile.capture import io_names
+    cfg = load_config("tiny")
+    specs = {c: Transformer.spec_for(cfg, RuntimeConfig.for_model(cfg, custom_ops=c)) for c in (False, True)}
+    assert specs[False].names == specs[True].names
+    assert specs[False].names[:4] == ["layers.0.attn.window", "layers.1.attn.window",
+                                      "layers.1.attn.compressor.kv", "layers.1.attn.compressor.score"]
+    for dense, paged in zip(specs[False], specs[True]):
+        kind = dense.name.rsplit(".", 1)[1]
+        assert paged.layout == ("model1_pages" if kind in ("window", "entries") and ".indexer." not in dense.name
+                                else "dense"), dense.name
+        assert dense.layout == "dense" and dense.initial(2).shape == dense.batch_shape(2)
+        if paged.layout == "model1_pages":
+            assert paged.bytes_per_sequence == dense.shape[0] * 584 and paged.initial(2).dtype == np.uint8
+    rt = RuntimeConfig.for_model(cfg)
+    net = Transformer(cfg, rt)
+    inputs, outputs = io_names(net, "decode")
+    assert inputs == ["ids", "positions"] + ["state." + n for n in specs[False].names]
+    assert outputs[1:1 + len(specs[False])] == ["next_state." + n for n in specs[False].names]
+    assert specs[False].bytes_per_sequence() == sum(a.nbytes for a in specs[False].initial(1))

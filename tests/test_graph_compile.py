@@ -35,12 +35,10 @@ def test_manifest_lists_graphs_hashes_and_versions(artifact):
 
 
 def test_mindir_reload_matches_live_model(artifact):
-    """GraphCell(load(mindir)) == the live cells: every output of the prompt's extend and of a
-    decode step, with the state fed in spec order."""
+    """GraphCell(load(mindir)) == the live cells (the model's own ExtendNet / DecodeNet with layer
+    outputs): every output of the prompt's extend and of a decode step, state fed in spec order."""
     import mindspore as ms
     from mindspore import Tensor, nn
-    from ascend_v4.api import build_model
-    from ascend_v4.checkpoint import open_checkpoint
     from ascend_v4.state import StateSpec
     folder, manifest, _ = artifact
     steps, _, tokens = mindspore_run()                 # live layerwise cells, prompt of seed 0
@@ -62,10 +60,6 @@ def test_mindir_reload_matches_live_model(artifact):
     dec = decode(Tensor(tokens[0]), i32([s]), *[Tensor(a) for a in out[2:2 + n_state]])
     for a, ref in zip(dec, steps[1].values()):
         np.testing.assert_array_equal(a.asnumpy(), ref)
-    # and the model's own ExtendNet (ascend_v4.api.Model) gives the same logits and streams
-    model = build_model(open_checkpoint(os.path.join(folder, "checkpoint"), overrides={"compute_dtype": "float64"}))
-    np.testing.assert_allclose(model(prompt, 0), out[0], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(model.hidden.asnumpy(), out[1], rtol=0, atol=1e-12)
 
 
 def _compile(args, out):

@@ -44,6 +44,8 @@ def loaded(request, tmp_path_factory):
 @pytest.mark.parametrize("prompt_len", [120, 3])
 def test_prefill_and_decode_match_oracle(loaded, prompt_len):
     fmt, model, cfg, W = loaded
+    if fmt == "bf16" and prompt_len == 3:
+        pytest.skip("short prompts are format-independent; covered by fp8 (saves a compile)")
     rng = np.random.default_rng(prompt_len)
     total = prompt_len + DECODE_STEPS
     ids = rng.integers(0, cfg.vocab_size, (2, total))
