@@ -155,30 +155,13 @@ def test_bad_engine_input_names_the_slot(engine):
 
 
 def test_float32_batched_rows_equal_solo_rows(checkpoint):
+    from tools.bench.engine import batched_and_solo
     model = build_model(open_checkpoint(checkpoint), prefill_chunk=64)
     rng = np.random.default_rng(9)
     seqs = [list(rng.integers(0, 512, 19 + 8)), list(rng.integers(0, 512, 26 + 8))]
-    solo = []
-    for r, seq in enumerate(seqs):                      # each row alone, the other slot empty
-        model.reset()
-        n = len(seq) - 8
-        out = [model.prefill(seq[:n], slot=r)]
-        for k in range(n, len(seq) - 1):
-            pos = np.full(2, -1)
-            pos[r] = k
-            tok = np.zeros(2, np.int64)
-            tok[r] = seq[k]
-            out.append(model.decode(tok, pos)[r])
-        solo.append(np.stack(out))
-    model.reset()
-    batched = [[model.prefill(seq[:len(seq) - 8], slot=r)] for r, seq in enumerate(seqs)]
-    for j in range(7):
-        pos = np.array([len(s) - 8 + j for s in seqs])
-        logits = model.decode(np.array([s[p] for s, p in zip(seqs, pos)]), pos)
-        for r in range(2):
-            batched[r].append(logits[r])
+    batched, solo = batched_and_solo(model, seqs, 8)
     for r in range(2):
-        got = np.stack(batched[r])
+        got = batched[r]
         err = np.abs(got - solo[r]).max() / np.abs(solo[r]).max()
         assert err <= 1e-5, f"row {r}: batched vs solo {err:.2e}"
         np.testing.assert_array_equal(got.argmax(-1), solo[r].argmax(-1))

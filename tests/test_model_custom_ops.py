@@ -76,10 +76,15 @@ def test_bf16_checkpoint_kernels_match_default(tmp_path, ids):
     paged = [name for name, slot in spec.items() if slot.layout == "model1_pages"]
     assert sorted(paged) == sorted(n for n in spec if n.endswith(".window") or n.endswith("attn.entries"))
     hd = model.cfg.head_dim
+    # layer 0's window is written from kv whose inputs differ only by the sinkhorn kernel (~1e-7); later
+    # layers' inputs also carry the FP8-page attention of the layers before them (checked loosely)
     for name in paged:
         n = spec[name].shape[0]
         ref = off_state[name].reshape(BATCH * n, hd)
         got = unpack_kv_fp8(on_state[name])[:BATCH * n]
+        if not name.startswith("layers.0."):
+            assert np.linalg.norm(got - ref) <= 5e-2 * np.linalg.norm(ref), name
+            continue
         rope = ref[:, 448:].astype(ml_dtypes.bfloat16).astype(np.float32)
         np.testing.assert_allclose(got[:, 448:], rope, rtol=2 ** -7, atol=1e-6)   # prefill inputs differ ~1e-7
         # fp8 dims: lossless, except where the prefill inputs' ~1e-7 difference (sinkhorn / MoE kernels)

@@ -63,12 +63,12 @@ def prefill_speed(path: str, prompt: int, chunks) -> list:
 def serving_mix(path: str, lengths) -> dict:
     """Prefill every prompt of the mix (and one decode step): graphs compiled and total time of the
     calls that compiled one, vs one graph per distinct prompt length (the previous design)."""
+    from ascend_v4.api import chunk_plan
     model = _model(path, max_seq_len=1024)
     rng = np.random.default_rng(1)
     shapes, compile_s, runs = set(), 0.0, []
     for n in lengths:
-        chunks = [min(model.prefill_chunk, n - lo) for lo in range(0, n, model.prefill_chunk)]
-        new = {next(b for b in model.buckets if b >= c) for c in chunks} - shapes
+        new = {bucket for _, bucket in chunk_plan(n, model.buckets)} - shapes
         t0 = time.perf_counter()
         model.prefill(rng.integers(0, 512, n), slot=0)
         dt = time.perf_counter() - t0
@@ -83,6 +83,80 @@ def serving_mix(path: str, lengths) -> dict:
     return dict(prompt_lengths=list(lengths), prefill_chunk=model.prefill_chunk, buckets=model.buckets,
                 graphs_compiled=len(shapes) + 1, graphs_one_per_length=len(set(lengths)) + 1,
                 compile_calls_s=compile_s, calls=runs)
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def equality(path: str, steps: int) -> dict:
+    """The slot and chunking equalities the tests assert, as measured numbers: float64 rows at
+    mixed positions vs the numpy oracle, float64 chunked vs one-shot prefill (logits and state),
+    float32 batched rows vs the same rows alone."""
+    from ascend_v4 import oracle
+    from ascend_v4.checkpoint import open_checkpoint
+    ckpt = open_checkpoint(path, overrides={"compute_dtype": "float64"})
+    with oracle.precision("float64"):
+        W = oracle.dequantize({n: np.asarray(ckpt.raw(n)) for n in ckpt.schema}, ckpt.config)
+    model = _model(path, compute_dtype="float64", prefill_chunk=64)
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(0, 512, 21 + steps), rng.integers(0, 512, 30 + steps)]
+    with oracle.precision("float64"):
+        refs = [oracle.forward_all(ckpt.config, W, s[None])[0][0] for s in seqs]
+    errs = []
+    for r, s in enumerate(seqs):
+        errs.append(_rel(model.prefill(s[:len(s) - steps], slot=r), refs[r][len(s) - steps - 1]))
+    pos = np.array([len(s) - steps for s in seqs])
+    for j in range(steps - 1):
+        logits = model.decode(np.array([s[p] for s, p in zip(seqs, pos)]), pos)
+        errs += [_rel(logits[r], refs[r][pos[r]]) for r in range(2)]
+        pos += 1
+    prompt = rng.integers(0, 512, 100)
+    model.set_prefill_chunk(100)                          # one call of 100 tokens
+    model.reset()
+    one = model.prefill(prompt, slot=0)
+    one_state = {s.name: model.state_arrays()[s.name][0] for s in model.spec}
+    model.set_prefill_chunk(16)
+    model.reset()
+    chunked = model.prefill(prompt, slot=0)
+    state_err = 0.0
+    for name, ref in one_state.items():
+        got, fin = model.state_arrays()[name][0], np.isfinite(ref)
+        if fin.any() and np.abs(ref[fin]).max() > 0:
+            state_err = max(state_err, float(np.abs(got[fin] - ref[fin]).max() / np.abs(ref[fin]).max()))
+    batched, solo = batched_and_solo(_model(path, prefill_chunk=64), seqs, steps)
+    return dict(float64_rows_at_mixed_positions_vs_oracle_max_rel=max(errs),
+                float64_chunks_of_16_vs_one_shot_logits_rel=_rel(chunked, one),
+                float64_chunks_of_16_vs_one_shot_state_max_rel=state_err,
+                float32_batched_vs_solo_max_rel=max(_rel(b, s) for b, s in zip(batched, solo)))
+
+
+def batched_and_solo(model, seqs, steps: int):
+    """Each sequence: prefill all but its last `steps` tokens, then teacher-forced decode steps.
+    Run once with all rows together and once per row alone (the other slots empty) ->
+    (batched, solo): per row logits [steps, vocab] of the prefill and steps - 1 decode steps."""
+    b = model.max_batch
+    solo = []
+    for r, s in enumerate(seqs):
+        model.reset()
+        out = [model.prefill(s[:len(s) - steps], slot=r)]
+        for k in range(len(s) - steps, len(s) - 1):
+            pos, tok = np.full(b, -1), np.zeros(b, np.int64)
+            pos[r], tok[r] = k, s[k]
+            out.append(model.decode(tok, pos)[r])
+        solo.append(np.stack(out))
+    model.reset()
+    batched = [[model.prefill(s[:len(s) - steps], slot=r)] for r, s in enumerate(seqs)]
+    pos = np.full(b, -1)
+    pos[:len(seqs)] = [len(s) - steps for s in seqs]
+    for _ in range(steps - 1):
+        tok = np.zeros(b, np.int64)
+        tok[:len(seqs)] = [s[p] for s, p in zip(seqs, pos)]
+        logits = model.decode(tok, pos)
+        for r in range(len(seqs)):
+            batched[r].append(logits[r])
+        pos[:len(seqs)] += 1
+    return [np.stack(x) for x in batched], solo
 
 
 def state_bytes() -> dict:
@@ -114,6 +188,7 @@ def run(quick: bool = False) -> dict:
         one, chunked = result["prefill"]["runs"][0], result["prefill"]["runs"][-1]
         result["prefill"]["chunked_vs_one_shot_time"] = chunked["prefill_s"] / one["prefill_s"]
         result["serving_mix"] = serving_mix(path, MIX[:5] if quick else MIX)
+        result["equality"] = equality(path, 6 if quick else 12)
     result["state"] = state_bytes()
     return result
 
