@@ -1,4 +1,4 @@
-"""Graph compiler: prefill/decode graphs per shape bucket -> MindIR and ONNX, and parity checks.
+"""Graph compiler: extend/decode graphs per shape bucket -> MindIR and ONNX, and parity checks.
 
 capture.py    layerwise graph cells, boundary markers, MindIR export
 mindir.py     MindIR protobuf reader

@@ -1,4 +1,4 @@
-"""`ascend-v4 compile`: prefill/decode graphs per shape bucket to MindIR and ONNX (graph_compile/)."""
+"""`ascend-v4 compile`: extend/decode graphs per shape bucket to MindIR and ONNX (graph_compile/)."""
 from __future__ import annotations
 
 import click
@@ -24,7 +24,7 @@ from tools.errors import user_errors
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 def command(preset, checkpoint, formats, buckets, out, precision, weight_format, seed,
             external_data_threshold, overwrite):
-    """Export prefill and decode graphs of a model for each shape bucket."""
+    """Export extend (BxS: S tokens of one sequence, B-row state) and decode graphs per shape bucket."""
     with user_errors():
         from graph_compile.artifacts import ArtifactError
         from graph_compile.buckets import BucketError
