@@ -91,10 +91,6 @@ class Attention(nn.Cell):
         self.slot = spec.positions()                 # slot name -> position in this layer's state
         self.n_state = len(spec)
         self.state_names = tuple(spec.names)
-        if self.ratio:
-            self.comp_slots = (self.slot["compressor.kv"], self.slot["compressor.score"] + 1)
-        if self.indexer is not None:
-            self.index_slots = (self.slot["indexer.compressor.kv"], self.slot["indexer.keys"] + 1)
 
     # ---- state -------------------------------------------------------------------------
     @staticmethod

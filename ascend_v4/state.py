@@ -69,12 +69,6 @@ class StateSpec:
         self.slots += [s.prefixed(prefix) for s in other.slots]
         return start, len(self.slots)
 
-    def index(self, name: str) -> int:
-        for i, s in enumerate(self.slots):
-            if s.name == name:
-                return i
-        raise KeyError(f"no state slot {name!r}; slots: {', '.join(self.names)}")
-
     def positions(self) -> Dict[str, int]:
         return {s.name: i for i, s in enumerate(self.slots)}
 
