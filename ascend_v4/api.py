@@ -307,38 +307,53 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
 
 
 def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
-    """Create the cells for `checkpoint.config` and stream its weights into them."""
+    """Create the cells for `checkpoint.config` and stream its weights into them in their stored
+    format (runtime weight_storage 'float': dequantised), one tensor at a time; stacked experts
+    are assembled in a buffer of their stored dtype."""
     from mindspore import Tensor
     from ascend_v4.model import Transformer
     from ascend_v4.precision import np_dtype
+    from ascend_v4.weights import StoredWeight
     _set_graph_mode()
     cfg, rt = checkpoint.config, checkpoint.runtime
     if prefill_chunk is not None:
         rt = rt.replace(prefill_chunk=prefill_chunk)
         rt.validate(cfg)
     transformer = Transformer(cfg, rt)
-    table = transformer.checkpoint_parameters()
-    stacked = {}
-    seen = set()
-    from tqdm import tqdm
-    tensors = tqdm(checkpoint.iter_dequantized(), total=len(checkpoint.formats), desc="load",
-                   unit="tensor", disable=None, leave=False)
-    for name, array in tensors:
-        if name not in table:
-            continue  # the loader has already validated names against the schema
-        param, slot = table[name]
-        seen.add(name)
-        if slot < 0:
-            kind = np.int32 if array.dtype.kind in "iu" else np_dtype(rt)
-            param.set_data(Tensor(np.ascontiguousarray(array, dtype=kind)))
-        else:
-            buf = stacked.setdefault(id(param), (param, np.zeros(param.shape, np_dtype(rt))))[1]
-            buf[slot] = array
-    missing = sorted(set(table) - seen)
+    table = transformer.checkpoint_weights()
+    missing = sorted(set(table) - set(checkpoint.formats))
     if missing:
         raise ConfigError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:5]}")
-    for param, buf in stacked.values():
-        param.set_data(Tensor(buf))
+    stacks: Dict[int, list] = {}          # id(cell) -> [cell, weight buffer, scale buffer]
+    from tqdm import tqdm
+    for name in tqdm(checkpoint.names(), desc="load", unit="tensor", disable=None, leave=False):
+        if name not in table:
+            continue  # the loader has already validated names against the schema
+        target, slot = table[name]
+        kind = checkpoint.formats[name]
+        if not isinstance(target, StoredWeight):
+            array = checkpoint.raw(name)
+            dtype = np.int32 if kind == "int" else np_dtype(rt)
+            target.set_data(Tensor(np.array(array, dtype=dtype)))
+            continue
+        scale = checkpoint.raw(name[: -len(".weight")] + ".scale") if kind in ("fp8", "fp4") else None
+        try:
+            weight, scale = target.stored_arrays(kind, checkpoint.raw(name), scale)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if slot < 0:
+            target.set_arrays(weight, scale)
+            continue
+        stack = stacks.setdefault(id(target), [target, None, None])
+        if stack[1] is None:
+            E = target.lead[0]
+            stack[1] = np.empty((E,) + weight.shape, weight.dtype)
+            stack[2] = None if scale is None else np.empty((E,) + scale.shape, scale.dtype)
+        stack[1][slot] = weight
+        if scale is not None:
+            stack[2][slot] = scale
+    for target, weight, scale in stacks.values():
+        target.set_arrays(weight, scale)
     return Model(cfg, rt, transformer, checkpoint.weight_format)
 
 

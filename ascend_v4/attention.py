@@ -17,8 +17,10 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.compressor import Compressor, gather_rows, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
-from ascend_v4.linear import Linear, zeros_param
-from ascend_v4.numerics import RMSNorm, fp8_quant_dequant, rms_normalize
+from ascend_v4.checkpoint.schema import weight_kinds
+from ascend_v4.linear import Linear, batched_dense, zeros_param
+from ascend_v4.kernels import QuantDequant
+from ascend_v4.numerics import RMSNorm, rms_normalize
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
 from ascend_v4.runtime import RuntimeConfig
@@ -63,21 +65,22 @@ class Attention(nn.Cell):
         self.window, self.eps = cfg.window_size, cfg.norm_eps
         self.groups, self.o_rank = cfg.o_groups, cfg.o_lora_rank
         self.scale = cfg.head_dim ** -0.5
-        fp8 = cfg.dtype == "fp8"
+        lin = weight_kinds(cfg)[0]
         self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         dt = self.dt
-        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, fp8, dt)
+        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, lin, rt)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt)
-        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim, fp8, dt)
-        self.wkv = Linear(cfg.dim, cfg.head_dim, fp8, dt)
+        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim, lin, rt)
+        self.wkv = Linear(cfg.dim, cfg.head_dim, lin, rt)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt)
-        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, False, dt)
-        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, fp8, dt)
+        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, "bf16", rt)
+        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, lin, rt)
         self.attn_sink = zeros_param((cfg.n_heads,), "attn_sink", dt)
+        self.kv_quant = QuantDequant(rt, "fp8", 64)              # the KV cache's nope dims
         cos, sin = rope_tables(cfg, self.ratio > 0, rt.max_seq_len)
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
-        self.indexer = Indexer(cfg, rt, fp8) if self.ratio == 4 else None
+        self.indexer = Indexer(cfg, rt, lin) if self.ratio == 4 else None
         self.core = SinkAttention(self.scale, self.mdt)
         self.use_kernels = rt.custom_ops
         self.n_comp = rt.max_seq_len // self.ratio if self.ratio else 0
@@ -122,7 +125,7 @@ class Attention(nn.Cell):
         q = rms_normalize(self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim), self.eps)
         q = ops.concat((q[..., :-rd], apply_rope(q[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2))), -1)
         kv = self.kv_norm(self.wkv(x))
-        kv = ops.concat((fp8_quant_dequant(kv[..., :-rd], 64), apply_rope(kv[..., -rd:], cos, sin)), -1)
+        kv = ops.concat((self.kv_quant(kv[..., :-rd]), apply_rope(kv[..., -rd:], cos, sin)), -1)
         return q, qr, kv
 
     def _output(self, o, cos, sin):
@@ -130,10 +133,10 @@ class Attention(nn.Cell):
         b, s = o.shape[0], o.shape[1]
         rd = self.rd
         o = ops.concat((o[..., :-rd], apply_rope(o[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2), True)), -1)
-        o = o.reshape(b, s, self.groups, -1).swapaxes(1, 2)              # [b, g, s, h*hd/g]
-        wo_a = self.wo_a.weight.reshape(self.groups, self.o_rank, -1)    # [g, r, h*hd/g]
-        o = ops.matmul(o, wo_a.swapaxes(-1, -2).expand_dims(0))          # [b, g, s, r]
-        return self.wo_b(o.swapaxes(1, 2).reshape(b, s, self.groups * self.o_rank))
+        o = o.reshape(b * s, self.groups, -1).swapaxes(0, 1)              # [g, b*s, h*hd/g]
+        wo_a = self.wo_a.dequantized().reshape(self.groups, self.o_rank, -1)    # [g, r, h*hd/g]
+        o = batched_dense(o, wo_a)                                               # [g, b*s, r]
+        return self.wo_b(o.swapaxes(0, 1).reshape(b, s, self.groups * self.o_rank))
 
     # ---- extend ------------------------------------------------------------------------
     def extend(self, x, rows, start, count, state):

@@ -5,6 +5,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ascend_v4.attention import Attention
+from ascend_v4.checkpoint.schema import weight_kinds
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
 from ascend_v4.mhc import HcHead, HyperConnection
@@ -44,9 +45,9 @@ class MTPBlock(Block):
 
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
         super().__init__(cfg, rt, layer_id)
-        fp8, dt = cfg.dtype == "fp8", np_dtype(rt)
-        self.e_proj = Linear(cfg.dim, cfg.dim, fp8, dt)
-        self.h_proj = Linear(cfg.dim, cfg.dim, fp8, dt)
+        lin, dt = weight_kinds(cfg)[0], np_dtype(rt)
+        self.e_proj = Linear(cfg.dim, cfg.dim, lin, rt)
+        self.h_proj = Linear(cfg.dim, cfg.dim, lin, rt)
         self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.config import ModelConfig
-from ascend_v4.linear import dense, zeros_param
-from ascend_v4.numerics import RMSNorm, fp4_quant_dequant, fp8_quant_dequant, hadamard_matrix
+from ascend_v4.linear import Linear, zeros_param
+from ascend_v4.kernels import QuantDequant
+from ascend_v4.numerics import RMSNorm, hadamard_matrix
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope
 from ascend_v4.runtime import RuntimeConfig
@@ -33,9 +34,11 @@ class Compressor(nn.Cell):
         width = self.coff * head_dim
         self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         self.ape = zeros_param((ratio, width), "ape", self.dt)
-        self.wkv = zeros_param((width, cfg.dim), "wkv", self.dt)
-        self.wgate = zeros_param((width, cfg.dim), "wgate", self.dt)
+        self.wkv = Linear(cfg.dim, width, "bf16", rt)
+        self.wgate = Linear(cfg.dim, width, "bf16", rt)
         self.norm = RMSNorm(head_dim, cfg.norm_eps, self.dt)
+        # indexer keys (rotate): Hadamard then FP4 in 1x32 blocks; KV entries: FP8 in 64s
+        self.quant = QuantDequant(rt, "fp4", 32) if rotate else QuantDequant(rt, "fp8", 64)
         if rotate:
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
 
@@ -56,8 +59,8 @@ class Compressor(nn.Cell):
         rd = self.rd
         entry = ops.concat((entry[..., :-rd], apply_rope(entry[..., -rd:], cos, sin)), -1)
         if self.rotate:  # indexer keys: Hadamard rotation then FP4 simulation
-            return fp4_quant_dequant(ops.matmul(entry, self.hadamard), 32)
-        return ops.concat((fp8_quant_dequant(entry[..., :-rd], 64), entry[..., -rd:]), -1)
+            return self.quant(ops.matmul(entry, self.hadamard))
+        return ops.concat((self.quant(entry[..., :-rd]), entry[..., -rd:]), -1)
 
     def _pool(self, kv, score, axis: int):
         return (kv * mint.softmax(score, axis)).sum(axis)
@@ -78,9 +81,9 @@ class Compressor(nn.Cell):
         r0 = (start % m).reshape(b, 1)
         first = start.reshape(b, 1) - r0                # position of the current block's first token
         cnt = count.reshape(b, 1)
-        kv = dense(x, self.wkv)                                            # [b, n, c*d]
+        kv = self.wkv(x)                                            # [b, n, c*d]
         in_block = (start.reshape(b, 1) + ops.arange(n).reshape(1, n)) % m
-        score = dense(x, self.wgate) + ops.gather(self.ape, in_block, 0)  # [b, n, c*d]
+        score = self.wgate(x) + ops.gather(self.ape, in_block, 0)  # [b, n, c*d]
         # buffer row u holds position first - prev + u: stored rows first, then the new tokens
         u = ops.arange(length).reshape(1, length)
         k = u - prev - r0                                                  # [b, L] chunk index

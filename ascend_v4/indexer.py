@@ -11,7 +11,8 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
-from ascend_v4.numerics import fp4_quant_dequant, hadamard_matrix
+from ascend_v4.kernels import QuantDequant
+from ascend_v4.numerics import hadamard_matrix
 from ascend_v4.precision import np_dtype
 from ascend_v4.rope import apply_rope
 from ascend_v4.runtime import RuntimeConfig
@@ -40,17 +41,18 @@ def selected_mask(scores, visible, k: int):
 
 
 class Indexer(nn.Cell):
-    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, fp8_linears: bool):
+    def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, linear_kind: str):
         super().__init__()
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.rd = cfg.rope_head_dim
         self.ratio = 4
         self.cfg, self.rt = cfg, rt
         dt = self.dt = np_dtype(rt)
-        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, fp8_linears, dt)
-        self.weights_proj = Linear(cfg.dim, self.n_heads, False, dt)
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, linear_kind, rt)
+        self.weights_proj = Linear(cfg.dim, self.n_heads, "bf16", rt)
         self.compressor = Compressor(cfg, rt, 4, self.head_dim, rotate=True)
         self.hadamard = Tensor(hadamard_matrix(self.head_dim, dt))
+        self.quant = QuantDequant(rt, "fp4", 32)
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
     def queries(self, qr, cos, sin):
@@ -59,7 +61,7 @@ class Indexer(nn.Cell):
         q = self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)
         rd = self.rd
         q = ops.concat((q[..., :-rd], apply_rope(q[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2))), -1)
-        return fp4_quant_dequant(ops.matmul(q, self.hadamard), 32)
+        return self.quant(ops.matmul(q, self.hadamard))
 
     def scores(self, x, q, keys):
         """x [b, s, dim], q [b, s, h, d], keys [b, n, d] -> index scores [b, s, n]."""

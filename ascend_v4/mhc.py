@@ -5,6 +5,7 @@ import mindspore as ms
 from mindspore import mint, nn, ops
 
 from ascend_v4.config import ModelConfig
+from ascend_v4.kernels import FusedSinkhorn, sinkhorn_kind
 from ascend_v4.linear import dense, zeros_param
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
@@ -37,17 +38,21 @@ class SinkhornSplit(nn.Cell):
     `ascend_v4.sinkhorn_mhc`, the AscendC kernel on Ascend).
     """
 
-    def __init__(self, n: int, iters: int, eps: float, use_kernel: bool = False):
+    def __init__(self, n: int, iters: int, eps: float, kind: str = "composite"):
         super().__init__()
         self.n, self.iters, self.eps = n, iters, eps
-        self.use_kernel = use_kernel
-        if use_kernel:
+        self.kind = kind                       # kernels.sinkhorn_kind: ascendc | fused | composite
+        if kind == "ascendc":
             from custom_ops import ms_ops
             self.kernel = ms_ops.sinkhorn_mhc_op(n, iters, eps)
+        elif kind == "fused":
+            self.kernel = FusedSinkhorn(n, iters, eps)
 
     def construct(self, mixes, scale, base):
-        if not self.use_kernel:
+        if self.kind == "composite":
             return sinkhorn_split(mixes, scale, base, self.n, self.iters, self.eps)
+        if self.kind == "fused":
+            return self.kernel(mixes, scale, base)
         n, shape, dtype = self.n, mixes.shape[:-1], mixes.dtype
         f32 = ms.float32
         pre, post, comb = self.kernel(mixes.reshape(-1, mixes.shape[-1]).astype(f32), scale.astype(f32),
@@ -67,7 +72,7 @@ class HyperConnection(nn.Cell):
         self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn", dt)
         self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base", dt)
         self.scale = zeros_param((3,), f"{prefix}_scale", dt)
-        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, rt.custom_ops)
+        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, sinkhorn_kind(rt))
 
     def pre(self, X):
         """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""

@@ -21,12 +21,13 @@ from ascend_v4.attention import Attention
 from ascend_v4.block import Block, MTPBlock
 from ascend_v4.compressor import gather_rows
 from ascend_v4.config import ModelConfig
-from ascend_v4.linear import dense, zeros_param
-from ascend_v4.mhc import HcHead
+from ascend_v4.linear import Linear, storage_kind
+from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.numerics import RMSNorm
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 from ascend_v4.state import DENSE, StateSpec
+from ascend_v4.weights import StoredWeight
 
 
 class Transformer(nn.Cell):
@@ -35,17 +36,17 @@ class Transformer(nn.Cell):
         self.cfg, self.runtime = cfg, rt
         self.hc_mult = cfg.hc_mult
         dt = np_dtype(rt)
-        self.embed = zeros_param((cfg.vocab_size, cfg.dim), "embed", dt)
+        self.embed = StoredWeight((cfg.vocab_size, cfg.dim), storage_kind("bf16", rt), dt, row_lookup=True)
         self.layers = nn.CellList([Block(cfg, rt, i) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
-        self.head = zeros_param((cfg.vocab_size, cfg.dim), "head", dt)
+        self.head = Linear(cfg.dim, cfg.vocab_size, "bf16", rt)
         self.hc_head = HcHead(cfg, rt, "hc_head")
         self.mtp = nn.CellList([MTPBlock(cfg, rt, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
 
     # ---- pieces shared by the graphs ---------------------------------------------------------
     def widen(self, ids):
         """ids [b, s] -> H [b, s, n, d] (embedding repeated over the n streams)."""
-        h = ops.gather(self.embed, ids, 0)
+        h = self.embed.rows(ids)
         return ops.tile(h.expand_dims(2), (1, 1, self.hc_mult, 1))
 
     def logits(self, H, count=None, all_logits: bool = False):
@@ -53,12 +54,12 @@ class Transformer(nn.Cell):
         last position), or of every position [b, n, vocab] with all_logits."""
         y = self.norm(self.hc_head(H))                                       # [b, n, d]
         if all_logits:
-            return dense(y, self.head)
+            return self.head(y)
         if count is None:
-            return dense(y[:, -1], self.head)
+            return self.head(y[:, -1])
         b = y.shape[0]
         last = ops.clamp(count.reshape(b, 1) - 1, 0, y.shape[1] - 1)
-        return dense(gather_rows(y, last)[:, 0], self.head)
+        return self.head(gather_rows(y, last)[:, 0])
 
     def extend(self, ids, rows, start, count, states, all_logits: bool = False):
         """Append tokens ids [b, n] to the sequences in batch rows `rows` [b] (start [b]: position
@@ -79,8 +80,8 @@ class Transformer(nn.Cell):
 
     def mtp_logits(self, H, ids):
         """MTP block 0 on the main model's streams H and the next tokens ids -> [b, vocab]."""
-        y = self.mtp[0].prefill_hidden(H, ops.gather(self.embed, ids, 0), ids)
-        return dense(y[:, -1], self.head)
+        y = self.mtp[0].prefill_hidden(H, self.embed.rows(ids), ids)
+        return self.head(y[:, -1])
 
     # ---- state and checkpoint plumbing ---------------------------------------------------------
     @staticmethod
@@ -98,64 +99,39 @@ class Transformer(nn.Cell):
     def initial_state(self, batch: int) -> List[np.ndarray]:
         return self.state_spec().initial(batch)
 
-    def checkpoint_parameters(self) -> Dict[str, Tuple[ms.Parameter, int]]:
-        """Checkpoint name -> (parameter, expert slot or -1) for every weight."""
-        table: Dict[str, Tuple[ms.Parameter, int]] = {
-            "embed.weight": (self.embed, -1), "head.weight": (self.head, -1),
-            "norm.weight": (self.norm.weight, -1),
-        }
-        table.update(_hc_names("hc_head", self.hc_head))
-        for i, layer in enumerate(self.layers):
-            table.update(_block_names(f"layers.{i}.", layer, self.cfg))
-        for i, block in enumerate(self.mtp):
-            prefix = f"mtp.{i}."
-            table.update(_block_names(prefix, block, self.cfg))
-            table.update(_hc_names(prefix + "hc_head", block.hc_head))
-            for name in ("e_proj", "h_proj"):
-                table[f"{prefix}{name}.weight"] = (getattr(block, name).weight, -1)
-            for name in ("enorm", "hnorm", "norm"):
-                table[f"{prefix}{name}.weight"] = (getattr(block, name).weight, -1)
+    def checkpoint_weights(self) -> Dict[str, Tuple[object, int]]:
+        """Checkpoint weight name (no `.scale` names) -> (cell or parameter, expert slot or -1),
+        derived from the cell tree: attribute paths are the checkpoint keys, except that a
+        stacked expert weight `ffn.experts.w1` holds `ffn.experts.{e}.w1` and the mHC cells'
+        `hc_attn.fn` is stored as `hc_attn_fn`."""
+        table: Dict[str, Tuple[object, int]] = {}
+        for path, cell in self.cells_and_names():
+            if isinstance(cell, StoredWeight):
+                if cell.lead:                                  # [E, out, in] routed experts
+                    stem, leaf = path.rsplit(".", 1)
+                    for e in range(cell.lead[0]):
+                        table[f"{stem}.{e}.{leaf}.weight"] = (cell, e)
+                else:
+                    table[f"{path}.weight"] = (cell, -1)
+                own = [(n, p) for n, p in cell.parameters_and_names(expand=False) if n not in ("weight", "scale")]
+            else:
+                own = list(cell.parameters_and_names(expand=False))
+            joint = "_" if isinstance(cell, (HyperConnection, HcHead)) else "."
+            for name, param in own:
+                table[f"{path}{joint}{name}" if path else name] = (param, -1)
         return table
 
-
-def _hc_names(prefix: str, cell) -> Dict[str, Tuple[ms.Parameter, int]]:
-    return {f"{prefix}_fn": (cell.fn, -1), f"{prefix}_base": (cell.base, -1),
-            f"{prefix}_scale": (cell.scale, -1)}
-
-
-def _compressor_names(prefix: str, comp) -> Dict[str, Tuple[ms.Parameter, int]]:
-    return {prefix + "ape": (comp.ape, -1), prefix + "wkv.weight": (comp.wkv, -1),
-            prefix + "wgate.weight": (comp.wgate, -1), prefix + "norm.weight": (comp.norm.weight, -1)}
-
-
-def _block_names(prefix: str, block: Block, cfg: ModelConfig) -> Dict[str, Tuple[ms.Parameter, int]]:
-    t: Dict[str, Tuple[ms.Parameter, int]] = {}
-    t[prefix + "attn_norm.weight"] = (block.attn_norm.weight, -1)
-    t[prefix + "ffn_norm.weight"] = (block.ffn_norm.weight, -1)
-    t.update(_hc_names(prefix + "hc_attn", block.hc_attn))
-    t.update(_hc_names(prefix + "hc_ffn", block.hc_ffn))
-    attn = block.attn
-    for name in ("wq_a", "q_norm", "wq_b", "wkv", "kv_norm", "wo_a", "wo_b"):
-        t[f"{prefix}attn.{name}.weight"] = (getattr(attn, name).weight, -1)
-    t[prefix + "attn.attn_sink"] = (attn.attn_sink, -1)
-    if attn.compressor is not None:
-        t.update(_compressor_names(prefix + "attn.compressor.", attn.compressor))
-    if attn.indexer is not None:
-        t[prefix + "attn.indexer.wq_b.weight"] = (attn.indexer.wq_b.weight, -1)
-        t[prefix + "attn.indexer.weights_proj.weight"] = (attn.indexer.weights_proj.weight, -1)
-        t.update(_compressor_names(prefix + "attn.indexer.compressor.", attn.indexer.compressor))
-    ffn = block.ffn
-    t[prefix + "ffn.gate.weight"] = (ffn.gate_weight, -1)
-    if ffn.hash:
-        t[prefix + "ffn.gate.tid2eid"] = (ffn.tid2eid, -1)
-    else:
-        t[prefix + "ffn.gate.bias"] = (ffn.gate_bias, -1)
-    for e in range(cfg.n_routed_experts):
-        for w in ("w1", "w2", "w3"):
-            t[f"{prefix}ffn.experts.{e}.{w}.weight"] = (getattr(ffn.experts, w), e)
-    for w in ("w1", "w2", "w3"):
-        t[f"{prefix}ffn.shared_experts.{w}.weight"] = (getattr(ffn.shared, w).weight, -1)
-    return t
+    def checkpoint_parameters(self) -> Dict[str, Tuple[ms.Parameter, int]]:
+        """Checkpoint tensor name (scales included) -> (parameter, expert slot or -1)."""
+        table: Dict[str, Tuple[ms.Parameter, int]] = {}
+        for name, (target, slot) in self.checkpoint_weights().items():
+            if isinstance(target, StoredWeight):
+                table[name] = (target.weight, slot)
+                if target.kind in ("fp8", "fp4"):
+                    table[name[: -len(".weight")] + ".scale"] = (target.scale, slot)
+            else:
+                table[name] = (target, slot)
+        return table
 
 
 class RowView(nn.Cell):

@@ -52,14 +52,18 @@ def quant_dequant(x, block: int, max_value: float, mantissa_bits: int, min_expon
     return (q * scale).reshape(shape)
 
 
+# format -> (max_value, mantissa_bits, min_exponent, amax_floor) of quant_dequant
+FORMATS = {"fp8": (FP8_MAX, 3, -6, 1e-4), "fp4": (FP4_MAX, 1, 0, FP4_MAX * 2.0 ** -126)}
+
+
 def fp8_quant_dequant(x, block: int = 128):
     """e4m3 simulation (3 mantissa bits, min normal exponent -6, max 448), amax floor 1e-4."""
-    return quant_dequant(x, block, FP8_MAX, 3, -6, 1e-4)
+    return quant_dequant(x, block, *FORMATS["fp8"])
 
 
 def fp4_quant_dequant(x, block: int = 32):
     """e2m1 simulation (1 mantissa bit, min normal exponent 0, max 6), amax floor 6 * 2^-126."""
-    return quant_dequant(x, block, FP4_MAX, 1, 0, FP4_MAX * 2.0 ** -126)
+    return quant_dequant(x, block, *FORMATS["fp4"])
 
 
 def rms_normalize(x, eps: float):

@@ -2,7 +2,9 @@
 
 max_seq_len and max_batch_size size the decode state; compute_dtype is float32 (float64 for
 verification runs); custom_ops runs the AscendC kernels' CPU twins; prefill_chunk is the most
-tokens one extend call takes (longer inputs run in chunks). A config file or preset may carry
+tokens one extend call takes (longer inputs run in chunks); weight_storage 'float' dequantises
+every weight at load (the verification layout); kernels picks fused CPU kernels or composite
+primitives for the elementwise chains (ascend_v4/kernels). A config file or preset may carry
 defaults for the first four (the reference's ModelArgs has max_batch_size / max_seq_len);
 `ModelConfig.runtime_defaults` keeps them and `RuntimeConfig.for_model` applies them.
 """
@@ -14,8 +16,13 @@ from typing import Any, Dict
 
 from ascend_v4.config import ConfigError, ModelConfig
 
-RUNTIME_KEYS = ("max_seq_len", "max_batch_size", "compute_dtype", "custom_ops", "prefill_chunk")
+RUNTIME_KEYS = ("max_seq_len", "max_batch_size", "compute_dtype", "custom_ops", "prefill_chunk",
+                "weight_storage", "kernels")
 COMPUTE_DTYPES = ("float32", "float64")
+WEIGHT_STORAGE = ("checkpoint", "float")
+KERNELS = ("fused", "composite")
+# the AscendC kernels' fixed layout: MODEL1 KV entries of 448 fp8 + 64 rope dims (V4_SPEC 9)
+KERNEL_HEAD_DIM, KERNEL_ROPE_DIM = 512, 64
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class RuntimeConfig:
     compute_dtype: str = "float32"
     custom_ops: bool = False
     prefill_chunk: int = 256
+    weight_storage: str = "checkpoint"     # 'float': every weight dequantised at load (verification)
+    kernels: str = "fused"                 # 'composite': elementwise chains as primitives (ascend_v4/kernels)
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, **overrides) -> "RuntimeConfig":
@@ -53,6 +62,16 @@ class RuntimeConfig:
             raise ConfigError(f"compute_dtype must be float32 or float64, got {self.compute_dtype!r}")
         if not isinstance(self.custom_ops, bool):
             raise ConfigError(f"custom_ops must be true or false, got {self.custom_ops!r}")
+        if self.weight_storage not in WEIGHT_STORAGE:
+            raise ConfigError(f"weight_storage must be one of {', '.join(WEIGHT_STORAGE)}, "
+                              f"got {self.weight_storage!r}")
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.custom_ops and (cfg.head_dim, cfg.rope_head_dim) != (KERNEL_HEAD_DIM, KERNEL_ROPE_DIM):
+            raise ConfigError(f"custom_ops: the AscendC attention kernels (kv_pack_fp8, sparse_fp8_decode) "
+                              f"need head_dim {KERNEL_HEAD_DIM} with rope_head_dim {KERNEL_ROPE_DIM} (the "
+                              f"MODEL1 KV layout); this model has head_dim {cfg.head_dim}, rope_head_dim "
+                              f"{cfg.rope_head_dim}. Run it with custom_ops off")
         ratio = max([r for r in cfg.compress_ratios if r] or [1])
         if self.max_seq_len % ratio:
             raise ConfigError(f"max_seq_len ({self.max_seq_len}) must be a multiple of every compress ratio")

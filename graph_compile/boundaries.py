@@ -36,15 +36,26 @@ def find_boundaries(g: MGraph) -> Dict[int, Tuple[str, int]]:
             op, k, role = tag.split(":")
             marks[(op, int(k))][role].add(i)
             is_mark.add(i)
-    out: Dict[int, Tuple[str, int]] = {}
+    groups: Dict[Tuple[str, int], Set[int]] = {}
+    extras: Dict[Tuple[str, int], Set[int]] = {}
     for key, m in marks.items():
         fwd = _reach(m["in"], succs, is_mark)
         bwd = _reach(m["out"], preds, is_mark)
-        group = (fwd & bwd) | m["in"] | m["out"]
+        groups[key] = (fwd & bwd) | m["in"] | m["out"]
+        extra: Set[int] = set()
         for i in sorted(bwd - fwd - is_mark):          # input-free producers inside the cell
-            if all(p in group for p in preds[i]):
-                group.add(i)
-        for i in group:
+            if all(p in groups[key] or p in extra for p in preds[i]):
+                extra.add(i)
+        extras[key] = extra
+    # an input-free producer that feeds several instances (a constant the compiler merged)
+    # stays outside them all: each instance takes it as an input
+    claims: Dict[int, int] = defaultdict(int)
+    for extra in extras.values():
+        for i in extra:
+            claims[i] += 1
+    out: Dict[int, Tuple[str, int]] = {}
+    for key, group in groups.items():
+        for i in group | {i for i in extras[key] if claims[i] == 1}:
             if i in out:
                 raise ValueError(f"MindIR node {g.nodes[i].output} lies in two boundaries")
             out[i] = key

@@ -27,6 +27,12 @@ class CompileError(ValueError):
     """Bad compile options (format, precision, model source)."""
 
 
+# The runtime of exported graphs: dequantised weights (the ONNX writer re-encodes FP8/FP4
+# losslessly from the checkpoint, graph_compile/weights.py) and the composite chains (portable
+# primitives, no fused CPU kernels). The parity runner builds its live model the same way.
+EXPORT_RUNTIME = {"weight_storage": "float", "kernels": "composite"}
+
+
 def parse_formats(spec: str) -> List[str]:
     fmts = [f.strip().lower() for f in spec.split(",") if f.strip()]
     bad = [f for f in fmts if f not in FORMATS]
@@ -136,7 +142,7 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
     t_start = time.perf_counter()
     with staging_folder(out, overwrite) as tmp:
         ckpt_dir = prepare_checkpoint(preset, checkpoint, tmp, weight_format, seed)
-        ckpt = open_checkpoint(ckpt_dir, overrides={"compute_dtype": precision})
+        ckpt = open_checkpoint(ckpt_dir, overrides={"compute_dtype": precision, **EXPORT_RUNTIME})
         buckets = parse_buckets(buckets_spec, ckpt.runtime)
         model = build_model(ckpt)
         graphs: Dict[str, dict] = {}

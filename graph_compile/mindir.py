@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
+import ml_dtypes
 import numpy as np
 
 # MindIR TensorProto.DataType -> numpy dtype
-_NP = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
-       10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64, 17: np.float64}
+_NP = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
+       10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64, 16: ml_dtypes.bfloat16,
+       17: np.float64}
 
 
 class MindIRError(ValueError):

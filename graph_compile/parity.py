@@ -38,7 +38,9 @@ class MindSporeBackend:
         from ascend_v4.api import build_model
         from ascend_v4.checkpoint import open_checkpoint
         from graph_compile.capture import GRAPHS, graph_cell
+        from graph_compile.compiler import EXPORT_RUNTIME
         overrides = {"compute_dtype": "float32", "custom_ops": True} if custom_ops else {"compute_dtype": precision}
+        overrides.update(EXPORT_RUNTIME)
         self.ckpt = open_checkpoint(checkpoint_dir, overrides=overrides)
         self.model = build_model(self.ckpt)
         self.spec = self.model.spec

@@ -238,8 +238,15 @@ def _cumsum(e, args, meta, attrs, op=None):
 @emitter("MatMulExt", "BatchMatMulExt", "MatMul", "BatchMatMul")
 def _matmul(e, args, meta, attrs, op=None):
     a, b = (e.as_tensor(x, meta.dtype) for x in args[:2])
-    if attrs.get("transpose_a") or attrs.get("transpose_b"):
-        raise LoweringError(f"{op} with transpose attributes is not supported")
+    flags = [bool(attrs.get(k)) for k in ("transpose_a", "transpose_b")]
+    for j, extra in enumerate(args[2:4]):     # MindSpore 2.x passes them as constant inputs
+        flags[j] = flags[j] or bool(np.asarray(extra).reshape(()))
+    if flags[0]:
+        raise LoweringError(f"{op} with transpose_a is not supported")
+    if flags[1]:                              # weights stored [out, in]: read transposed
+        shape = b.meta.shape
+        perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
+        b = e.op("Transpose", [b.name], Meta(b.meta.dtype, tuple(shape[p] for p in perm)), perm=perm)
     return e.op("MatMul", [a.name, b.name], meta)
 
 
@@ -329,6 +336,12 @@ def _gather(e, args, meta, attrs, op=None):
     if len(args) > 3 and args[3]:
         raise LoweringError("Gather with batch_dims is not supported")
     return e.op("Gather", [x.name, idx.name], meta, axis=axis % len(x.meta.shape))
+
+
+@emitter("TensorScatterUpdate")
+def _scatter_update(e, args, meta, attrs, op=None):
+    x, idx, upd = args[0], e.as_tensor(args[1], np.int64), e.as_tensor(args[2], meta.dtype)
+    return e.op("ScatterND", [x.name, idx.name, upd.name], meta)
 
 
 @emitter("GatherD")

@@ -56,6 +56,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def weight_kinds(cfg: ModelConfig, weight_format: Optional[str] = None) -> Tuple[str, str]:
+    """(kind of the quantisable linears, kind of the routed experts) of a checkpoint in
+    `weight_format` (default: the config's dtype): ('fp8', 'fp4') for the release, bf16 else."""
+    fmt = weight_format or cfg.dtype
+    if fmt != "fp8":
+        return "bf16", "bf16"
+    return "fp8", cfg.routed_expert_dtype
+
+
 class _Builder:
     """Accumulates name -> TensorSpec for one weight format."""
 
@@ -63,8 +72,7 @@ class _Builder:
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
         self.cfg = cfg
-        self.linear_kind = "fp8" if weight_format == "fp8" else "bf16"
-        self.expert_kind = cfg.routed_expert_dtype if weight_format == "fp8" else "bf16"
+        self.linear_kind, self.expert_kind = weight_kinds(cfg, weight_format)
         self.out: Dict[str, TensorSpec] = {}
 
     def add(self, name: str, dtype: str, shape, kind: str) -> None:

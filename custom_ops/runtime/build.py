@@ -49,10 +49,14 @@ def _source_hash(entry: Path, includes: list[Path], cxx: str) -> str:
 
 def twin_library_path(name: str) -> Path:
     """Path of the built shared object for twin `name`, building it if needed."""
+    return shared_object(name, *_unit(name))
+
+
+def shared_object(name: str, entry: Path, includes: list[Path]) -> Path:
+    """Build `entry` (a C++ file with aot entry points) into BUILD_DIR/<name>-<hash>.so once."""
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
-        raise TwinBuildError(f"the C++ compiler {cxx!r} is not on PATH; the CPU twins need g++ >= 12")
-    entry, includes = _unit(name)
+        raise TwinBuildError(f"the C++ compiler {cxx!r} is not on PATH; the CPU kernels need g++ >= 12")
     target = BUILD_DIR / f"{name}-{_source_hash(entry, includes, cxx)}.so"
     if target.exists():
         return target

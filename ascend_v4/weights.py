@@ -1,0 +1,186 @@
+"""Weights held in their checkpoint format, dequantised inside the graph at use (V4_SPEC 9).
+
+A `StoredWeight` is one matrix [out, in], or a stack of experts [E, out, in], in one of the
+checkpoint's formats (`kind`, from `checkpoint.schema.weight_kinds`):
+  fp8   weight uint8 e4m3 codes [.., out, in]   + scale float32 [.., ceil(out/128), ceil(in/128)]
+  fp4   weight uint8 two e2m1 codes per byte [.., out, in/2] (low nibble = even column)
+        + scale float32 [.., out, in/32]
+  bf16  weight bfloat16 [.., out, in]
+  float weight in the compute dtype (fp32 checkpoint tensors, and every weight when the
+        runtime option weight_storage is 'float', the verification layout)
+The scales are ue8m0 (powers of two), kept as float32: a 128x128 block's scale is 1/4096 of a
+byte per weight. Dequantisation is a table lookup of the codes (FP4: one lookup gives a byte's
+two values) times the block scale, in the compute dtype: bit-identical to dequantising in
+numpy. `take(index)` dequantises only the gathered experts (the sparse MoE's tiles).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import ml_dtypes
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from ascend_v4 import quant
+
+KINDS = ("fp8", "fp4", "bf16", "float")
+FP8_BLOCK = quant.FP8_BLOCK
+FP4_BLOCK = quant.FP4_BLOCK
+
+
+def fp8_code_values(dtype) -> np.ndarray:
+    """e4m3 value of every byte [256] (the two NaN codes map to 0: they never occur in weights)."""
+    v = np.arange(256, dtype=np.uint8).view(quant.E4M3).astype(np.float64)
+    return np.where(np.isnan(v), 0.0, v).astype(dtype)
+
+
+def fp4_pair_values(dtype) -> np.ndarray:
+    """The two e2m1 values of every packed byte [256, 2]: (low nibble, high nibble)."""
+    b = np.arange(256)
+    return np.stack([quant.FP4_VALUES[b & 15], quant.FP4_VALUES[b >> 4]], -1).astype(dtype)
+
+
+def bf16_values(dtype) -> np.ndarray:
+    """The value of every bf16 bit pattern [65536] (NaN patterns map to 0: never in weights)."""
+    with np.errstate(invalid="ignore"):
+        v = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float64)
+    return np.where(np.isfinite(v), v, 0.0).astype(dtype)
+
+
+_TABLES = {}
+
+
+def _table(values, dtype) -> Tensor:
+    """One shared constant tensor per (table, dtype) for all the cells of a process."""
+    key = (values.__name__, np.dtype(dtype).name)
+    if key not in _TABLES:
+        _TABLES[key] = Tensor(values(dtype))
+    return _TABLES[key]
+
+
+def _param(array: np.ndarray, name: str) -> ms.Parameter:
+    return ms.Parameter(Tensor(array), name=name, requires_grad=False)
+
+
+def _zeros(shape, dtype) -> np.ndarray:
+    if dtype == "bf16":
+        return np.zeros(shape, ml_dtypes.bfloat16)
+    return np.zeros(shape, dtype)
+
+
+class StoredWeight(nn.Cell):
+    """A weight [*lead, out, in] in checkpoint format `kind`; `dequantized()` -> compute dtype."""
+
+    def __init__(self, shape: Tuple[int, ...], kind: str, dtype, row_lookup: bool = False):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"weight kind must be one of {KINDS}, got {kind!r}")
+        *lead, out, inp = shape
+        self.kind, self.shape, self.lead = kind, tuple(shape), tuple(lead)
+        self.bits = kind == "bf16" and (row_lookup or bool(lead))     # gathered: see below
+        self.compute = ms.float64 if np.dtype(dtype) == np.float64 else ms.float32
+        if kind == "fp8":
+            self.weight = _param(np.zeros(shape, np.uint8), "weight")
+            self.scale = _param(np.zeros((*lead, -(-out // FP8_BLOCK), -(-inp // FP8_BLOCK)), np.float32),
+                                "scale")
+            self.table = _table(fp8_code_values, dtype)
+            self.row_block = Tensor(np.arange(out, dtype=np.int32) // FP8_BLOCK)
+            self.col_block = Tensor(np.arange(inp, dtype=np.int32) // FP8_BLOCK)
+        elif kind == "fp4":
+            if inp % FP4_BLOCK:
+                raise ValueError(f"an FP4 weight needs in % {FP4_BLOCK} == 0, got shape {shape}")
+            self.weight = _param(np.zeros((*lead, out, inp // 2), np.uint8), "weight")
+            self.scale = _param(np.zeros((*lead, out, inp // FP4_BLOCK), np.float32), "scale")
+            self.table = _table(fp4_pair_values, dtype)
+        elif kind == "bf16":
+            # gathered weights (an embedding, stacked experts) keep the bit patterns as uint16,
+            # since the CPU Gather has no bf16 kernel; gathered rows are decoded by a lookup
+            self.weight = _param(np.zeros(shape, np.uint16) if self.bits else _zeros(shape, "bf16"), "weight")
+            if self.bits:
+                self.table = _table(bf16_values, dtype)
+        else:
+            self.weight = _param(np.zeros(shape, dtype), "weight")
+
+    # ---- graph side -------------------------------------------------------------------------
+    def _dequant(self, codes, scale):
+        """codes/scale of n matrices [n.., ...] -> [n.., out, in] in the compute dtype."""
+        if self.kind == "fp8":
+            values = ops.gather(self.table, codes.astype(ms.int32), 0)             # [.., out, in]
+            full = ops.gather(ops.gather(scale, self.row_block, scale.ndim - 2), self.col_block,
+                              scale.ndim - 1)
+            return values * full.astype(self.compute)
+        if self.kind == "fp4":
+            pairs = ops.gather(self.table, codes.astype(ms.int32), 0)              # [.., out, in/2, 2]
+            lead, out, half = codes.shape[:-2], codes.shape[-2], codes.shape[-1]
+            blocks = pairs.reshape(lead + (out, 2 * half // FP4_BLOCK, FP4_BLOCK))
+            return (blocks * scale.astype(self.compute).expand_dims(-1)).reshape(lead + (out, 2 * half))
+        if self.bits:
+            return self._bf16_bits_value(codes)
+        return codes.astype(self.compute)
+
+    def dequantized(self):
+        """The whole weight [*lead, out, in] in the compute dtype."""
+        if self.kind in ("fp8", "fp4"):
+            return self._dequant(self.weight, self.scale)
+        return self._dequant(self.weight, None)
+
+    def take(self, index):
+        """Experts `index` [n] of a stacked weight -> [n, out, in] (only those are dequantised)."""
+        codes = ops.gather(self.weight, index, 0)
+        if self.kind in ("fp8", "fp4"):
+            return self._dequant(codes, ops.gather(self.scale, index, 0))
+        return self._dequant(codes, None)
+
+    def rows(self, index):
+        """Rows `index` [...] of a 2-D weight (an embedding) -> [..., in] in the compute dtype."""
+        if self.bits:
+            return self._bf16_bits_value(ops.gather(self.weight, index, 0))
+        if self.kind == "float":
+            return ops.gather(self.weight, index, 0)
+        return ops.gather(self.dequantized(), index, 0)
+
+    def _bf16_bits_value(self, bits):
+        """bf16 bit patterns (uint16) -> exact values, by a lookup in the 65,536-value table."""
+        return ops.gather(self.table, bits.astype(ms.int32), 0)
+
+    # ---- load side --------------------------------------------------------------------------
+    def stored_arrays(self, ckpt_kind: str, weight: np.ndarray, scale) -> Tuple[np.ndarray, object]:
+        """One matrix as the checkpoint stores it (format `ckpt_kind`) -> (weight, scale) arrays
+        for this cell's parameters (one expert's when stacked; scale None without one)."""
+        if self.kind == ckpt_kind and ckpt_kind in ("fp8", "fp4"):
+            return np.asarray(weight).view(np.uint8), np.asarray(scale).astype(np.float32)
+        if ckpt_kind == "fp8":
+            value = quant.dequantize_fp8(np.asarray(weight).view(quant.E4M3), scale)
+        elif ckpt_kind == "fp4":
+            value = quant.dequantize_fp4(weight, scale)
+        else:
+            value = np.asarray(weight)
+        if self.kind == "bf16":
+            b = value.astype(ml_dtypes.bfloat16)
+            if value.dtype != b.dtype and not np.array_equal(b.astype(np.float32), value.astype(np.float32)):
+                raise ValueError("a bf16 weight stored as float32 is not bf16-exact")
+            return (b.view(np.uint16) if self.bits else b), None
+        if self.kind != "float":
+            raise ValueError(f"a {ckpt_kind} checkpoint tensor cannot fill a {self.kind} weight")
+        return value.astype(_np_of(self.compute)), None
+
+    def set_arrays(self, weight: np.ndarray, scale) -> None:
+        self.weight.set_data(Tensor(np.ascontiguousarray(weight)))
+        if scale is not None:
+            self.scale.set_data(Tensor(np.ascontiguousarray(scale)))
+
+    def nbytes(self) -> int:
+        """Bytes of the parameters (codes + scales)."""
+        n = int(np.prod(self.weight.shape)) * _itemsize(self.weight)
+        if self.kind in ("fp8", "fp4"):
+            n += int(np.prod(self.scale.shape)) * 4
+        return n
+
+
+def _np_of(ms_dtype):
+    return np.float64 if ms_dtype == ms.float64 else np.float32
+
+
+def _itemsize(p: ms.Parameter) -> int:
+    return {ms.uint8: 1, ms.uint16: 2, ms.bfloat16: 2, ms.float32: 4, ms.float64: 8, ms.int32: 4}[p.dtype]
