@@ -8,9 +8,9 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["ascend_v4*", "custom_ops*", "graph_compile*", "tools*"]),
     package_data={
-        "ascend_v4": ["presets/*.yaml"],
+        "ascend_v4": ["presets/*.yaml", "kernels/*.cpp"],
         "custom_ops": ["**/*.h", "**/*.cpp", "**/*.hpp", "**/*.yaml"],
-        "tools": ["**/*.yaml"],
+        "tools": ["**/*.yaml", "bench/configs/*.json"],
         "graph_compile": ["*.yaml"],
     },
     include_package_data=True,
