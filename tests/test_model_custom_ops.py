@@ -58,7 +58,10 @@ def ids():
 
 def test_bf16_checkpoint_kernels_match_default(tmp_path, ids):
     path = write_random_checkpoint(load_config("tiny"), os.path.join(tmp_path, "ckpt"), weight_format="bf16", seed=3)
-    off, off_state, _ = run(path, {}, ids)
+    # against the composite primitives: the fused CPU Sinkhorn differs from both in float32 ulps,
+    # enough to flip a near-tie somewhere in 34 steps (measured: one step at 0.097); it is checked
+    # against the oracle on its own (test_kernels.py)
+    off, off_state, _ = run(path, {"kernels": "composite"}, ids)
     on, on_state, model = run(path, {"custom_ops": True}, ids)
     err = rel_err(on, off)
     assert err.max() <= LOGIT_RTOL, err
