@@ -5,12 +5,13 @@ checkpoint's formats (`kind`, from `checkpoint.schema.weight_kinds`):
   fp8   weight uint8 e4m3 codes [.., out, in]   + scale float32 [.., ceil(out/128), ceil(in/128)]
   fp4   weight uint8 two e2m1 codes per byte [.., out, in/2] (low nibble = even column)
         + scale float32 [.., out, in/32]
-  bf16  weight bfloat16 [.., out, in]
+  bf16  weight bfloat16 [.., out, in]; for gathered weights (embedding, stacked experts) the bit
+        patterns as uint16, since MindSpore's CPU Gather has no bf16 kernel
   float weight in the compute dtype (fp32 checkpoint tensors, and every weight when the
         runtime option weight_storage is 'float', the verification layout)
 The scales are ue8m0 (powers of two), kept as float32: a 128x128 block's scale is 1/4096 of a
 byte per weight. Dequantisation is a table lookup of the codes (FP4: one lookup gives a byte's
-two values) times the block scale, in the compute dtype: bit-identical to dequantising in
+two values; bf16 bits: a 65,536-value table) times the block scale, in the compute dtype: bit-identical to dequantising in
 numpy. `take(index)` dequantises only the gathered experts (the sparse MoE's tiles).
 """
 from __future__ import annotations
@@ -170,17 +171,6 @@ class StoredWeight(nn.Cell):
         if scale is not None:
             self.scale.set_data(Tensor(np.ascontiguousarray(scale)))
 
-    def nbytes(self) -> int:
-        """Bytes of the parameters (codes + scales)."""
-        n = int(np.prod(self.weight.shape)) * _itemsize(self.weight)
-        if self.kind in ("fp8", "fp4"):
-            n += int(np.prod(self.scale.shape)) * 4
-        return n
-
 
 def _np_of(ms_dtype):
     return np.float64 if ms_dtype == ms.float64 else np.float32
-
-
-def _itemsize(p: ms.Parameter) -> int:
-    return {ms.uint8: 1, ms.uint16: 2, ms.bfloat16: 2, ms.float32: 4, ms.float64: 8, ms.int32: 4}[p.dtype]
