@@ -217,12 +217,18 @@ def run(quick: bool = False) -> dict:
 def plot(result: dict, fig) -> None:
     ax = fig.subplots(1, 3)
     mem = [r for r in result["memory"] if "error" not in r]
-    ax[0].bar([f"{r['config']}\n{r['weight_storage']}" for r in mem], [r["rss_growth_over_checkpoint"] for r in mem])
-    ax[0].set(ylabel="RSS growth on load / checkpoint bytes", title="weight memory")
+    x = np.arange(len(mem))
+    ax[0].bar(x - 0.2, [r["parameter_over_checkpoint"] for r in mem], 0.4, label="parameter bytes")
+    ax[0].bar(x + 0.2, [r["rss_growth_over_checkpoint"] for r in mem], 0.4, label="RSS growth on load")
+    ax[0].set_xticks(x, [f"{r['config'].replace('reference-', 'ref-')}\n{r['weight_storage']}" for r in mem],
+                     fontsize=8)
+    ax[0].set(ylabel="/ checkpoint bytes", title="weight memory")
+    ax[0].legend()
     sc = [r for r in result["expert_scaling"] if "error" not in r]
     ax[1].plot([r["n_routed_experts"] for r in sc], [r["step_s"] * 1e3 for r in sc], "o-")
     ax[1].set(xscale="log", xlabel="routed experts (top-6)", ylabel="decode step ms (batch 2)",
               title="sparse experts")
+    ax[1].set_ylim(bottom=0)
     ref = [r for r in result["reference_tiny"] if "error" not in r]
     x = np.arange(len(ref))
     ax[2].bar(x - 0.2, [r["decode_step_s"] * 1e3 for r in ref], 0.4, label="ascend-v4")
