@@ -118,28 +118,36 @@ class RoutedExperts(nn.Cell):
             h = self.quant(h)
         return batched_dense(h, self.w2.take(tile_expert)).reshape(n_tiles * m, -1)
 
+    def _pairs_forward(self, rows, row_of_pair, pair_w, expert, rank, counts):
+        """Run P (row, expert) pairs through their experts in tiles.
+
+        rows [R, dim] (already activation-quantised), row_of_pair / expert / rank [P] (the pair's
+        index among its expert's pairs), pair_w [P], counts [E] -> weighted outputs [P, dim]."""
+        P, dtype = expert.shape[0], rows.dtype
+        m, n_tiles = tile_plan(P, self.n_experts)
+        slot, tile_expert = expert_tiles(expert, rank, counts, m, n_tiles)
+        # tile slot -> its pair (P: an empty slot, reading the appended zero row / weight)
+        source = ops.tensor_scatter_update(ops.full((n_tiles * m,), P, dtype=ms.int32), slot.reshape(-1, 1),
+                                           ops.arange(P).astype(ms.int32))
+        row = ops.gather(ops.concat((row_of_pair, ops.full((1,), rows.shape[0], dtype=ms.int32))), source, 0)
+        xs = ops.gather(ops.concat((rows, ops.zeros((1, rows.shape[1]), dtype)), 0), row, 0)
+        ws = ops.gather(ops.concat((pair_w.astype(dtype), ops.zeros((1,), dtype))), source, 0)
+        return ops.gather(self._tiles_forward(xs, ws, tile_expert, m), slot, 0)
+
     def construct(self, x, weights, indices):
         """x [T, dim], weights/indices [T, k] -> sum_k w_k expert_k(x) [T, dim]."""
         if self.use_kernels:
             return self._with_kernels(x, weights, indices)
         T, k = indices.shape
-        P, dtype = T * k, x.dtype
-        m, n_tiles = tile_plan(P, self.n_experts)
+        P = T * k
         experts = indices.reshape(P).astype(ms.int32)
         hits = (experts.reshape(P, 1) == ops.arange(self.n_experts).astype(ms.int32).reshape(1, -1))
         hits = hits.astype(ms.int32)                                            # [P, E]
-        rank = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)       # among its expert's rows
-        slot, tile_expert = expert_tiles(experts, rank, hits.sum(0).astype(ms.int32), m, n_tiles)
-        # slot -> its row (P: an empty slot, reading the appended zero row / weight)
-        source = ops.tensor_scatter_update(ops.full((n_tiles * m,), P, dtype=ms.int32), slot.reshape(-1, 1),
-                                           ops.arange(P).astype(ms.int32))
+        rank = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)       # among its expert's pairs
         xq = self.quant(x) if self.act_quant else x
-        token = ops.gather(ops.concat((ops.arange(P).astype(ms.int32) // k, ops.full((1,), T, dtype=ms.int32))),
-                           source, 0)
-        xs = ops.gather(ops.concat((xq, ops.zeros((1, x.shape[1]), dtype)), 0), token, 0)
-        ws = ops.gather(ops.concat((weights.reshape(P).astype(dtype), ops.zeros((1,), dtype))), source, 0)
-        out = self._tiles_forward(xs, ws, tile_expert, m)                       # [n_tiles m, dim]
-        return ops.gather(out, slot, 0).reshape(T, k, -1).sum(1)
+        token = ops.arange(P).astype(ms.int32) // k
+        out = self._pairs_forward(xq, token, weights.reshape(P), experts, rank, hits.sum(0).astype(ms.int32))
+        return out.reshape(T, k, -1).sum(1)
 
     def _with_kernels(self, x, weights, indices):
         """moe_dispatch groups the T*k (token, expert) rows by expert (row r belongs to expert e
@@ -149,19 +157,12 @@ class RoutedExperts(nn.Cell):
         dtype, f32 = x.dtype, ms.float32
         rows, _, row_w, _, slot_of, counts, offsets, _, _ = self.dispatch(
             x.astype(f32), indices.astype(ms.int32), weights.astype(f32))
-        P = rows.shape[0]
-        m, n_tiles = tile_plan(P, self.n_experts)
-        r = ops.arange(P).astype(ms.int32)
+        r = ops.arange(rows.shape[0]).astype(ms.int32)
         expert = ((offsets[1:].reshape(1, -1) <= r.reshape(-1, 1)).astype(ms.int32).sum(1)).astype(ms.int32)
         expert = ops.minimum(expert, self.n_experts - 1)
-        rank = r - ops.gather(offsets, expert, 0)
-        slot, tile_expert = expert_tiles(expert, rank, counts, m, n_tiles)
-        source = ops.tensor_scatter_update(ops.full((n_tiles * m,), P, dtype=ms.int32), slot.reshape(-1, 1), r)
         grouped = rows.astype(dtype)
         xq = self.quant(grouped) if self.act_quant else grouped
-        xs = ops.gather(ops.concat((xq, ops.zeros((1, x.shape[1]), dtype)), 0), source, 0)
-        ws = ops.gather(ops.concat((row_w.astype(dtype), ops.zeros((1,), dtype))), source, 0)
-        out = ops.gather(self._tiles_forward(xs, ws, tile_expert, m), slot, 0)   # [P, dim] grouped order
+        out = self._pairs_forward(xq, r, row_w, expert, r - ops.gather(offsets, expert, 0), counts)
         ones = ops.ones(weights.shape, f32)
         return self.combine(out.astype(f32), slot_of, ones).astype(dtype)
 

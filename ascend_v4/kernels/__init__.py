@@ -12,6 +12,7 @@ Cells ask here (`QuantDequant(rt, fmt, block)`, `sinkhorn_kind(rt)`) instead of 
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,11 @@ from ascend_v4.numerics import FORMATS, quant_dequant
 from ascend_v4.runtime import RuntimeConfig
 
 SOURCE = Path(__file__).resolve().parent / "fused_cpu.cpp"
-_LIBRARY = []
-
-
+@functools.lru_cache(maxsize=None)
 def library_path() -> str:
     """The fused kernels' shared object (compiled with g++ on first use, cached by source hash)."""
-    if not _LIBRARY:
-        from custom_ops.runtime.build import shared_object
-        _LIBRARY.append(str(shared_object("fused_cpu", SOURCE, [])))
-    return _LIBRARY[0]
+    from custom_ops.runtime.build import shared_object
+    return str(shared_object("fused_cpu", SOURCE, []))
 
 
 def _aot(entry: str, out_shape, out_dtype) -> ops.Custom:
