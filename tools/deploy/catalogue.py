@@ -66,11 +66,12 @@ class Npu:
         """Peak FLOP/s of one rank for a matmul whose weights are stored as `fmt`.
 
         A format without a native unit runs on the next wider one (weights dequantised):
-        fp4 -> fp8 -> bf16; int8 -> bf16.
+        fp4 -> fp8 -> bf16; int8 -> bf16; MXFP8 runs on the FP8 unit.
         """
         per_chip = {"bf16": self.bf16_tflops, "fp32": self.bf16_tflops,
                     "int8": self.int8_tops or self.bf16_tflops,
                     "fp8": self.fp8_tflops or self.bf16_tflops,
+                    "mxfp8": self.fp8_tflops or self.bf16_tflops,
                     "fp4": self.fp4_tflops or self.fp8_tflops or self.bf16_tflops}[fmt]
         return per_chip * 1e12 / self.dies
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Dict
 
 from . import calibration as cal
+from .model_stats import ATTN_ROLES
 
 MB = 1024 * 1024
 
@@ -56,7 +57,7 @@ def weight_bytes_per_rank(stats, lay: Layout) -> Dict[str, int]:
     for g in stats.groups:
         if g.role == "expert":
             continue
-        div = {"attn": lay.tp, "attn_bf16": lay.tp, "embed": lay.head_tp, "head": lay.head_tp}
+        div = dict({r: lay.tp for r in ATTN_ROLES}, embed=lay.head_tp, head=lay.head_tp)
         out[g.role] = out.get(g.role, 0) + g.nbytes(lay.scheme) // div.get(g.role, 1)
     layers = stats.n_moe_layers + stats.n_mtp_layers
     out["expert"] = lay.slots_per_rank(stats.n_routed) * stats.expert_bytes(lay.scheme) * layers

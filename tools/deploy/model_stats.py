@@ -17,23 +17,32 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 # ---- weight formats --------------------------------------------------------------------------
-# Storage schemes: which format each weight role uses.
+# Storage schemes: which format each weight role uses. Attention roles: `attn_a` = wq_a and wkv,
+# `attn` = wq_b, wo_b, indexer wq_b (and R1's MLA projections), `attn_o` = wo_a, `attn_bf16` =
+# compressor and indexer weights_proj (BF16 in every published recipe).
 #   native: the V4 release (FP8 e4m3 + ue8m0 128x128 block scales, FP4 e2m1 routed experts
 #           with ue8m0 scales per 1x32, BF16 embed/head/wo_a/compressor/gate, FP32 mHC/norms).
-#   w8a8:   INT8 weights with one fp32 scale per output channel for the quantisable linears
-#           (Huawei's Atlas A3 recipe and CloudMatrix-Infer); BF16 for the rest.
+#   w8a8:   Huawei's Atlas A3 recipe (W8A8C16): INT8 + one fp32 scale per output channel for
+#           wq_b, wo_b, indexer wq_b, routed and shared experts; BF16 wq_a, wkv, wo_a and the
+#           rest (cann-recipes-infer DeepSeek-V4 guide, 'Int8 quantisation'). CloudMatrix-Infer's
+#           R1 also quantises every MLA projection (R1's groups use role `attn` only).
+#   mxfp8:  the 950 recipe's Hybrid MXFP8-MXFP4: MXFP8 (e4m3 + one e8m0 per 1x32) for every
+#           attention projection incl. wo_a and the shared expert, MXFP4 routed experts
+#           (bytes as the release's FP4), BF16 compressor / weights_proj / head.
 #   bf16:   everything BF16 (FP32 where the release keeps FP32).
+_COMMON = {"attn_bf16": "bf16", "gate": "bf16", "embed": "bf16", "head": "bf16",
+           "small": "fp32", "table": "int32"}
 SCHEMES = {
-    "native": {"expert": "fp4", "shared": "fp8", "dense_ffn": "fp8", "attn": "fp8",
-               "attn_bf16": "bf16", "gate": "bf16", "embed": "bf16", "head": "bf16",
-               "small": "fp32", "table": "int32"},
-    "w8a8": {"expert": "int8", "shared": "int8", "dense_ffn": "int8", "attn": "int8",
-             "attn_bf16": "bf16", "gate": "bf16", "embed": "bf16", "head": "bf16",
-             "small": "fp32", "table": "int32"},
-    "bf16": {"expert": "bf16", "shared": "bf16", "dense_ffn": "bf16", "attn": "bf16",
-             "attn_bf16": "bf16", "gate": "bf16", "embed": "bf16", "head": "bf16",
-             "small": "fp32", "table": "int32"},
+    "native": dict(_COMMON, expert="fp4", shared="fp8", dense_ffn="fp8", attn="fp8",
+                   attn_a="fp8", attn_o="bf16"),
+    "w8a8": dict(_COMMON, expert="int8", shared="int8", dense_ffn="int8", attn="int8",
+                 attn_a="bf16", attn_o="bf16"),
+    "mxfp8": dict(_COMMON, expert="fp4", shared="mxfp8", dense_ffn="mxfp8", attn="mxfp8",
+                  attn_a="mxfp8", attn_o="mxfp8"),
+    "bf16": dict(_COMMON, expert="bf16", shared="bf16", dense_ffn="bf16", attn="bf16",
+                 attn_a="bf16", attn_o="bf16"),
 }
+ATTN_ROLES = ("attn", "attn_a", "attn_o", "attn_bf16")   # split by attention TP
 
 # KV cache layouts (bytes per 512-dim entry, per indexer key of index_head_dim=128).
 #   fp8:  FlashMLA MODEL1 layout (V4_SPEC 8): 448 e4m3 + 64 bf16 RoPE + 7 ue8m0 scales + 1 pad
@@ -52,6 +61,8 @@ def matrix_bytes(rows: int, cols: int, fmt: str) -> int:
         return n + math.ceil(rows / 128) * math.ceil(cols / 128)
     if fmt == "fp4":        # two e2m1 per byte + one ue8m0 byte per 1x32 block
         return n // 2 + rows * math.ceil(cols / 32)
+    if fmt == "mxfp8":      # e4m3 + one e8m0 byte per 1x32 block
+        return n + rows * math.ceil(cols / 32)
     if fmt == "int8":       # int8 + one fp32 scale per output channel
         return n + 4 * rows
     if fmt == "bf16":
@@ -70,6 +81,7 @@ class WeightGroup:
     cols: int
     count: int = 1
     mtp: bool = False
+    layer: int = -1          # block index (MTP blocks follow the main ones); -1 = global
 
     @property
     def params(self) -> int:
@@ -112,22 +124,34 @@ class V4Attention:
             n += ctx // self.ratio
         return n
 
-    def read_bytes(self, ctx: int, t: int, cache: str) -> int:
-        """HBM bytes one decode step reads for one sequence verifying t tokens (MTP)."""
+    def kv_read_bytes(self, ctx: int, t: int, cache: str) -> int:
+        """HBM bytes of KV entries one decode step reads for one sequence verifying t tokens:
+        the window once, top-k entries once per verified token (CSA), all entries once (HCA)."""
         f = CACHE_FORMATS[cache]
         n = min(ctx, self.window) * f["entry"]
         if self.ratio == 4:
-            n += (ctx // 4) * f["index_key"] + t * min(self.topk, ctx // 4) * f["entry"]
+            n += t * min(self.topk, ctx // 4) * f["entry"]
         elif self.ratio:
             n += (ctx // self.ratio) * f["entry"]
         return n
 
+    def index_read_bytes(self, ctx: int, cache: str) -> int:
+        """Indexer keys one decode step reads for one sequence (CSA layers only)."""
+        return (ctx // 4) * CACHE_FORMATS[cache]["index_key"] if self.ratio == 4 else 0
+
+    def read_bytes(self, ctx: int, t: int, cache: str) -> int:
+        return self.kv_read_bytes(ctx, t, cache) + self.index_read_bytes(ctx, cache)
+
+    def core_flops(self, ctx: int) -> float:
+        """Attention-core FLOPs of one query at position ctx (QK and PV over the entries)."""
+        return 4.0 * self.n_heads * self.head_dim * self.entries(ctx)
+
+    def index_flops(self, ctx: int) -> float:
+        """Lightning-indexer score FLOPs of one query (ratio-4 blocks)."""
+        return 2.0 * self.index_heads * self.index_dim * (ctx // 4) if self.ratio == 4 else 0.0
+
     def flops(self, ctx: int) -> float:
-        """Attention-core FLOPs of one query at position ctx (QK and PV, plus indexer scores)."""
-        f = 4.0 * self.n_heads * self.head_dim * self.entries(ctx)
-        if self.ratio == 4:
-            f += 2.0 * self.index_heads * self.index_dim * (ctx // 4)
-        return f
+        return self.core_flops(ctx) + self.index_flops(ctx)
 
     def prefill_flops(self, length: int) -> float:
         """Mean attention-core FLOPs per token over a prompt of `length` (continuous sums)."""
@@ -239,9 +263,10 @@ def _v4_block(cfg, i: int, mtp: bool) -> (List[WeightGroup], V4Attention):
     d, q, H, hd, g, o = cfg.dim, cfg.q_lora_rank, cfg.n_heads, cfg.head_dim, cfg.o_groups, cfg.o_lora_rank
     E, inter, r = cfg.n_routed_experts, cfg.moe_inter_dim, cfg.compress_ratios[i]
     p = f"layers.{i}" if not mtp else f"mtp.{i - cfg.n_layers}"
-    G = lambda name, role, rows, cols, count=1: WeightGroup(f"{p}.{name}", role, rows, cols, count, mtp)
-    out = [G("attn.wq_a", "attn", q, d), G("attn.wq_b", "attn", H * hd, q),
-           G("attn.wkv", "attn", hd, d), G("attn.wo_a", "attn_bf16", g * o, H * hd // g),
+    G = lambda name, role, rows, cols, count=1: WeightGroup(f"{p}.{name}", role, rows, cols, count,
+                                                            mtp, i)
+    out = [G("attn.wq_a", "attn_a", q, d), G("attn.wq_b", "attn", H * hd, q),
+           G("attn.wkv", "attn_a", hd, d), G("attn.wo_a", "attn_o", g * o, H * hd // g),
            G("attn.wo_b", "attn", d, g * o),
            G("norms+sink", "small", 1, H + q + hd + 2 * d),
            G("hc_attn+hc_ffn", "small", 1, 2 * (cfg.mix_hc * cfg.hc_mult * d + cfg.mix_hc + 3))]

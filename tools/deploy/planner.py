@@ -18,7 +18,7 @@ from . import PlanError
 from . import calibration as cal
 from .catalogue import Cluster, load_cluster
 from .memory import Layout, rank_budget
-from .model_stats import ModelStats, v4_stats
+from .model_stats import SCHEMES, ModelStats, v4_stats
 from .placement import place_experts
 from .reference_models import r1_stats
 from .roofline import decode_step, prefill_token_seconds
@@ -36,7 +36,7 @@ class Request:
     context: int
     tpot: float                              # seconds
     prefill_throughput: Optional[float] = None   # tokens/s for the whole deployment
-    weights: Optional[str] = None            # native | w8a8 | bf16 (default by hardware)
+    weights: Optional[str] = None            # model_stats.SCHEMES key (default by hardware)
     kv_cache: Optional[str] = None           # fp8 | bf16 (default by hardware)
     mtp: int = 1
     mtp_accept: Optional[float] = None
@@ -61,8 +61,8 @@ def _defaults(req: Request, cluster: Cluster) -> (str, str, float):
     scheme = req.weights or ("native" if has_fp8 else "w8a8")
     cache = req.kv_cache or ("fp8" if has_fp8 else "bf16")
     accept = req.mtp_accept if req.mtp_accept is not None else {0: 0.0, 1: 0.7, 2: 1.1, 3: 1.44}.get(req.mtp, 0.48 * req.mtp)
-    if scheme not in ("native", "w8a8", "bf16"):
-        raise PlanError(f"--weights {scheme!r}: expected native, w8a8 or bf16")
+    if scheme not in SCHEMES:
+        raise PlanError(f"--weights {scheme!r}: expected {', '.join(SCHEMES)}")
     if cache not in ("fp8", "bf16"):
         raise PlanError(f"--kv-cache {cache!r}: expected fp8 or bf16")
     if not 0 <= accept <= req.mtp:
@@ -92,12 +92,8 @@ def _max_batch(stats, cluster, lay: Layout, ctx: int) -> int:
     return lo
 
 
-def _derate(step_seconds: float, phase: str, roofline_only: bool) -> float:
-    return step_seconds if roofline_only else step_seconds / cal.eff(f"{phase}_software")
-
-
 def _best_batch(stats, cluster, lay, ctx, bmax, tpot, roofline_only) -> (int, Any):
-    tp_of = lambda b: _derate(decode_step(stats, cluster, lay, b, ctx).tpot, "decode", roofline_only)
+    tp_of = lambda b: decode_step(stats, cluster, lay, b, ctx, not roofline_only).tpot
     if tp_of(1) > tpot:
         return 0, None
     lo, hi = 1, bmax
@@ -106,7 +102,7 @@ def _best_batch(stats, cluster, lay, ctx, bmax, tpot, roofline_only) -> (int, An
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if tp_of(mid) <= tpot else (lo, mid)
-    return lo, decode_step(stats, cluster, lay, lo, ctx)
+    return lo, decode_step(stats, cluster, lay, lo, ctx, not roofline_only)
 
 
 def _candidate_ranks(cluster: Cluster, limit: int) -> List[int]:
@@ -149,11 +145,10 @@ def plan(req: Request) -> Dict[str, Any]:
                 continue
             b, step = _best_batch(stats, cluster, lay, ctx, bmax, req.tpot, req.roofline_only)
             if b == 0:
-                s1 = decode_step(stats, cluster, lay, 1, ctx)
+                s1 = decode_step(stats, cluster, lay, 1, ctx, not req.roofline_only)
                 reasons.append(("tpot", ranks, (s1, lay)))
                 continue
-            npu_tput = step.tokens_per_s_per_rank * cluster.npu.dies * \
-                (1.0 if req.roofline_only else cal.eff("decode_software"))
+            npu_tput = step.tokens_per_s_per_rank * cluster.npu.dies
             if best is None or npu_tput > best[0] * 1.001:
                 best = (npu_tput, lay, b, bmax, step)
     if best is None:
@@ -169,7 +164,8 @@ def plan(req: Request) -> Dict[str, Any]:
             reserve += extra * prefill["ranks"]
     budget = rank_budget(stats, cluster.npu, lay, b, ctx, b * (1 + lay.draft))
     placement = place_experts(stats.n_routed, lay.ranks, lay.redundant)
-    tpot = _derate(step.tpot, "decode", req.roofline_only)
+    tpot = step.tpot
+    roof = decode_step(stats, cluster, lay, b, ctx, software=False)
     dies = cluster.npu.dies
     decode = {
         "instances": instances, "npus_per_instance": lay.ranks // dies, "ranks": lay.ranks,
@@ -177,11 +173,13 @@ def plan(req: Request) -> Dict[str, Any]:
         "head_tp": lay.head_tp, "expert_slots_per_rank": lay.slots_per_rank(stats.n_routed),
         "redundant_experts": lay.redundant, "batch_per_rank": b // lay.tp if lay.tp > 1 else b,
         "sequences_per_dp_group": b, "sequences_per_instance": b * lay.dp,
-        "max_batch_by_memory": bmax, "tpot_ms": tpot * 1e3, "roofline_tpot_ms": step.tpot * 1e3,
-        "step_ms": _derate(step.seconds, "decode", req.roofline_only) * 1e3,
+        "max_batch_by_memory": bmax, "tpot_ms": tpot * 1e3, "roofline_tpot_ms": roof.tpot * 1e3,
+        "step_ms": step.seconds * 1e3,
         "tokens_per_s_per_npu": npu_tput,
         "tokens_per_s_total": npu_tput * lay.ranks // dies * instances,
         "bound": step.bound, "time_parts_ms": {k: v * 1e3 for k, v in step.parts.items()},
+        "explain_ms": {c: {r: v * 1e3 for r, v in row.items()} for c, row in step.table.items()},
+        "hidden_comm_ms": step.hidden_comm * 1e3,
         "memory_per_rank": {k: v for k, v in budget.items() if k != "weights_by_role"},
         "weights_per_rank_by_role": budget["weights_by_role"],
         "expert_placement": placement,
@@ -220,8 +218,8 @@ def _plan_prefill(stats, cluster, req, scheme, cache, ctx) -> Dict[str, Any]:
         bud = rank_budget(stats, cluster.npu, lay, 1, ctx, chunk, PREFILL_DISPATCH_TOKENS)
         if bud["free"] < 0:
             continue
-        step = prefill_token_seconds(stats, cluster, lay, ctx)
-        per_rank = step.tokens_per_s_per_rank * (1.0 if req.roofline_only else cal.eff("prefill_software"))
+        step = prefill_token_seconds(stats, cluster, lay, ctx, software=not req.roofline_only)
+        per_rank = step.tokens_per_s_per_rank
         per_instance = per_rank * ranks
         n = 1 if not req.prefill_throughput else math.ceil(req.prefill_throughput / per_instance)
         return {"instances": n, "npus_per_instance": ranks // dies, "ranks": ranks,
@@ -257,7 +255,7 @@ def _infeasible(reasons, stats, cluster, req, kv, ctx) -> str:
     tpot = [r for r in reasons if r[0] == "tpot"]
     if tpot:
         _, ranks, (s1, lay) = min(tpot, key=lambda r: r[2][0].tpot)
-        t = _derate(s1.tpot, "decode", req.roofline_only)
+        t = s1.tpot
         return (f"even one sequence per rank gives a predicted TPOT of {t * 1e3:.1f} ms at "
                 f"{fmt_tokens(ctx)} context (best layout EP{ranks}, bound by {s1.bound}), above "
                 f"the {req.tpot * 1e3:.1f} ms target")

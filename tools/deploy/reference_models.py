@@ -31,12 +31,24 @@ class MLAAttention:
         per = (self.kv_lora + self.rope) * (2 if cache == "bf16" else 1)   # int8/fp8 latent
         return {"window": 0, "compressed": ctx * per, "indexer": 0, "state": 0}
 
-    def read_bytes(self, ctx: int, t: int, cache: str) -> int:
+    def kv_read_bytes(self, ctx: int, t: int, cache: str) -> int:
         return self.kv_bytes(ctx, cache)["compressed"]
 
-    def flops(self, ctx: int) -> float:
+    def index_read_bytes(self, ctx: int, cache: str) -> int:
+        return 0
+
+    def read_bytes(self, ctx: int, t: int, cache: str) -> int:
+        return self.kv_read_bytes(ctx, t, cache)
+
+    def core_flops(self, ctx: int) -> float:
         # scores over (kv_lora + rope), values over kv_lora, per head
         return 2.0 * self.n_heads * (2 * self.kv_lora + self.rope) * ctx
+
+    def index_flops(self, ctx: int) -> float:
+        return 0.0
+
+    def flops(self, ctx: int) -> float:
+        return self.core_flops(ctx)
 
     def prefill_flops(self, length: int) -> float:
         # naive MLA: q.k over (nope + rope), p.v over v_head, mean causal length L/2
@@ -52,7 +64,8 @@ def r1_stats() -> ModelStats:
     attn = []
     for i in range(c["n_layers"] + c["n_mtp"]):
         mtp = i >= c["n_layers"]
-        G = lambda name, role, rows, cols, count=1: WeightGroup(f"{i}.{name}", role, rows, cols, count, mtp)
+        G = lambda name, role, rows, cols, count=1: WeightGroup(f"{i}.{name}", role, rows, cols, count,
+                                                                mtp, i)
         groups += [G("q_a", "attn", c["q_lora"], d),
                    G("q_b", "attn", H * (c["nope"] + c["rope"]), c["q_lora"]),
                    G("kv_a", "attn", c["kv_lora"] + c["rope"], d),
