@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["ascend_v4*", "custom_ops*", "graph_compile*", "tools*"]),
     package_data={
-        "ascend_v4": ["presets/*.yaml", "kernels/*.cpp"],
+        "ascend_v4": ["presets/*.yaml", "presets/tokenizer/*.json", "kernels/*.cpp"],
         "custom_ops": ["**/*.h", "**/*.cpp", "**/*.hpp", "**/*.yaml"],
         "tools": ["**/*.yaml", "bench/configs/*.json"],
         "graph_compile": ["*.yaml"],

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ascend_v4.config import ConfigError, ModelConfig, load_config
+from ascend_v4.sampling import sample
 
 # Presets above this many parameters are not materialised with random weights on a CPU.
 MAX_RANDOM_PARAMS = 2_000_000_000
@@ -74,9 +75,10 @@ class Model:
     Logits are float32 numpy.
     """
 
-    def __init__(self, cfg: ModelConfig, runtime, transformer, weight_format: str):
-        from ascend_v4.model import DecodeNet, ExtendNet, MtpNet
+    def __init__(self, cfg: ModelConfig, runtime, transformer, weight_format: str, tokenizer=None):
+        from ascend_v4.model import DecodeNet, ExtendNet, MtpNet, StepNet
         self.cfg = cfg                   # the model (config.json)
+        self.tokenizer = tokenizer       # TextTokenizer of the checkpoint, or None (ids only)
         self.runtime = runtime           # how it runs (RuntimeConfig)
         self.max_seq_len = runtime.max_seq_len
         self.set_prefill_chunk(runtime.prefill_chunk)
@@ -87,6 +89,7 @@ class Model:
         self._extend_all = ExtendNet(transformer, all_logits=True)
         self._decode = DecodeNet(transformer)
         self._mtp = MtpNet(transformer)
+        self._step = StepNet(transformer)
         self.max_batch = runtime.max_batch_size
         self.reset()
 
@@ -109,6 +112,15 @@ class Model:
         self.lengths = np.full(self.max_batch, -1, np.int64)   # next position per slot; -1: empty
         self.hidden = None       # H [1, n, hc, d] of the last extend with keep_hidden (numpy)
         self.batch = 0           # rows of the last reference-style prefill
+
+    def snapshot(self):
+        """The whole decode state and slot positions, to `restore` later (graph outputs are new
+        tensors, so holding the old tuple costs no copy)."""
+        return self.state, self.lengths.copy()
+
+    def restore(self, snapshot) -> None:
+        self.state, lengths = snapshot
+        self.lengths = lengths.copy()
 
     def state_arrays(self) -> Dict[str, np.ndarray]:
         """The decode state by slot name (numpy copies; page pools are shared by all rows)."""
@@ -209,6 +221,45 @@ class Model:
         self.lengths[active] += 1
         return out[0].asnumpy()
 
+    def step(self, token_ids, positions, counts) -> Tuple[np.ndarray, np.ndarray]:
+        """Up to n tokens per row in one call: token_ids [B, n], positions [B] of token_ids[:, 0],
+        counts [B] real tokens per row (0: idle row) -> (logits [B, n, vocab], H [B, n, hc, d]).
+        MTP verification runs the last token and the drafts of every row through this."""
+        from mindspore import Tensor
+        ids, pos, cnt = np.asarray(token_ids), np.asarray(positions), np.asarray(counts)
+        if ids.ndim != 2 or ids.shape[0] != self.max_batch or pos.shape != (self.max_batch,) \
+                or cnt.shape != (self.max_batch,):
+            raise InputError(f"step takes token_ids [{self.max_batch}, n], positions and counts "
+                             f"[{self.max_batch}], got {ids.shape}, {pos.shape}, {cnt.shape}")
+        if (cnt < 0).any() or (cnt > ids.shape[1]).any():
+            raise InputError(f"counts must lie in 0..{ids.shape[1]}, got {cnt.tolist()}")
+        for slot in np.flatnonzero(cnt > 0):
+            c = int(cnt[slot])
+            if ids[slot, :c].min() < 0 or ids[slot, :c].max() >= self.cfg.vocab_size:
+                raise InputError(f"slot {slot}: token id out of range [0, {self.cfg.vocab_size})")
+            if pos[slot] < 1:
+                raise InputError(f"slot {slot}: step at position {pos[slot]}; start a sequence with prefill")
+            self._check_continues(int(slot), int(pos[slot]), c, "position")
+        ids = np.where(cnt[:, None] > 0, ids, 0).astype(np.int32)
+        start = np.where(cnt > 0, pos, 0).astype(np.int32)
+        out = self._step(Tensor(ids), Tensor(start), Tensor(cnt.astype(np.int32)), *self.state)
+        self.state = tuple(out[2:])
+        self.lengths[cnt > 0] += cnt[cnt > 0]
+        return out[0].asnumpy(), out[1].asnumpy()
+
+    def mtp_draft(self, hidden, next_ids) -> np.ndarray:
+        """MTP block on the main model's streams hidden [b, s, hc, d] at s consecutive positions
+        and the token after each, next_ids [b, s] -> logits of the token after next_ids[:, -1]
+        [b, vocab]. The MTP block attends within its window, so the last window_size positions
+        suffice (positions restart at 0: exact up to rounding, which is all a draft needs)."""
+        from mindspore import Tensor
+        return self._mtp(Tensor(np.asarray(hidden, self.hidden_dtype)), Tensor(self._check_ids(next_ids))).asnumpy()
+
+    @property
+    def hidden_dtype(self):
+        from ascend_v4.precision import np_dtype
+        return np_dtype(self.runtime)
+
     # ---- reference-compatible API ------------------------------------------------------
     def __call__(self, input_ids, start_pos: int = 0) -> np.ndarray:
         ids = self._check_ids(input_ids)
@@ -252,9 +303,10 @@ class Model:
         return self._mtp(Tensor(np.concatenate(hidden, 0)), Tensor(nxt)).asnumpy()
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
-                 temperature: float = 0.0, seed: Optional[int] = None, progress=None) -> List[List[int]]:
-        """Greedy (temperature 0) or sampled decoding of up to max_batch_size prompts (any
-        lengths: each row is its own sequence) -> new ids per prompt."""
+                 temperature: float = 0.0, seed: Optional[int] = None, progress=None,
+                 top_p: float = 1.0) -> List[List[int]]:
+        """Greedy (temperature 0) or sampled decoding (temperature, top_p) of up to max_batch_size
+        prompts (any lengths: each row is its own sequence) -> new ids per prompt."""
         prompts = [np.asarray(p) for p in prompt_ids]
         if not prompts or len(prompts) > self.max_batch:
             raise InputError(f"generate takes 1..{self.max_batch} prompts (max_batch_size), got {len(prompts)}")
@@ -281,7 +333,7 @@ class Model:
         pos = np.full(self.max_batch, -1, np.int64)
         tok = np.zeros(self.max_batch, np.int64)
         for step in range(max_new_tokens):
-            nxt = sample(logits, temperature, rng)
+            nxt = sample(logits, temperature, rng, top_p)
             for row, t in zip(out, nxt):
                 row.append(int(t))
             if progress is not None:
@@ -294,16 +346,6 @@ class Model:
             logits = self.decode(tok, pos)[:b]
             self.timings["decode_s"].append(time.perf_counter() - t0)
         return out
-
-
-def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """argmax at temperature 0, else a draw from softmax(logits / temperature)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    z = logits / temperature
-    p = np.exp(z - z.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
 def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
@@ -354,7 +396,8 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
             stack[2][slot] = scale
     for target, weight, scale in stacks.values():
         target.set_arrays(weight, scale)
-    return Model(cfg, rt, transformer, checkpoint.weight_format)
+    from ascend_v4.tokenizer import TextTokenizer
+    return Model(cfg, rt, transformer, checkpoint.weight_format, TextTokenizer.from_dir(checkpoint.folder))
 
 
 def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed: int = 0,
@@ -363,6 +406,7 @@ def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed
     overrides: runtime options (max_seq_len, max_batch_size, compute_dtype, custom_ops)."""
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
+    overrides = {k: v for k, v in overrides.items() if v is not None}   # None: the model's default
     if os.path.isdir(path_or_preset):
         return build_model(open_checkpoint(path_or_preset, overrides=overrides), prefill_chunk)
     cfg = load_config(path_or_preset, **overrides)

@@ -6,6 +6,8 @@ per-row positions, on the full-batch decode state. Thin graph cells run it in GR
       one sequence: prefill (from 0, chunk by chunk, n a shape bucket), MTP verification
   DecodeNet(ids [B, 1], positions [B], *state)                 -> (logits [B, vocab], *state)
       one token for every row at its own position; -1 = idle row
+  StepNet(ids [B, n], start [B], count [B], *state)   -> (logits [B, n, vocab], H [B, n, hc, d], *state)
+      n tokens for every row at its own position (count 0 = idle): MTP verification of a batch
   MtpNet(H [b, s, hc, d], ids [b, s])                          -> MTP logits [b, vocab]
 The state is a flat tuple ordered and named by `Transformer.state_spec()` (ascend_v4/state.py).
 """
@@ -206,6 +208,21 @@ class DecodeNet(nn.Cell):
         if self.layer_outputs:
             return (logits,) + new_states + hidden
         return (logits,) + new_states
+
+
+class StepNet(nn.Cell):
+    """Up to n tokens for every batch row: ids [B, n] from positions start [B], count [B] real
+    tokens per row (0: idle row, state unchanged) -> (logits [B, n, vocab], H [B, n, hc, d], *state)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def construct(self, ids, start, count, *states):
+        b = ids.shape[0]
+        logits, H, new_states, _ = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count, states,
+                                                     all_logits=True)
+        return (logits, H) + new_states
 
 
 class MtpNet(nn.Cell):

@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": "tools.cmd_bench",
     "compile": "tools.cmd_compile",
     "parity": "tools.cmd_parity",
+    "serve": "tools.cmd_serve",
 }
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from ascend_v4 import quant
 from ascend_v4.config import ModelConfig
 from ascend_v4.safetensors_io import save
+from ascend_v4.tokenizer import copy_builtin
 from ascend_v4.checkpoint.errors import CheckpointError
 from ascend_v4.checkpoint.schema import (WEIGHT_FORMATS, TensorSpec, checkpoint_schema, expert_index,
                                          split_dim, weight_name)
@@ -141,6 +142,7 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str, weight_format: str =
             save(shards[r], os.path.join(tmp, f"model{r}-mp{mp}.safetensors"), metadata=meta)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as fh:
             json.dump(ckpt_cfg.to_dict(), fh, indent=2)
+        copy_builtin(tmp, ckpt_cfg.vocab_size)     # text prompts and chat for random checkpoints
         old = None
         if os.path.exists(out_dir):
             old = f"{out_dir}.old-{os.getpid()}"

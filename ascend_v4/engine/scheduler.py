@@ -1,0 +1,264 @@
+"""Continuous batching over the model's slots.
+
+One engine thread runs `step()` in a loop. A step:
+  1. drops cancelled requests (their slots free at once) and admits waiting ones into free slots;
+  2. runs one prefill chunk (a compiled bucket, `chunk_plan`) of the oldest request still
+     prefilling, so long prompts interleave with decoding and running streams keep flowing;
+  3. advances every decoding row by one token (`Model.decode`), or with MTP speculation by one
+     `Model.step` that verifies each row's pending token plus one MTP draft.
+A row's numbers do not depend on the other rows: prefill runs the row alone through the same
+chunks as `Model.prefill`, decode always runs the full [max_batch] shape, and the graphs have no
+cross-row reduction, so greedy output equals `Model.generate` of the request alone.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Deque, List, Optional
+
+import numpy as np
+
+from ascend_v4.api import InputError, chunk_plan
+from ascend_v4.config import ConfigError
+from ascend_v4.engine.request import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, Request
+from ascend_v4.engine.speculative import MtpSpeculator
+from ascend_v4.sampling import sample_one
+
+log = logging.getLogger("ascend_v4.engine")
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue holds max_queue requests already."""
+
+
+class ShuttingDown(RuntimeError):
+    """The engine is stopping and takes no new requests."""
+
+
+class EngineObserver:
+    """Hooks for metrics; every method is called from the engine thread."""
+
+    def on_first_token(self, request: Request) -> None: ...
+    def on_finish(self, request: Request) -> None: ...
+    def on_speculation(self, drafted: int, accepted: int) -> None: ...
+    def on_occupancy(self, running: int, waiting: int, slots_in_use: int) -> None: ...
+
+
+class Engine:
+    """Schedules requests onto `model`'s slots; `start()` runs the loop on its own thread."""
+
+    def __init__(self, model, max_queue: int = 64, speculative: Optional[str] = None,
+                 observer: Optional[EngineObserver] = None):
+        if speculative not in (None, "mtp"):
+            raise ConfigError(f"speculative must be 'mtp' or None, got {speculative!r}")
+        if max_queue < 0:
+            raise ConfigError(f"max_queue must be >= 0, got {max_queue}")
+        self.model = model
+        self.max_queue = max_queue
+        self.speculator = MtpSpeculator(model) if speculative else None
+        self.observer = observer or EngineObserver()
+        self.slots: List[Optional[Request]] = [None] * model.max_batch
+        self.waiting: Deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._accepting = True
+        self._stop = False
+        self.steps = 0
+
+    # ---- submission (any thread) ---------------------------------------------------------------
+    def check(self, prompt, max_tokens: int) -> None:
+        """InputError naming what is wrong with a prompt / length the model cannot take."""
+        vocab, ctx = self.model.cfg.vocab_size, self.model.max_seq_len
+        if len(prompt) == 0:
+            raise InputError("the prompt is empty")
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise InputError(f"prompt token ids must lie in [0, {vocab}): got min {min(prompt)}, max {max(prompt)}")
+        if len(prompt) >= ctx:
+            raise InputError(f"the prompt has {len(prompt)} tokens; this model's context is {ctx} tokens")
+        if max_tokens < 1 or len(prompt) + max_tokens > ctx:
+            raise InputError(f"max_tokens {max_tokens}: must be >= 1 and prompt ({len(prompt)} tokens) + "
+                             f"max_tokens must not exceed the context of {ctx} tokens")
+
+    def submit(self, request: Request) -> Request:
+        self.check(request.prompt, request.params.max_tokens)
+        request.prompt = [int(t) for t in request.prompt]
+        with self._cv:
+            if not self._accepting:
+                raise ShuttingDown("the server is shutting down")
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"the waiting queue is full ({self.max_queue} requests)")
+            self.waiting.append(request)
+            self._cv.notify_all()
+        return request
+
+    def cancel(self, request: Request, reason: str = FINISH_ABORT) -> None:
+        """Finish `request` at the next step (its slot is freed; tokens after now are dropped)."""
+        with self._cv:
+            if request.finish_reason is None and request.cancel_reason is None:
+                request.cancel_reason = reason
+                self._cv.notify_all()
+
+    def warm_up(self) -> None:
+        """Compile every graph the scheduler runs (each prefill bucket, the decode step, and with
+        MTP the verify step and the draft head) so no request waits for a compile; the slots are
+        left empty."""
+        m = self.model
+        for bucket in m.buckets:
+            m.extend(0, [0] * bucket, 0, keep_hidden=self.speculator is not None)
+        B = m.max_batch
+        pos = np.full(B, -1, np.int64)
+        pos[0] = m.lengths[0]
+        if self.speculator:
+            self.speculator.warm_up(pos)
+        else:
+            m.decode(np.zeros(B, np.int64), pos)
+        m.reset()
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ascend-v4-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Take no new requests, let running ones finish for up to drain_s, cancel the rest, join."""
+        with self._cv:
+            self._accepting = False
+        deadline = time.monotonic() + drain_s
+        while self.has_work() and time.monotonic() < deadline and self._thread and self._thread.is_alive():
+            time.sleep(0.02)
+        with self._cv:
+            for r in list(self.waiting) + [r for r in self.slots if r]:
+                if r.cancel_reason is None:
+                    r.cancel_reason = FINISH_ABORT
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread:
+            self._thread.join()
+        self._drop_cancelled()
+
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(r is not None for r in self.slots)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self.has_work():
+                    self._cv.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:                       # a model failure: fail the batch, keep serving
+                log.exception("engine step failed; aborting the running requests")
+                with self._cv:
+                    for r in self.slots:
+                        if r is not None:
+                            r.cancel_reason = FINISH_ABORT
+                self.model.reset()
+                self._drop_cancelled()
+
+    def step(self) -> bool:
+        """One scheduling step (see the module docstring); False when there was nothing to do."""
+        self._drop_cancelled()
+        self._admit()
+        did = False
+        prefilling = [r for r in self.slots if r is not None and r.chunks]
+        if prefilling:
+            self._prefill_chunk(min(prefilling, key=lambda r: r.arrival))
+            did = True
+        decoding = [r for r in self.slots if r is not None and r.decoding]
+        if decoding:
+            if self.speculator:
+                self._emit_all(self.speculator.step(decoding))
+                self.observer.on_speculation(*self.speculator.last)
+            else:
+                self._decode(decoding)
+            did = True
+        self.steps += did
+        self._report()
+        return did
+
+    # ---- pieces ----------------------------------------------------------------------------------
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            gone = [r for r in self.waiting if r.cancel_reason]
+            for r in gone:
+                self.waiting.remove(r)
+            gone += [r for r in self.slots if r is not None and r.cancel_reason]
+        for r in gone:
+            self._finish(r, r.cancel_reason)
+
+    def _admit(self) -> None:
+        with self._cv:
+            for slot, occupant in enumerate(self.slots):
+                if occupant is None and self.waiting:
+                    r = self.waiting.popleft()
+                    r.slot, r.prefilled = slot, 0
+                    r.chunks = chunk_plan(len(r.prompt), self.model.buckets)
+                    self.slots[slot] = r
+
+    def _prefill_chunk(self, r: Request) -> None:
+        """One compiled chunk of r's prompt into its slot; the last one samples its first token."""
+        count, _ = r.chunks.pop(0)
+        piece = r.prompt[r.prefilled:r.prefilled + count]
+        logits = self.model.extend(r.slot, piece, r.prefilled, keep_hidden=self.speculator is not None)
+        if self.speculator:
+            self.speculator.remember(r, self.model.hidden[0])
+        r.prefilled += count
+        if not r.chunks:
+            self._emit(r, [sample_one(logits, r.params.temperature, r.rng, r.params.top_p)])
+
+    def _decode(self, rows: List[Request]) -> None:
+        B = self.model.max_batch
+        tokens, positions = np.zeros(B, np.int64), np.full(B, -1, np.int64)
+        for r in rows:
+            tokens[r.slot], positions[r.slot] = r.pending, r.position
+        logits = self.model.decode(tokens, positions)
+        self._emit_all([(r, [sample_one(logits[r.slot], r.params.temperature, r.rng, r.params.top_p)])
+                        for r in rows])
+
+    def _emit_all(self, results) -> None:
+        for r, tokens in results:
+            self._emit(r, tokens)
+
+    def _emit(self, r: Request, tokens: List[int]) -> None:
+        """Append sampled tokens to r (up to a stop token or max_tokens) and tell its sink."""
+        new, reason = [], None
+        for t in tokens:
+            new.append(int(t))
+            if t in r.params.stop_token_ids:
+                reason = FINISH_STOP
+            elif len(r.output) + len(new) >= r.params.max_tokens:
+                reason = FINISH_LENGTH
+            if reason:
+                break
+        r.output += new
+        r.pending = new[-1]
+        if r.first_token_time is None:
+            r.first_token_time = time.monotonic()
+            self.observer.on_first_token(r)
+        if reason:
+            self._finish(r, reason, new)
+        elif r.sink:
+            r.sink(new, None)
+
+    def _finish(self, r: Request, reason: str, new: Optional[List[int]] = None) -> None:
+        r.finish_reason, r.finish_time = reason, time.monotonic()
+        with self._cv:
+            if r.slot is not None and self.slots[r.slot] is r:
+                self.slots[r.slot] = None
+        r.chunks = []
+        if r.sink:
+            r.sink(new or [], reason)
+        self.observer.on_finish(r)
+
+    def _report(self) -> None:
+        in_use = sum(r is not None for r in self.slots)
+        self.observer.on_occupancy(in_use, len(self.waiting), in_use)

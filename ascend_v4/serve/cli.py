@@ -1,0 +1,102 @@
+"""`ascend-v4 serve` / `python -m ascend_v4.serve`: load a model, compile its graphs, serve the
+OpenAI API with uvicorn until SIGTERM / SIGINT (in-flight requests get --drain-timeout seconds to
+finish, then are cancelled; the engine thread is joined before the process exits)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import click
+
+from ascend_v4.errors import user_errors
+
+log = logging.getLogger("ascend_v4.serve")
+
+
+def check_parallel_config(path: str) -> dict:
+    """Read the plan's parallel_<role>_<i>.json; this server runs one process, so refuse a layout
+    that needs more than one rank, naming the setting."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--parallel-config") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"{path}: not valid JSON ({exc})", param_hint="--parallel-config") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("ascend_v4", {}), dict):
+        raise click.BadParameter(f"{path}: expected an object with an 'ascend_v4' section",
+                                 param_hint="--parallel-config")
+    layout = cfg.get("ascend_v4", {})
+    ranks = {"mindspore.device_num": cfg.get("mindspore", {}).get("device_num", 1),
+             "ascend_v4.expert_parallel": layout.get("expert_parallel", 1),
+             "ascend_v4.attention_tp": layout.get("attention_tp", 1)}
+    many = {k: v for k, v in ranks.items() if v != 1}
+    if many:
+        raise click.UsageError(f"{path} asks for a multi-rank layout ({', '.join(f'{k}={v}' for k, v in many.items())}); "
+                               "this server runs one process: expert and tensor parallel serving is not built yet")
+    return cfg
+
+
+@click.command("serve")
+@click.option("--preset", help="preset name (random weights, tiny configs only)")
+@click.option("--checkpoint", type=click.Path(), help="checkpoint folder (tokenizer.json enables text prompts)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="sequence slots decoded together (the model's max_batch_size)")
+@click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
+              help="requests waiting for a slot; more are answered 429")
+@click.option("--max-seq-len", type=click.IntRange(min=1), help="context per slot (default: the model's)")
+@click.option("--prefill-chunk", type=click.IntRange(min=1), help="most prompt tokens per prefill call "
+              "(default: the runtime's); prompts run in chunks interleaved with decode steps")
+@click.option("--speculative", type=click.Choice(["mtp"]), help="MTP speculative decoding (1 draft token)")
+@click.option("--served-model-name", help="the model name clients use (default: preset or folder name)")
+@click.option("--compute-dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="weight seed for --preset")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="seconds in-flight requests may run on after SIGTERM")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="compile every graph before opening the port")
+@click.option("--role", type=click.Choice(["prefill", "decode", "colocated"]), default="colocated",
+              show_default=True, help="the plan's instance role (one process serves both phases)")
+@click.option("--parallel-config", type=click.Path(), help="parallel_<role>_<i>.json from `ascend-v4 plan --out`")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
+def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, speculative,
+            served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config, log_level):
+    """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching."""
+    if bool(preset) == bool(checkpoint):
+        raise click.UsageError("give exactly one of --preset or --checkpoint")
+    if checkpoint and not os.path.isdir(checkpoint):
+        raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
+    if parallel_config:
+        check_parallel_config(parallel_config)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = served_model_name or (preset or os.path.basename(os.path.normpath(checkpoint)))
+    with user_errors():
+        import ascend_v4
+        from ascend_v4.engine import Engine
+        t0 = time.perf_counter()
+        model = ascend_v4.load(checkpoint or preset, seed=seed, prefill_chunk=prefill_chunk,
+                               max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype)
+        engine = Engine(model, max_queue=max_queue, speculative=speculative)
+        log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s", name,
+                 time.perf_counter() - t0, model.max_batch, model.max_seq_len, model.buckets,
+                 "yes" if model.tokenizer else "no (token ids only)", role)
+        if warmup:
+            t0 = time.perf_counter()
+            engine.warm_up()
+            log.info("compiled the serving graphs in %.1f s", time.perf_counter() - t0)
+    serve(engine, name, host, port, drain_timeout, log_level)
+
+
+def serve(engine, name: str, host: str, port: int, drain_s: float, log_level: str = "info") -> None:
+    """Run uvicorn in this thread until SIGTERM / SIGINT."""
+    import uvicorn
+    from ascend_v4.serve.app import create_app
+    app = create_app(engine, name, drain_s=drain_s)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=max(drain_s, 0.1), lifespan="on")
+    log.info("serving %s on http://%s:%d (OpenAI API under /v1)", name, host, port)
+    uvicorn.Server(config).run()
