@@ -143,7 +143,8 @@ def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_t
             result = plan(req)
             d = result["decode"]
             table, hidden = d["explain_ms"], d["hidden_comm_ms"]
-            title = _title(result["model"]["name"], f"EP{d['expert_parallel']} decode instance",
+            title = _title(result["model"]["name"], f"EP{d['expert_parallel']} decode instance of "
+                           f"{d['npus_per_instance']} NPUs",
                            d["sequences_per_instance"], ctx, {"tpot_ms": d["tpot_ms"],
                                                               "bound": d["bound"]})
             if out:
