@@ -90,6 +90,7 @@ def test_explain_cli_table_and_png(tmp_path):
         assert any(x.startswith(comp) for x in lines), comp
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["flash_cm384_128k.png"]     # no temporary left
+    assert os.stat(png).st_mode & 0o044                                  # readable by others
 
 
 def test_search_mode_explain_still_works():

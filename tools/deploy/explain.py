@@ -68,6 +68,9 @@ def write_png(table: Dict[str, Dict[str, float]], path: str, title: str) -> None
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # mkstemp creates 0600; a picture is for sharing
         os.replace(tmp, path)
     finally:
         plt.close(fig)
