@@ -23,6 +23,10 @@ from .roofline import decode_step, prefill_token_seconds
 
 GUIDE = ("hicann/cann-recipes-infer docs/models/deepseek_v4/deepseek_v4_inference_guide.md "
          "@ba83ab4, 'Benchmark'")
+R1_DECODE = ("hicann/cann-recipes-infer docs/models/deepseek-r1/deepseek_r1_decode_optimization.md "
+             "@2ebaf3a, 'Benchmark' (W8A8C8, MTP1 with 0.7 accepted, perfect EPLB)")
+R1_PREFILL = ("hicann/cann-recipes-infer docs/models/deepseek-r1/deepseek_r1_prefill_optimization.md "
+              "@f55a9e9, micro-batch table (2 nodes, 16 chips, 64 x 4K prompts, balanced experts)")
 CM = "Zuo et al., 'Serving Large Language Models on Huawei CloudMatrix384', arXiv 2506.12708"
 
 
@@ -92,6 +96,13 @@ ROWS: List[Row] = [
         "flash", "atlas-a3-superpod", 64, 7168, 8 * K, 1, 0.7, "w8a8", "bf16", 4025.0, 27.82),
     Row("Atlas A3 flash W8A8C16 64 chips B8192 MTP1 8K", GUIDE + ", Atlas-A3 Pod table", "decode",
         "flash", "atlas-a3-superpod", 64, 8192, 8 * K, 1, 0.7, "w8a8", "bf16", 4388.0, 29.17),
+    Row("Atlas A3 R1 decode W8A8C8 64 chips B6144 MTP1 4K", R1_DECODE, "decode", "deepseek-r1",
+        "atlas-a3-superpod", 64, 6144, 4 * K, 1, 0.7, "w8a8", "fp8", 2138.0, 44.9,
+        note="C8: one byte per latent value (the 'fp8' cache of the MLA reference)"),
+    Row("Atlas A3 R1 prefill 16 chips, 4K prompts, micro-batch", R1_PREFILL, "prefill",
+        "deepseek-r1", "atlas-a3-superpod", 16, 0, 4 * K, 0, 0.0, "w8a8", "bf16", 6522.0, ranks=32,
+        note="MLA-DP32 + MoE-EP32 + micro-batch; the table does not restate the weight format "
+             "(W8A8 assumed, as the recipe's decode benchmark)"),
     Row("CloudMatrix384 R1 decode INT8 160 NPUs B15360 MTP1 4K", CM + ": 1,943 tokens/s/NPU at "
         "TPOT < 50 ms (abstract); batch 96 per NPU and TPOT 49.4 ms as recorded by the earlier "
         "planner session from the paper's decode table", "decode", "deepseek-r1", "cloudmatrix384",
