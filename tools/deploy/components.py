@@ -166,7 +166,8 @@ def decode_work(stats, cluster, lay: Layout, seqs: int, ctx: int) -> Dict[str, W
             W("indexer").add_flops(idx_fmt, n_att * a.index_flops(ctx) / lay.tp)
         for comp, b in activation_bytes(stats, a, ctx, lay.tp).items():
             W(comp).act_bytes += b * (n_moe if comp == "MoE experts" else n_att)
-    W("head").act_bytes += n_att * 2.0 * stats.vocab / lay.head_tp * 4
+    # fp32 logits: the vocab-parallel group's head_tp x n_att tokens over vocab / head_tp columns
+    W("head").act_bytes += n_att * 2.0 * stats.vocab * 4
     bw, lat = _moe_comm(stats, cluster, lay, n_moe, stats.n_moe_layers)
     W("dispatch/combine").comm_s += bw
     W("dispatch/combine").comm_latency_s += lat
