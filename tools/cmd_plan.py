@@ -151,7 +151,7 @@ def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_t
                 write_artifacts(result, load_cluster(cluster), out, shlex.split(entry))
         if explain_png:
             from tools.deploy.explain import write_png
-            write_png(table, explain_png, title)
+            write_png(table, explain_png, title, hidden)
     except PlanError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -170,5 +170,5 @@ def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_t
 
 
 def _title(model, where, batch, ctx, p) -> str:
-    return (f"{model}, {where}, batch {batch}, {fmt_tokens(ctx)} context: TPOT "
+    return (f"{model}, {where}, batch {batch}, {fmt_tokens(ctx)} context\nTPOT "
             f"{p['tpot_ms']:.2f} ms, bound by {p['bound']}")

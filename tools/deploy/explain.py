@@ -16,9 +16,8 @@ COLORS = {"compute": "#4c72b0", "HBM": "#dd8452", "interconnect": "#55a868", "la
 
 
 def _rows(table: Dict[str, Dict[str, float]]):
-    """Non-empty components, largest first."""
-    rows = [(c, r) for c, r in table.items() if sum(r.values()) > 0]
-    return sorted(rows, key=lambda cr: -sum(cr[1].values()))
+    """Every component, largest first (a fully overlapped dispatch/combine shows as 0)."""
+    return sorted(table.items(), key=lambda cr: -sum(cr[1].values()))
 
 
 def text_table(table: Dict[str, Dict[str, float]], title: str = "", hidden_ms: float = 0.0) -> str:
@@ -39,7 +38,8 @@ def text_table(table: Dict[str, Dict[str, float]], title: str = "", hidden_ms: f
     return "\n".join(lines)
 
 
-def write_png(table: Dict[str, Dict[str, float]], path: str, title: str) -> None:
+def write_png(table: Dict[str, Dict[str, float]], path: str, title: str,
+              hidden_ms: float = 0.0) -> None:
     """Stacked bars of the step, written to a temporary file and renamed into place."""
     import matplotlib
     matplotlib.use("Agg")
@@ -57,7 +57,8 @@ def write_png(table: Dict[str, Dict[str, float]], path: str, title: str) -> None
     for y, total in enumerate(left):
         ax.text(total, y, f" {total:.2f}", va="center", fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("milliseconds per decode step (one rank)")
+    ax.set_xlabel("milliseconds per decode step (one rank)" + (
+        f"; {hidden_ms:.2f} ms of communication overlapped with compute/HBM" if hidden_ms else ""))
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / len(labels) - 0.08), ncol=4,
               fontsize=8, frameon=False)
