@@ -26,7 +26,11 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tokenizers>=0.15",
+        "fastapi>=0.115,<1",      # the server's ASGI app (ascend_v4/serve)
+        "uvicorn>=0.30,<1",
+        "prometheus_client>=0.20,<1",
+        "jinja2>=3.1,<4",         # chat templates of tokenizer_config.json
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "openai>=1.40,<4", "httpx>=0.27,<1"]},
     entry_points={"console_scripts": ["ascend-v4=tools.cli:main"]},
 )

@@ -51,9 +51,16 @@ def command(preset, prompt_len, new_tokens, weight_format, seed, skip_graphs):
                 _graphs(path, tmp, prompt_len, new_tokens)
 
 
+DEMO_TEXT = "Once upon a time there was a small model that learned to count: one, two, three."
+
+
 def _generate(model, cfg, prompt_len: int, new_tokens: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    prompt = rng.integers(0, cfg.vocab_size, (1, prompt_len)).tolist()
+    tok = model.tokenizer                    # the built-in byte-level BPE of random checkpoints
+    if tok is not None:
+        ids = tok.encode(DEMO_TEXT)
+        prompt = [(ids * (prompt_len // len(ids) + 1))[:prompt_len]]
+    else:
+        prompt = np.random.default_rng(seed).integers(0, cfg.vocab_size, (1, prompt_len)).tolist()
     t3 = time.perf_counter()
     model(prompt, 0)                         # compiles the prefill graph
     t4 = time.perf_counter()
@@ -62,6 +69,8 @@ def _generate(model, cfg, prompt_len: int, new_tokens: int, seed: int) -> None:
     tm = model.timings
     decode = tm["decode_s"][1:] or tm["decode_s"]  # first decode step includes its compile
     click.echo(f"[3/4] prompt {prompt_len} tokens -> {new_tokens} new tokens: {','.join(map(str, out[0]))}")
+    if tok is not None:
+        click.echo(f"      as text: {tok.decode(prompt[0])!r} -> {tok.decode(out[0])!r} (random weights)")
     click.echo(f"      graph compile: prefill {t4 - t3 - tm['prefill_s']:.1f} s, "
                f"decode {tm['decode_s'][0] - np.median(decode):.1f} s (once per shape)")
     click.echo(f"      prefill {prompt_len / tm['prefill_s']:.0f} tokens/s "

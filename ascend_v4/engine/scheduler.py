@@ -87,7 +87,9 @@ class Engine:
         with self._cv:
             if not self._accepting:
                 raise ShuttingDown("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
+            # slots free (or freed by a cancel) at the next step take requests before the queue does
+            free = sum(r is None or r.cancel_reason is not None for r in self.slots)
+            if len(self.waiting) >= self.max_queue + free:
                 raise QueueFull(f"the waiting queue is full ({self.max_queue} requests)")
             self.waiting.append(request)
             self._cv.notify_all()

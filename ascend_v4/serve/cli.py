@@ -92,11 +92,27 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
 
 
 def serve(engine, name: str, host: str, port: int, drain_s: float, log_level: str = "info") -> None:
-    """Run uvicorn in this thread until SIGTERM / SIGINT."""
+    """Run uvicorn in this thread until SIGTERM / SIGINT. On the signal the engine is drained
+    first (running requests get drain_s to finish, then end with finish_reason 'abort', new ones
+    get 503), so every stream is closed before uvicorn shuts down."""
+    import threading
     import uvicorn
     from ascend_v4.serve.app import create_app
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if getattr(self, "_draining", False):      # a second signal: stop now
+                return super().handle_exit(sig, frame)
+            self._draining = True
+            log.info("signal %d: draining for up to %.1f s", sig, drain_s)
+
+            def drain():
+                engine.stop(drain_s)
+                super(Server, self).handle_exit(sig, frame)
+            threading.Thread(target=drain, name="ascend-v4-drain").start()
+
     app = create_app(engine, name, drain_s=drain_s)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=max(drain_s, 0.1), lifespan="on")
+                            timeout_graceful_shutdown=drain_s + 1.0, lifespan="on")
     log.info("serving %s on http://%s:%d (OpenAI API under /v1)", name, host, port)
-    uvicorn.Server(config).run()
+    Server(config).run()

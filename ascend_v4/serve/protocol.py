@@ -82,11 +82,22 @@ def parse(model_cls, body: Any):
         req = model_cls.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        param = ".".join(str(p) for p in _field_path(err["loc"])) or None
         raise APIError(f"{param}: {err['msg']}" if param else err["msg"], param=param) from None
     _refuse_unsupported(body)
     _check_sampling(req)
     return req
+
+
+def _field_path(loc) -> list:
+    """A validation error's location up to the field: pydantic appends the Union member it tried
+    ('str', 'list[int]', ...), which is not a parameter name."""
+    path = []
+    for part in loc:
+        if isinstance(part, str) and (part in ("str", "int", "float", "bool", "dict", "list") or "[" in part):
+            break
+        path.append(part)
+    return path
 
 
 def _refuse_unsupported(body: Dict[str, Any]) -> None:
