@@ -100,6 +100,11 @@ def test_hostile_cluster_values_stay_literal(tmp_path):
     (fake / "msrun").chmod(0o755)
     script = "launch_prefill_0_node0.sh"          # the instance on node 0 (hostile host_ip)
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ARGS=str(tmp_path / "args.txt"))
+    env.pop("ASCEND_V4_CHECKPOINT", None)
+    missing = subprocess.run(["bash", str(out / script)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set ASCEND_V4_CHECKPOINT" in missing.stderr
+    assert not (tmp_path / "args.txt").exists()            # msrun never started
+    env["ASCEND_V4_CHECKPOINT"] = str(tmp_path / "ckpt")    # `python -m ascend_v4.serve` reads it
     subprocess.run(["bash", str(out / script)], check=True, env=env, cwd=tmp_path)
     argv = (tmp_path / "args.txt").read_text().splitlines()
     assert f"--master_addr={HOSTILE}" in argv

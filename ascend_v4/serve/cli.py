@@ -41,7 +41,8 @@ def check_parallel_config(path: str) -> dict:
 
 @click.command("serve")
 @click.option("--preset", help="preset name (random weights, tiny configs only)")
-@click.option("--checkpoint", type=click.Path(), help="checkpoint folder (tokenizer.json enables text prompts)")
+@click.option("--checkpoint", type=click.Path(), envvar="ASCEND_V4_CHECKPOINT", show_envvar=True,
+              help="checkpoint folder (tokenizer.json enables text prompts)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,

@@ -105,6 +105,8 @@ def launch_script(inst, node_rank: int, cluster, files: Dict[str, str], entry: L
              'cd "$(dirname "$0")"',
              f"export RANK_TABLE_FILE={q(files['rank_table'])}",
              f"export HCCL_BUFFSIZE={q(str(hccl_buffsize_mb))}",
+             ': "${ASCEND_V4_CHECKPOINT:?set ASCEND_V4_CHECKPOINT to the checkpoint folder to serve}"',
+             "export ASCEND_V4_CHECKPOINT",
              "exec " + " ".join(q(a) for a in argv), ""]
     return "\n".join(lines)
 
