@@ -9,7 +9,18 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ascend_v4.api import InputError
+
 FINISH_STOP, FINISH_LENGTH, FINISH_ABORT = "stop", "length", "abort"
+
+
+class RequestError(InputError):
+    """A request the model cannot take; `param` names the offending field ('prompt', 'max_tokens'),
+    `code` is 'context_length_exceeded' when the context is the limit."""
+
+    def __init__(self, message: str, param: str, code: Optional[str] = None):
+        super().__init__(message)
+        self.param, self.code = param, code
 _ids = itertools.count()
 
 

@@ -2,8 +2,9 @@
 
 One engine thread runs `step()` in a loop. A step:
   1. drops cancelled requests (their slots free at once) and admits waiting ones into free slots;
-  2. runs one prefill chunk (a compiled bucket, `chunk_plan`) of the oldest request still
-     prefilling, so long prompts interleave with decoding and running streams keep flowing;
+  2. runs prefill chunks (compiled buckets, `chunk_plan`) of the oldest requests still
+     prefilling, up to `prefill_budget` padded tokens a step (at least one chunk), so long
+     prompts interleave with decoding and running streams keep flowing;
   3. advances every decoding row by one token (`Model.decode`), or with MTP speculation by one
      `Model.step` that verifies each row's pending token plus one MTP draft.
 A row's numbers do not depend on the other rows: prefill runs the row alone through the same
@@ -20,9 +21,9 @@ from typing import Deque, List, Optional
 
 import numpy as np
 
-from ascend_v4.api import InputError, chunk_plan
+from ascend_v4.api import chunk_plan
 from ascend_v4.config import ConfigError
-from ascend_v4.engine.request import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, Request
+from ascend_v4.engine.request import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, Request, RequestError
 from ascend_v4.engine.speculative import MtpSpeculator
 from ascend_v4.sampling import sample_one
 
@@ -50,13 +51,14 @@ class Engine:
     """Schedules requests onto `model`'s slots; `start()` runs the loop on its own thread."""
 
     def __init__(self, model, max_queue: int = 64, speculative: Optional[str] = None,
-                 observer: Optional[EngineObserver] = None):
+                 observer: Optional[EngineObserver] = None, prefill_budget: Optional[int] = None):
         if speculative not in (None, "mtp"):
             raise ConfigError(f"speculative must be 'mtp' or None, got {speculative!r}")
         if max_queue < 0:
             raise ConfigError(f"max_queue must be >= 0, got {max_queue}")
         self.model = model
         self.max_queue = max_queue
+        self.prefill_budget = prefill_budget or model.prefill_chunk   # prefill tokens per step (TTFT vs TPOT)
         self.speculator = MtpSpeculator(model) if speculative else None
         self.observer = observer or EngineObserver()
         self.slots: List[Optional[Request]] = [None] * model.max_batch
@@ -69,17 +71,21 @@ class Engine:
 
     # ---- submission (any thread) ---------------------------------------------------------------
     def check(self, prompt, max_tokens: int) -> None:
-        """InputError naming what is wrong with a prompt / length the model cannot take."""
+        """RequestError naming what is wrong with a prompt / length the model cannot take."""
         vocab, ctx = self.model.cfg.vocab_size, self.model.max_seq_len
         if len(prompt) == 0:
-            raise InputError("the prompt is empty")
+            raise RequestError("the prompt is empty", "prompt")
         if min(prompt) < 0 or max(prompt) >= vocab:
-            raise InputError(f"prompt token ids must lie in [0, {vocab}): got min {min(prompt)}, max {max(prompt)}")
+            raise RequestError(f"prompt token ids must lie in [0, {vocab}): got min {min(prompt)}, "
+                               f"max {max(prompt)}", "prompt")
         if len(prompt) >= ctx:
-            raise InputError(f"the prompt has {len(prompt)} tokens; this model's context is {ctx} tokens")
-        if max_tokens < 1 or len(prompt) + max_tokens > ctx:
-            raise InputError(f"max_tokens {max_tokens}: must be >= 1 and prompt ({len(prompt)} tokens) + "
-                             f"max_tokens must not exceed the context of {ctx} tokens")
+            raise RequestError(f"the prompt has {len(prompt)} tokens; this model's context is {ctx} tokens",
+                               "prompt", "context_length_exceeded")
+        if max_tokens < 1:
+            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
+        if len(prompt) + max_tokens > ctx:
+            raise RequestError(f"max_tokens {max_tokens}: the prompt ({len(prompt)} tokens) + max_tokens exceed "
+                               f"the context of {ctx} tokens", "max_tokens", "context_length_exceeded")
 
     def submit(self, request: Request) -> Request:
         self.check(request.prompt, request.params.max_tokens)
@@ -171,10 +177,12 @@ class Engine:
         self._drop_cancelled()
         self._admit()
         did = False
-        prefilling = [r for r in self.slots if r is not None and r.chunks]
-        if prefilling:
-            self._prefill_chunk(min(prefilling, key=lambda r: r.arrival))
-            did = True
+        budget = self.prefill_budget
+        for r in sorted((r for r in self.slots if r is not None and r.chunks), key=lambda r: r.arrival):
+            while r.chunks and (not did or r.chunks[0][1] <= budget):
+                budget -= r.chunks[0][1]
+                self._prefill_chunk(r)
+                did = True
         decoding = [r for r in self.slots if r is not None and r.decoding]
         if decoding:
             if self.speculator:

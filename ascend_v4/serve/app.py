@@ -22,8 +22,7 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ascend_v4.api import InputError
-from ascend_v4.engine import Engine, QueueFull, Request, SamplingParams, ShuttingDown
+from ascend_v4.engine import Engine, QueueFull, Request, RequestError, SamplingParams, ShuttingDown
 from ascend_v4.serve import protocol
 from ascend_v4.serve.metrics import ServerMetrics
 from ascend_v4.serve.protocol import APIError
@@ -131,10 +130,9 @@ def create_app(engine: Engine, model_name: str, metrics: Optional[ServerMetrics]
         request = Request(prompt_ids, params, sink)
         try:
             engine.submit(request)
-        except InputError as exc:
-            param = "max_tokens" if "max_tokens" in str(exc) else ("messages" if kind == "chat" else "prompt")
-            raise APIError(str(exc), param=param, code="context_length_exceeded"
-                           if "context" in str(exc) else None) from None
+        except RequestError as exc:
+            param = "messages" if kind == "chat" and exc.param == "prompt" else exc.param
+            raise APIError(str(exc), param=param, code=exc.code) from None
         except QueueFull as exc:
             raise APIError(str(exc), status=429, type="rate_limit_error", code="queue_full") from None
         except ShuttingDown as exc:

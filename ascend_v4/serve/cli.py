@@ -52,6 +52,9 @@ def check_parallel_config(path: str) -> dict:
 @click.option("--max-seq-len", type=click.IntRange(min=1), help="context per slot (default: the model's)")
 @click.option("--prefill-chunk", type=click.IntRange(min=1), help="most prompt tokens per prefill call "
               "(default: the runtime's); prompts run in chunks interleaved with decode steps")
+@click.option("--prefill-budget", type=click.IntRange(min=1), help="prompt tokens prefilled per engine step "
+              "before the running rows decode again (default: --prefill-chunk); larger favours time to first "
+              "token, smaller time per output token")
 @click.option("--speculative", type=click.Choice(["mtp"]), help="MTP speculative decoding (1 draft token)")
 @click.option("--served-model-name", help="the model name clients use (default: preset or folder name)")
 @click.option("--compute-dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
@@ -64,7 +67,8 @@ def check_parallel_config(path: str) -> dict:
               show_default=True, help="the plan's instance role (one process serves both phases)")
 @click.option("--parallel-config", type=click.Path(), help="parallel_<role>_<i>.json from `ascend-v4 plan --out`")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, speculative,
+def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, prefill_budget,
+            speculative,
             served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config, log_level):
     """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching."""
     if bool(preset) == bool(checkpoint):
@@ -81,7 +85,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         t0 = time.perf_counter()
         model = ascend_v4.load(checkpoint or preset, seed=seed, prefill_chunk=prefill_chunk,
                                max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype)
-        engine = Engine(model, max_queue=max_queue, speculative=speculative)
+        engine = Engine(model, max_queue=max_queue, speculative=speculative, prefill_budget=prefill_budget)
         log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s", name,
                  time.perf_counter() - t0, model.max_batch, model.max_seq_len, model.buckets,
                  "yes" if model.tokenizer else "no (token ids only)", role)

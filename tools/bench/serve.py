@@ -113,8 +113,8 @@ def plot(result: dict, fig) -> None:
     ax[0].bar(np.array(sx) + 0.2, [r["output_tokens_per_s"] for r in spec], 0.4, label="MTP on")
     rate = result["mtp"]["acceptance_rate"]
     ax[0].set(xticks=xs, xticklabels=labels, xlabel="concurrent streams", ylabel="output tokens/s",
-              title=f"throughput (batched/sequential {result['batched_over_sequential_throughput']:.2f}x; "
-                    f"MTP acceptance {rate if rate is None else round(rate, 2)})")
+              title=f"throughput: batched/sequential {result['batched_over_sequential_throughput']:.2f}x\n"
+                    f"MTP acceptance {rate if rate is None else round(rate, 2)}")
     ax[0].legend()
     for i, (key, name) in enumerate((("ttft", "time to first token"), ("tpot", "time per output token"))):
         ax[i + 1].bar(xs - 0.2, [r[f"{key}_p50_s"] * 1e3 for r in plain], 0.4, label="p50")
