@@ -31,6 +31,6 @@ setup(
         "prometheus_client>=0.20,<1",
         "jinja2>=3.1,<4",         # chat templates of tokenizer_config.json
     ],
-    extras_require={"test": ["pytest>=7", "openai>=1.40,<4", "httpx>=0.27,<1"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5,<4", "openai>=1.40,<4", "httpx>=0.27,<1"]},
     entry_points={"console_scripts": ["ascend-v4=tools.cli:main"]},
 )
