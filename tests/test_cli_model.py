@@ -56,12 +56,20 @@ def test_generate_text_with_tokenizer(tiny_ckpt):
     assert len(ids) == 2 and lines[-1] == tok.decode(ids)
 
 
+def test_text_prompt_needs_a_tokenizer(tmp_path):
+    from ascend_v4.checkpoint import write_random_checkpoint
+    from ascend_v4.config import load_config
+    path = write_random_checkpoint(load_config("tiny"), str(tmp_path / "ckpt"), weight_format="bf16")
+    os.remove(os.path.join(path, "tokenizer.json"))      # random checkpoints carry the built-in one
+    res = run("generate", "--checkpoint", path, "--prompt", "hi")
+    assert res.exit_code != 0 and "--prompt needs a checkpoint with tokenizer.json" in res.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["--preset", "tiny", "--checkpoint", "x", "--prompt-ids", "1"], "exactly one of --preset or --checkpoint"),
     (["--preset", "tiny"], "exactly one of --prompt-ids or --prompt"),
     (["--preset", "tiny", "--prompt-ids", "1,a"], "expected comma-separated integers"),
     (["--preset", "tiny", "--prompt-ids", "1,999"], "token id out of range [0, 512)"),
-    (["--preset", "tiny", "--prompt", "hi"], "--prompt needs a checkpoint with tokenizer.json"),
     (["--preset", "flash", "--prompt-ids", "1"], "too large to generate random weights"),
     (["--preset", "nano", "--prompt-ids", "1"], "unknown preset or missing file 'nano'"),
     (["--checkpoint", "/no/such/dir", "--prompt-ids", "1"], "/no/such/dir is not a folder"),

@@ -19,19 +19,11 @@ def _parse_ids(text: str):
     return ids
 
 
-def _tokenizer(checkpoint):
-    path = os.path.join(checkpoint, "tokenizer.json") if checkpoint else None
-    if not path or not os.path.exists(path):
-        return None
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(path)
-
-
 @click.command("generate")
 @click.option("--preset", help="preset name (random weights; tiny configs only)")
 @click.option("--checkpoint", type=click.Path(), help="checkpoint folder")
 @click.option("--prompt-ids", help="comma-separated prompt token ids, e.g. 1,2,3")
-@click.option("--prompt", help="prompt text (needs tokenizer.json in the checkpoint)")
+@click.option("--prompt", help="prompt text (needs tokenizer.json in the checkpoint; presets have one)")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="sampling and weight seed")
@@ -42,17 +34,16 @@ def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature,
     if bool(prompt_ids) == bool(prompt):
         raise click.UsageError("give exactly one of --prompt-ids or --prompt")
     with user_errors():
-        tok = _tokenizer(checkpoint)
-        if prompt is not None:
-            if tok is None:
-                raise click.UsageError("--prompt needs a checkpoint with tokenizer.json; use --prompt-ids")
-            ids = tok.encode(prompt).ids
-        else:
-            ids = _parse_ids(prompt_ids)
+        ids = _parse_ids(prompt_ids) if prompt_ids else None
         if checkpoint and not os.path.isdir(checkpoint):
             raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
         import ascend_v4
         model = ascend_v4.load(checkpoint or preset, seed=seed)
+        tok = model.tokenizer                # the checkpoint's tokenizer.json (presets: the built-in BPE)
+        if prompt is not None:
+            if tok is None:
+                raise click.UsageError("--prompt needs a checkpoint with tokenizer.json; use --prompt-ids")
+            ids = tok.encode(prompt)
         from tqdm import tqdm
         with tqdm(total=max_new_tokens, desc="generate", unit="tok", disable=None) as bar:
             out = model.generate([ids], max_new_tokens, temperature=temperature, seed=seed,
