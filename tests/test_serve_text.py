@@ -95,3 +95,34 @@ def test_serve_cli_refuses_bad_flags_before_loading(tmp_path):
     assert "is not a folder" in runner.invoke(command, ["--checkpoint", str(tmp_path / "none")]).output
     res = runner.invoke(command, ["--preset", "tiny", "--speculative", "eagle"])
     assert res.exit_code == 2 and "eagle" in res.output
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    import numpy as np
+    from ascend_v4.sampling import probabilities
+    logits = np.log([0.5, 0.3, 0.15, 0.05])
+    np.testing.assert_allclose(probabilities(logits, 1.0, top_p=0.79), [0.625, 0.375, 0, 0], rtol=1e-12)
+    np.testing.assert_allclose(probabilities(logits, 1.0, top_p=0.81), np.array([0.5, 0.3, 0.15, 0]) / 0.95,
+                               rtol=1e-12)
+    np.testing.assert_allclose(probabilities(logits, 0.5), np.array([25, 9, 2.25, 0.25]) / 36.5, rtol=1e-12)
+
+
+def test_speculative_sampling_keeps_the_model_distribution():
+    """Accept a point-mass draft with probability p(draft), else draw from p without it: the
+    emitted token must follow p exactly (empirical frequencies within 3 standard errors)."""
+    import numpy as np
+    from ascend_v4.engine import Request, SamplingParams
+    from ascend_v4.engine.speculative import MtpSpeculator
+    from ascend_v4.sampling import probabilities
+    logits = np.array([1.0, 0.2, 2.0, -1.0])
+    p = probabilities(logits, 0.9, 0.95)
+    n, draft = 6000, 0
+    tokens = []
+    for seed in range(n):
+        r = Request([1], SamplingParams(4, temperature=0.9, top_p=0.95, seed=seed))
+        got = MtpSpeculator._verify(logits, draft, r)
+        tokens.append(draft if got is None else got)
+    freq = np.bincount(tokens, minlength=4) / n
+    assert np.all(np.abs(freq - p) <= 3 * np.sqrt(p * (1 - p) / n) + 1e-12)
+    greedy = Request([1], SamplingParams(4))
+    assert MtpSpeculator._verify(logits, 2, greedy) is None and MtpSpeculator._verify(logits, 1, greedy) == 2
