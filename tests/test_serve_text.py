@@ -95,6 +95,12 @@ def test_serve_cli_refuses_bad_flags_before_loading(tmp_path):
     assert "is not a folder" in runner.invoke(command, ["--checkpoint", str(tmp_path / "none")]).output
     res = runner.invoke(command, ["--preset", "tiny", "--speculative", "eagle"])
     assert res.exit_code == 2 and "eagle" in res.output
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        res = runner.invoke(command, ["--preset", "tiny", "--port", str(busy.getsockname()[1])])
+    assert res.exit_code == 2 and "cannot listen on 127.0.0.1" in res.output and "in use" in res.output
 
 
 def test_top_p_keeps_the_smallest_nucleus():

@@ -39,6 +39,18 @@ def check_parallel_config(path: str) -> dict:
     return cfg
 
 
+def check_port(host: str, port: int) -> None:
+    """A clear error now if host:port cannot be bound (in use, or not an address of this machine)."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 @click.command("serve")
 @click.option("--preset", help="preset name (random weights, tiny configs only)")
 @click.option("--checkpoint", type=click.Path(), envvar="ASCEND_V4_CHECKPOINT", show_envvar=True,
@@ -77,6 +89,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
     if parallel_config:
         check_parallel_config(parallel_config)
+    check_port(host, port)                       # before minutes of loading and compiling
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = served_model_name or (preset or os.path.basename(os.path.normpath(checkpoint)))
     with user_errors():
