@@ -82,7 +82,7 @@ def test_runtime_options_are_apart_from_the_model_config():
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ConfigError, match="presets: flash, pro, tiny"):
+    with pytest.raises(ConfigError, match="presets: flash, pro, small, tiny"):
         load_config("nano")
 
 
