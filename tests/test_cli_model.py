@@ -1,5 +1,6 @@
 """CLI `generate`/`demo` and the Python API's input checks."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def test_generate_preset_matches_oracle_greedy(tiny_ckpt):
     from ascend_v4.checkpoint import open_checkpoint
     res = run("generate", "--preset", "tiny", "--prompt-ids", "1,2,3", "--max-new-tokens", "4")
     assert res.exit_code == 0, res.output
-    got = [int(t) for t in res.output.strip().splitlines()[-1].split(",")]
+    ids_line = next(line for line in res.output.splitlines() if re.fullmatch(r"\d+(,\d+)*", line))
+    got = [int(t) for t in ids_line.split(",")]        # the decoded text follows on the next line
     # `--preset tiny` uses seed 0 weights: the same checkpoint as the fixture
     assert got == oracle_greedy(open_checkpoint(tiny_ckpt), [1, 2, 3], 4)
 
