@@ -118,10 +118,10 @@ class Engine:
         B = m.max_batch
         pos = np.full(B, -1, np.int64)
         pos[0] = m.lengths[0]
+        m.decode(np.zeros(B, np.int64), pos)          # also the step MTP falls back to when no row drafts
         if self.speculator:
+            pos[0] += 1
             self.speculator.warm_up(pos)
-        else:
-            m.decode(np.zeros(B, np.int64), pos)
         m.reset()
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -185,11 +185,12 @@ class Engine:
                 did = True
         decoding = [r for r in self.slots if r is not None and r.decoding]
         if decoding:
-            if self.speculator:
-                self._emit_all(self.speculator.step(decoding))
-                self.observer.on_speculation(*self.speculator.last)
-            else:
+            verified = self.speculator.step(decoding) if self.speculator else None
+            if verified is None:
                 self._decode(decoding)
+            else:
+                self._emit_all(verified)
+                self.observer.on_speculation(*self.speculator.last)
             did = True
         self.steps += did
         self._report()

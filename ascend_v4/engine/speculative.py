@@ -5,16 +5,27 @@ again, so window ring, compressor and indexer state are those of the accepted to
 
 Acceptance: greedy rows accept the draft iff it is the main model's argmax; sampled rows accept
 it with probability p(draft) and otherwise sample from p with the draft removed (speculative
-sampling with a point-mass draft), so outputs follow the model's distribution exactly."""
+sampling with a point-mass draft), so outputs follow the model's distribution exactly.
+
+A request stops drafting once its acceptance after PROBE_DRAFTS drafts is below MIN_ACCEPTANCE
+(an MTP head that does not predict this text, e.g. random weights, would only cost steps); when
+no row drafts, `step` returns None and the engine runs the plain decode step."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from ascend_v4.config import ConfigError
 from ascend_v4.engine.request import Request
 from ascend_v4.sampling import probabilities, sample_one
+
+
+PROBE_DRAFTS, MIN_ACCEPTANCE = 8, 0.25
+
+
+def worth_drafting(r: Request) -> bool:
+    return r.drafted < PROBE_DRAFTS or r.accepted >= MIN_ACCEPTANCE * r.drafted
 
 
 class MtpSpeculator:
@@ -40,7 +51,7 @@ class MtpSpeculator:
     def _drafts(self, rows: List[Request]) -> dict:
         """slot -> MTP draft token for the rows worth drafting (room left in context and max_tokens)."""
         m = self.model
-        want = [r for r in rows if r.params.speculative and r.hidden is not None
+        want = [r for r in rows if r.params.speculative and r.hidden is not None and worth_drafting(r)
                 and r.position + 1 < m.max_seq_len and len(r.output) + 1 < r.params.max_tokens]
         if not want:
             return {}
@@ -56,9 +67,13 @@ class MtpSpeculator:
         logits = m.mtp_draft(H, nxt)
         return {r.slot: int(np.argmax(logits[r.slot])) for r in want}
 
-    def step(self, rows: List[Request]) -> List[Tuple[Request, List[int]]]:
+    def step(self, rows: List[Request]) -> Optional[List[Tuple[Request, List[int]]]]:
+        """Draft, verify, roll back -> (request, accepted tokens) per row; None if no row drafts."""
         m = self.model
         drafts = self._drafts(rows)
+        self.last = (0, 0)
+        if not drafts:
+            return None
         B = m.max_batch
         ids, pos, count = np.zeros((B, 2), np.int64), np.full(B, -1, np.int64), np.zeros(B, np.int64)
         for r in rows:
