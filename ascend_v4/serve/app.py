@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ascend_v4.engine import Engine, QueueFull, Request, RequestError, SamplingParams, ShuttingDown
@@ -70,14 +69,6 @@ def create_app(engine: Engine, model_name: str, metrics: Optional[ServerMetrics]
         metrics.requests.labels(endpoint=endpoint, status=str(exc.status)).inc()
         log.info("%s %d %s: %s", endpoint, exc.status, exc.type, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: HTTPRequest, exc: RequestValidationError):
-        err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        if err.get("type") == "json_invalid":
-            return error_response(APIError(f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}"),
-                                  request.url.path)
-        return error_response(APIError(err["msg"]), request.url.path)
 
     @app.exception_handler(APIError)
     async def _api_error(request: HTTPRequest, exc: APIError):

@@ -58,8 +58,8 @@ class ServerMetrics(EngineObserver):
         if self._drafted:
             self.acceptance.set(self._accepted / self._drafted)
 
-    def on_occupancy(self, running: int, waiting: int, slots_in_use: int) -> None:
-        self.running.set(running)
+    def on_occupancy(self, slots_in_use: int, waiting: int) -> None:
+        self.running.set(slots_in_use)          # a running request holds a slot (prefilling or decoding)
         self.waiting.set(waiting)
         self.slots_in_use.set(slots_in_use)
 
