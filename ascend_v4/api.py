@@ -348,19 +348,30 @@ class Model:
         return out
 
 
-def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
+def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) -> Model:
     """Create the cells for `checkpoint.config` and stream its weights into them in their stored
     format (runtime weight_storage 'float': dequantised), one tensor at a time; stacked experts
-    are assembled in a buffer of their stored dtype."""
+    are assembled in a buffer of their stored dtype. layout: this rank's ParallelLayout (each
+    rank reads only its shard of every tensor, ascend_v4/parallel/shard.py)."""
     from mindspore import Tensor
     from ascend_v4.model import Transformer
+    from ascend_v4.parallel.layout import SINGLE
+    from ascend_v4.parallel.shard import read_tensor
     from ascend_v4.precision import np_dtype
     from ascend_v4.weights import StoredWeight
     _set_graph_mode()
     cfg, rt = checkpoint.config, checkpoint.runtime
     if prefill_chunk is not None:
         rt = rt.replace(prefill_chunk=prefill_chunk)
-        rt.validate(cfg)
+    layout = layout or SINGLE
+    rt = rt.replace(parallel=layout)
+    rt.validate(cfg)
+    if layout.distributed:
+        if rt.custom_ops:
+            raise ConfigError("custom_ops with tensor or expert parallel is not built: run the "
+                              "AscendC twins on one rank")
+        from ascend_v4.parallel.comm import init_collectives
+        init_collectives()
     transformer = Transformer(cfg, rt)
     table = transformer.checkpoint_weights()
     missing = sorted(set(table) - set(checkpoint.formats))
@@ -374,13 +385,14 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
         target, slot = table[name]
         kind = checkpoint.formats[name]
         if not isinstance(target, StoredWeight):
-            array = checkpoint.raw(name)
+            array = read_tensor(checkpoint, name, layout)
             dtype = np.int32 if kind == "int" else np_dtype(rt)
             target.set_data(Tensor(np.array(array, dtype=dtype)))
             continue
-        scale = checkpoint.raw(name[: -len(".weight")] + ".scale") if kind in ("fp8", "fp4") else None
+        scale = read_tensor(checkpoint, name[: -len(".weight")] + ".scale", layout) if kind in ("fp8", "fp4") \
+            else None
         try:
-            weight, scale = target.stored_arrays(kind, checkpoint.raw(name), scale)
+            weight, scale = target.stored_arrays(kind, read_tensor(checkpoint, name, layout), scale)
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
         if slot < 0:
@@ -401,14 +413,19 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None) -> Model:
 
 
 def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed: int = 0,
-         prefill_chunk: Optional[int] = None, **overrides) -> Model:
+         prefill_chunk: Optional[int] = None, tensor_parallel: int = 1, expert_parallel: int = 1,
+         **overrides) -> Model:
     """Load a checkpoint folder, or a preset with generated random weights (tiny configs only).
-    overrides: runtime options (max_seq_len, max_batch_size, compute_dtype, custom_ops)."""
+    overrides: runtime options (max_seq_len, max_batch_size, compute_dtype, custom_ops).
+    tensor_parallel x expert_parallel > 1: this process is one rank of an msrun job (`ascend-v4
+    launch`) and loads only its shard."""
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
+    from ascend_v4.parallel.layout import layout_for
     overrides = {k: v for k, v in overrides.items() if v is not None}   # None: the model's default
+    layout = layout_for(tensor_parallel, expert_parallel)
     if os.path.isdir(path_or_preset):
-        return build_model(open_checkpoint(path_or_preset, overrides=overrides), prefill_chunk)
+        return build_model(open_checkpoint(path_or_preset, overrides=overrides), prefill_chunk, layout)
     cfg = load_config(path_or_preset, **overrides)
     fmt = weight_format or cfg.dtype
     total = count_params(cfg)["total"]
@@ -417,4 +434,4 @@ def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed
                           "random weights on this machine; pass a checkpoint folder instead")
     with tempfile.TemporaryDirectory(prefix="ascend_v4_") as tmp:
         path = write_random_checkpoint(cfg, os.path.join(tmp, "ckpt"), weight_format=fmt, seed=seed)
-        return build_model(open_checkpoint(path), prefill_chunk)
+        return build_model(open_checkpoint(path), prefill_chunk, layout)

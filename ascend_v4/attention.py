@@ -18,7 +18,8 @@ from ascend_v4.compressor import Compressor, gather_rows, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import weight_kinds
-from ascend_v4.linear import Linear, batched_dense, zeros_param
+from ascend_v4.linear import ACT_BLOCK, Linear, batched_dense, dense, zeros_param
+from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import QuantDequant
 from ascend_v4.numerics import RMSNorm, rms_normalize
 from ascend_v4.precision import ms_dtype, np_dtype
@@ -61,21 +62,23 @@ class Attention(nn.Cell):
         super().__init__()
         self.cfg, self.rt, self.layer_id = cfg, rt, layer_id
         self.ratio = cfg.compress_ratios[layer_id]
-        self.n_heads, self.head_dim, self.rd = cfg.n_heads, cfg.head_dim, cfg.rope_head_dim
+        par = rt.parallel                     # tensor parallel: this rank's heads and output groups
+        self.n_heads, self.head_dim, self.rd = cfg.n_heads // par.tp, cfg.head_dim, cfg.rope_head_dim
         self.window, self.eps = cfg.window_size, cfg.norm_eps
-        self.groups, self.o_rank = cfg.o_groups, cfg.o_lora_rank
+        self.groups, self.o_rank = cfg.o_groups // par.tp, cfg.o_lora_rank
         self.scale = cfg.head_dim ** -0.5
         lin = weight_kinds(cfg)[0]
         self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         dt = self.dt
         self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, lin, rt)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt)
-        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim, lin, rt)
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, lin, rt)
         self.wkv = Linear(cfg.dim, cfg.head_dim, lin, rt)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt)
-        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, "bf16", rt)
-        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, lin, rt)
-        self.attn_sink = zeros_param((cfg.n_heads,), "attn_sink", dt)
+        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.groups * cfg.o_lora_rank, "bf16", rt)
+        self.wo_b = Linear(self.groups * cfg.o_lora_rank, cfg.dim, lin, rt)
+        self.attn_sink = zeros_param((self.n_heads,), "attn_sink", dt)
+        self.tp_out = TensorParallelOutput(self.wo_b, par) if par.tp > 1 else None
         self.kv_quant = QuantDequant(rt, "fp8", 64)              # the KV cache's nope dims
         cos, sin = rope_tables(cfg, self.ratio > 0, rt.max_seq_len)
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
@@ -136,7 +139,8 @@ class Attention(nn.Cell):
         o = o.reshape(b * s, self.groups, -1).swapaxes(0, 1)              # [g, b*s, h*hd/g]
         wo_a = self.wo_a.dequantized().reshape(self.groups, self.o_rank, -1)    # [g, r, h*hd/g]
         o = batched_dense(o, wo_a)                                               # [g, b*s, r]
-        return self.wo_b(o.swapaxes(0, 1).reshape(b, s, self.groups * self.o_rank))
+        o = o.swapaxes(0, 1).reshape(b, s, self.groups * self.o_rank)
+        return self.tp_out(o) if self.tp_out is not None else self.wo_b(o)
 
     # ---- extend ------------------------------------------------------------------------
     def extend(self, x, rows, start, count, state):
@@ -274,3 +278,29 @@ class Attention(nn.Cell):
                                   self.attn_sink.astype(f32))
         o = out.reshape(b, n, self.n_heads, hd).astype(self.mdt)
         return self._output(o, cos, sin), self._assemble(comp)
+
+
+class TensorParallelOutput(nn.Cell):
+    """wo_b split along its input dim over the TP group: each rank multiplies its slice of the
+    grouped output [b, s, w] and the partial products are summed over the group.
+
+    The release quantises wo_b's input in tiles of 128 along that dim; when a rank's slice is not
+    whole tiles (w % 128), the slices are gathered and the full row is quantised first, so every
+    rank quantises exactly as one process does."""
+
+    def __init__(self, wo_b: Linear, par):
+        super().__init__()
+        self.wo_b = wo_b
+        self.tp, self.index = par.tp, par.tp_index
+        self.sum = GroupSum(par.tp_members(), par.world)
+        self.gather = GroupGather(par.tp_members(), par.world) \
+            if wo_b.act_quant and wo_b.shape[1] % ACT_BLOCK else None
+
+    def construct(self, o):
+        if self.gather is None:
+            return self.sum(self.wo_b(o))
+        w = o.shape[-1]
+        parts = self.gather(o)                                                  # [tp, b, s, w]
+        full = self.wo_b.quant(ops.concat([parts[i] for i in range(self.tp)], -1))
+        mine = full[..., self.index * w:(self.index + 1) * w]
+        return self.sum(dense(mine, self.wo_b.dequantized()))

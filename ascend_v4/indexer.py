@@ -13,6 +13,7 @@ from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
 from ascend_v4.kernels import QuantDequant
 from ascend_v4.numerics import hadamard_matrix
+from ascend_v4.parallel.comm import GroupSum
 from ascend_v4.precision import np_dtype
 from ascend_v4.rope import apply_rope
 from ascend_v4.runtime import RuntimeConfig
@@ -43,7 +44,8 @@ def selected_mask(scores, visible, k: int):
 class Indexer(nn.Cell):
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, linear_kind: str):
         super().__init__()
-        self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
+        par = rt.parallel                      # tensor parallel: this rank's indexer heads
+        self.n_heads, self.head_dim, self.topk = cfg.index_n_heads // par.tp, cfg.index_head_dim, cfg.index_topk
         self.rd = cfg.rope_head_dim
         self.ratio = 4
         self.cfg, self.rt = cfg, rt
@@ -53,7 +55,8 @@ class Indexer(nn.Cell):
         self.compressor = Compressor(cfg, rt, 4, self.head_dim, rotate=True)
         self.hadamard = Tensor(hadamard_matrix(self.head_dim, dt))
         self.quant = QuantDequant(rt, "fp4", 32)
-        self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
+        self.weight_scale = self.head_dim ** -0.5 * cfg.index_n_heads ** -0.5
+        self.tp_sum = GroupSum(par.tp_members(), par.world) if par.tp > 1 else None
 
     def queries(self, qr, cos, sin):
         """qr [b, s, q_lora_rank] -> rotated FP4-simulated queries [b, s, heads, head_dim]."""
@@ -64,10 +67,12 @@ class Indexer(nn.Cell):
         return self.quant(ops.matmul(q, self.hadamard))
 
     def scores(self, x, q, keys):
-        """x [b, s, dim], q [b, s, h, d], keys [b, n, d] -> index scores [b, s, n]."""
+        """x [b, s, dim], q [b, s, h, d] (this rank's heads), keys [b, n, d] -> index scores [b, s, n]
+        (summed over every head of the TP group)."""
         w = self.weights_proj(x) * self.weight_scale                 # [b, s, h]
         dots = ops.relu(ops.matmul(q, keys.expand_dims(1).swapaxes(-1, -2)))  # [b, s, h, n]
-        return (dots * w.expand_dims(-1)).sum(2)
+        partial = (dots * w.expand_dims(-1)).sum(2)
+        return self.tp_sum(partial) if self.tp_sum is not None else partial   # sum over all heads
 
     @staticmethod
     def spec_for(cfg: ModelConfig, rt: RuntimeConfig) -> StateSpec:

@@ -26,6 +26,7 @@ from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear, storage_kind
 from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.numerics import RMSNorm
+from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 from ascend_v4.state import DENSE, StateSpec
@@ -38,30 +39,45 @@ class Transformer(nn.Cell):
         self.cfg, self.runtime = cfg, rt
         self.hc_mult = cfg.hc_mult
         dt = np_dtype(rt)
-        self.embed = StoredWeight((cfg.vocab_size, cfg.dim), storage_kind("bf16", rt), dt, row_lookup=True)
+        par = rt.parallel                 # tensor parallel: embed and head rows split by vocabulary
+        vocab = cfg.vocab_size // par.tp
+        self.embed = StoredWeight((vocab, cfg.dim), storage_kind("bf16", rt), dt, row_lookup=True)
         self.layers = nn.CellList([Block(cfg, rt, i) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
-        self.head = Linear(cfg.dim, cfg.vocab_size, "bf16", rt)
+        self.head = Linear(cfg.dim, vocab, "bf16", rt)
+        self.vocab_parallel = VocabParallel(vocab, par) if par.tp > 1 else None
         self.hc_head = HcHead(cfg, rt, "hc_head")
         self.mtp = nn.CellList([MTPBlock(cfg, rt, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
 
     # ---- pieces shared by the graphs ---------------------------------------------------------
     def widen(self, ids):
         """ids [b, s] -> H [b, s, n, d] (embedding repeated over the n streams)."""
-        h = self.embed.rows(ids)
+        h = self.embed_rows(ids)
         return ops.tile(h.expand_dims(2), (1, 1, self.hc_mult, 1))
+
+    def embed_rows(self, ids):
+        """ids [...] -> embeddings [..., d] (TP: each rank looks up its vocabulary range)."""
+        if self.vocab_parallel is None:
+            return self.embed.rows(ids)
+        return self.vocab_parallel.embed(self.embed, ids)
+
+    def vocab_logits(self, y):
+        """y [..., d] -> logits [..., vocab] (TP: each rank's vocabulary range, gathered)."""
+        if self.vocab_parallel is None:
+            return self.head(y)
+        return self.vocab_parallel.gather(self.head(y))
 
     def logits(self, H, count=None, all_logits: bool = False):
         """H [b, n, hc, d] -> logits of each row's last real token [b, vocab] (count [b]; None: the
         last position), or of every position [b, n, vocab] with all_logits."""
         y = self.norm(self.hc_head(H))                                       # [b, n, d]
         if all_logits:
-            return self.head(y)
+            return self.vocab_logits(y)
         if count is None:
-            return self.head(y[:, -1])
+            return self.vocab_logits(y[:, -1])
         b = y.shape[0]
         last = ops.clamp(count.reshape(b, 1) - 1, 0, y.shape[1] - 1)
-        return self.head(gather_rows(y, last)[:, 0])
+        return self.vocab_logits(gather_rows(y, last)[:, 0])
 
     def extend(self, ids, rows, start, count, states, all_logits: bool = False):
         """Append tokens ids [b, n] to the sequences in batch rows `rows` [b] (start [b]: position
@@ -82,8 +98,8 @@ class Transformer(nn.Cell):
 
     def mtp_logits(self, H, ids):
         """MTP block 0 on the main model's streams H and the next tokens ids -> [b, vocab]."""
-        y = self.mtp[0].prefill_hidden(H, self.embed.rows(ids), ids)
-        return self.head(y[:, -1])
+        y = self.mtp[0].prefill_hidden(H, self.embed_rows(ids), ids)
+        return self.vocab_logits(y[:, -1])
 
     # ---- state and checkpoint plumbing ---------------------------------------------------------
     @staticmethod
@@ -111,8 +127,8 @@ class Transformer(nn.Cell):
             if isinstance(cell, StoredWeight):
                 if cell.lead:                                  # [E, out, in] routed experts
                     stem, leaf = path.rsplit(".", 1)
-                    for e in range(cell.lead[0]):
-                        table[f"{stem}.{e}.{leaf}.weight"] = (cell, e)
+                    for e in range(cell.lead[0]):              # EP: this rank's experts only
+                        table[f"{stem}.{cell.first_expert + e}.{leaf}.weight"] = (cell, e)
                 else:
                     table[f"{path}.weight"] = (cell, -1)
                 own = [(n, p) for n, p in cell.parameters_and_names(expand=False) if n not in ("weight", "scale")]
@@ -134,6 +150,30 @@ class Transformer(nn.Cell):
             else:
                 table[name] = (target, slot)
         return table
+
+
+class VocabParallel(nn.Cell):
+    """Embedding and head split by vocabulary over the TP group (rank t holds ids [t V/tp, (t+1) V/tp))."""
+
+    def __init__(self, vocab_per_rank: int, par):
+        super().__init__()
+        self.n, self.tp = vocab_per_rank, par.tp
+        self.first = par.tp_index * vocab_per_rank
+        self.sum = GroupSum(par.tp_members(), par.world)
+        self.gather_group = GroupGather(par.tp_members(), par.world)
+
+    def embed(self, table: StoredWeight, ids):
+        """Rows of the ids this rank holds, zeros for the others, summed over the group (exact:
+        one rank contributes each row)."""
+        local = ids - self.first
+        mine = ops.logical_and(local >= 0, local < self.n)
+        rows = table.rows(ops.clamp(local, 0, self.n - 1))
+        return self.sum(rows * mine.expand_dims(-1).astype(rows.dtype))
+
+    def gather(self, logits):
+        """logits [..., V/tp] of this rank's range -> [..., V]."""
+        parts = self.gather_group(logits)
+        return ops.concat([parts[i] for i in range(self.tp)], -1)
 
 
 class RowView(nn.Cell):

@@ -16,6 +16,7 @@ from ascend_v4.checkpoint.schema import weight_kinds
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import ACT_BLOCK, Linear, batched_dense, storage_kind, zeros_param
 from ascend_v4.kernels import QuantDequant
+from ascend_v4.parallel.comm import AllToAll, GroupGather
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 from ascend_v4.weights import StoredWeight
@@ -87,7 +88,9 @@ class RoutedExperts(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig):
         super().__init__()
-        E, d, inter = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        par = rt.parallel                     # expert parallel: this rank holds experts [first, first + E)
+        first, E = par.local_experts(cfg.n_routed_experts)
+        d, inter = cfg.dim, cfg.moe_inter_dim
         self.n_experts, self.limit = E, cfg.swiglu_limit
         kind = weight_kinds(cfg)[1]
         self.act_quant = kind in ("fp4", "fp8")
@@ -97,6 +100,9 @@ class RoutedExperts(nn.Cell):
         self.w1 = StoredWeight((E, inter, d), held, dt)
         self.w2 = StoredWeight((E, d, inter), held, dt)
         self.w3 = StoredWeight((E, inter, d), held, dt)
+        for w in (self.w1, self.w2, self.w3):
+            w.first_expert = first
+        self.exchange = ExpertExchange(par) if par.ep > 1 else None
         self.use_kernels = rt.custom_ops
         if self.use_kernels:
             from custom_ops import ms_ops
@@ -138,6 +144,8 @@ class RoutedExperts(nn.Cell):
         """x [T, dim], weights/indices [T, k] -> sum_k w_k expert_k(x) [T, dim]."""
         if self.use_kernels:
             return self._with_kernels(x, weights, indices)
+        if self.exchange is not None:
+            return self._expert_parallel(x, weights, indices)
         T, k = indices.shape
         P = T * k
         experts = indices.reshape(P).astype(ms.int32)
@@ -148,6 +156,29 @@ class RoutedExperts(nn.Cell):
         token = ops.arange(P).astype(ms.int32) // k
         out = self._pairs_forward(xq, token, weights.reshape(P), experts, rank, hits.sum(0).astype(ms.int32))
         return out.reshape(T, k, -1).sum(1)
+
+    def _expert_parallel(self, x, weights, indices):
+        """Expert parallel: this rank routes its share of the tokens, dispatches each (token,
+        expert) pair to the EP rank holding the expert, runs the pairs it receives through its
+        local experts, returns the outputs to their senders (combine) and gathers the tokens."""
+        xq = self.quant(x) if self.act_quant else x
+        ex = self.exchange
+        T, k = indices.shape
+        rows, w, expert, valid = ex.my_pairs(xq, weights, indices)       # [P, d], [P], [P] global, [P]
+        send, dest_slot = ex.pack(rows, w, expert, valid, self.n_experts)
+        got = ex.all_to_all(send)                                        # [ep (source), P, d + 3]
+        r_rows, r_w, r_expert, r_valid = ex.unpack(got, xq.shape[1])
+        R = r_expert.shape[0]
+        r_expert = mint.where(r_valid, r_expert, 0)
+        hits = (r_expert.reshape(R, 1) == ops.arange(self.n_experts).astype(ms.int32).reshape(1, -1))
+        hits = hits.astype(ms.int32)
+        rank = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)
+        out = self._pairs_forward(r_rows, ops.arange(R).astype(ms.int32), r_w, r_expert, rank,
+                                  hits.sum(0).astype(ms.int32))             # [R, d] weighted outputs
+        back = ex.all_to_all(out.reshape(ex.ep, -1, out.shape[1]))          # [ep (expert rank), P, d]
+        mine = ops.gather(back.reshape(-1, out.shape[1]), dest_slot, 0)   # [P, d] my pairs' outputs
+        mine = mine * valid.reshape(-1, 1).astype(mine.dtype)
+        return ex.gather_tokens(mine.reshape(-1, k, mine.shape[1]).sum(1), T)
 
     def _with_kernels(self, x, weights, indices):
         """moe_dispatch groups the T*k (token, expert) rows by expert (row r belongs to expert e
@@ -165,6 +196,68 @@ class RoutedExperts(nn.Cell):
         out = self._pairs_forward(xq, r, row_w, expert, r - ops.gather(offsets, expert, 0), counts)
         ones = ops.ones(weights.shape, f32)
         return self.combine(out.astype(f32), slot_of, ones).astype(dtype)
+
+
+class ExpertExchange(nn.Cell):
+    """The MoE all-to-all of one EP group (dispatch, then combine) with uneven per-rank counts.
+
+    Tokens [T] are replicated over the group; member j routes tokens [j Ts, (j+1) Ts) (Ts =
+    ceil(T / ep), padding tokens are invalid). Its P = Ts k pairs go into a send buffer
+    [ep, P, d + 3] (row, routing weight, the expert's index on the destination, valid flag), at
+    position (destination, rank among the pairs for that destination). Static shapes hold any
+    routing: a member may receive all ep P pairs or none. On Ascend this is HCCL AlltoAllV (or
+    MoeDistributeDispatch / Combine) with counts exchanged first; here `AllToAll` (comm.py).
+    """
+
+    def __init__(self, par):
+        super().__init__()
+        self.ep, self.index = par.ep, par.ep_index
+        members = par.ep_members()
+        self.all_to_all = AllToAll(members, par.world, self.index)
+        self.gather_group = GroupGather(members, par.world)
+
+    def my_pairs(self, xq, weights, indices):
+        """-> this member's pairs: rows [P, d], weights [P], experts [P] (global), valid [P] bool."""
+        T, k = indices.shape
+        Ts = (T + self.ep - 1) // self.ep
+        pad = Ts * self.ep - T
+        if pad:
+            xq = ops.concat((xq, ops.zeros((pad, xq.shape[1]), xq.dtype)), 0)
+            weights = ops.concat((weights, ops.zeros((pad, k), weights.dtype)), 0)
+            indices = ops.concat((indices, ops.zeros((pad, k), indices.dtype)), 0)
+        lo = self.index * Ts
+        token_ok = (ops.arange(Ts) + lo) < T                                       # [Ts]
+        P = Ts * k
+        rows = ops.gather(xq[lo:lo + Ts], ops.arange(P).astype(ms.int32) // k, 0)
+        valid = ops.tile(token_ok.reshape(Ts, 1), (1, k)).reshape(P)
+        return rows, weights[lo:lo + Ts].reshape(P), indices[lo:lo + Ts].reshape(P).astype(ms.int32), valid
+
+    def pack(self, rows, w, expert, valid, per_rank: int):
+        """-> send [ep, P, d + 3], and each pair's slot in the flattened [ep P] return buffer."""
+        P, dtype = rows.shape[0], rows.dtype
+        dest = expert // per_rank
+        hits = ops.logical_and(dest.reshape(P, 1) == ops.arange(self.ep).astype(ms.int32).reshape(1, -1),
+                               valid.reshape(P, 1)).astype(ms.int32)                # [P, ep]
+        pos = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)
+        slot = dest * P + pos
+        target = mint.where(valid, slot, self.ep * P)                           # invalid -> a spill row
+        meta = ops.stack((w.astype(dtype), (expert - dest * per_rank).astype(dtype), valid.astype(dtype)), 1)
+        payload = ops.concat((rows, meta), 1)                                   # [P, d + 3]
+        send = ops.zeros((self.ep * P + 1, payload.shape[1]), dtype)
+        send = ops.tensor_scatter_update(send, target.reshape(-1, 1), payload)
+        return send[:self.ep * P].reshape(self.ep, P, -1), mint.where(valid, slot, 0)
+
+    @staticmethod
+    def unpack(got, d: int):
+        """[ep, P, d + 3] received -> rows [R, d], weights [R] (0 when invalid), local experts [R], valid [R]."""
+        flat = got.reshape(-1, got.shape[2])
+        valid = flat[:, d + 2] > 0.5
+        return flat[:, :d], flat[:, d] * flat[:, d + 2], flat[:, d + 1].astype(ms.int32), valid
+
+    def gather_tokens(self, mine, T: int):
+        """This member's token outputs [Ts, d] -> all tokens [T, d] (replicated again)."""
+        every = self.gather_group(mine)                                         # [ep, Ts, d]
+        return every.reshape(-1, mine.shape[1])[:T]
 
 
 class Gate(Linear):

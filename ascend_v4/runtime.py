@@ -4,7 +4,8 @@ max_seq_len and max_batch_size size the decode state; compute_dtype is float32 (
 verification runs); custom_ops runs the AscendC kernels' CPU twins; prefill_chunk is the most
 tokens one extend call takes (longer inputs run in chunks); weight_storage 'float' dequantises
 every weight at load (the verification layout); kernels picks fused CPU kernels or composite
-primitives for the elementwise chains (ascend_v4/kernels). A config file or preset may carry
+primitives for the elementwise chains (ascend_v4/kernels); parallel is this rank's tensor x expert
+parallel layout (not a config-file key: `load(tensor_parallel=, expert_parallel=)` sets it). A config file or preset may carry
 defaults for the first four (the reference's ModelArgs has max_batch_size / max_seq_len);
 `ModelConfig.runtime_defaults` keeps them and `RuntimeConfig.for_model` applies them.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 from ascend_v4.config import ConfigError, ModelConfig
+from ascend_v4.parallel.layout import SINGLE, ParallelLayout
 
 RUNTIME_KEYS = ("max_seq_len", "max_batch_size", "compute_dtype", "custom_ops", "prefill_chunk",
                 "weight_storage", "kernels")
@@ -34,6 +36,7 @@ class RuntimeConfig:
     prefill_chunk: int = 256
     weight_storage: str = "checkpoint"     # 'float': every weight dequantised at load (verification)
     kernels: str = "fused"                 # 'composite': elementwise chains as primitives (ascend_v4/kernels)
+    parallel: ParallelLayout = SINGLE      # this rank's TP x EP layout (ascend_v4/parallel), set by load()
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, **overrides) -> "RuntimeConfig":
@@ -72,6 +75,7 @@ class RuntimeConfig:
                               f"need head_dim {KERNEL_HEAD_DIM} with rope_head_dim {KERNEL_ROPE_DIM} (the "
                               f"MODEL1 KV layout); this model has head_dim {cfg.head_dim}, rope_head_dim "
                               f"{cfg.rope_head_dim}. Run it with custom_ops off")
+        self.parallel.validate(cfg)
         ratio = max([r for r in cfg.compress_ratios if r] or [1])
         if self.max_seq_len % ratio:
             raise ConfigError(f"max_seq_len ({self.max_seq_len}) must be a multiple of every compress ratio")

@@ -1,8 +1,6 @@
 """Server pieces without a model: request validation, stop strings and incremental text, the
 built-in tokenizer and its chat template, the parallel-config check."""
-import json
 
-import click
 import pytest
 
 from ascend_v4.serve import protocol
@@ -70,21 +68,6 @@ def test_protocol_defaults_follow_openai():
         {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], "max_completion_tokens": 3})
     assert protocol.chat_messages(chat) == [{"role": "system", "content": "ab"}]
     assert protocol.chat_max_tokens(chat) == 3
-
-
-def test_parallel_config_from_a_plan_is_checked(tmp_path):
-    from ascend_v4.serve.cli import check_parallel_config
-    one = tmp_path / "one.json"
-    one.write_text(json.dumps({"mindspore": {"device_num": 1}, "ascend_v4": {"expert_parallel": 1}}))
-    assert check_parallel_config(str(one))["ascend_v4"]["expert_parallel"] == 1
-    many = tmp_path / "many.json"
-    many.write_text(json.dumps({"mindspore": {"device_num": 16}, "ascend_v4": {"expert_parallel": 16}}))
-    with pytest.raises(click.UsageError, match="expert_parallel=16"):
-        check_parallel_config(str(many))
-    bad = tmp_path / "bad.json"
-    bad.write_text("{")
-    with pytest.raises(click.BadParameter, match="not valid JSON"):
-        check_parallel_config(str(bad))
 
 
 def test_serve_cli_refuses_bad_flags_before_loading(tmp_path):

@@ -5,6 +5,7 @@ import os
 
 import click
 
+from ascend_v4.parallel.options import parallel_options, resolve
 from tools.errors import user_errors
 
 
@@ -27,8 +28,10 @@ def _parse_ids(text: str):
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="sampling and weight seed")
-def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature, seed):
-    """Generate tokens; prints the new ids as one comma-separated line."""
+@parallel_options
+def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature, seed, tensor_parallel,
+            expert_parallel):
+    """Generate tokens; prints the new ids as one comma-separated line (rank 0 of a parallel run)."""
     if bool(preset) == bool(checkpoint):
         raise click.UsageError("give exactly one of --preset or --checkpoint")
     if bool(prompt_ids) == bool(prompt):
@@ -38,16 +41,21 @@ def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature,
         if checkpoint and not os.path.isdir(checkpoint):
             raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
         import ascend_v4
-        model = ascend_v4.load(checkpoint or preset, seed=seed)
+        from ascend_v4.parallel.lockstep import ranks_in_step
+        tp, ep = resolve(tensor_parallel, expert_parallel)
+        model = ascend_v4.load(checkpoint or preset, seed=seed, tensor_parallel=tp, expert_parallel=ep)
         tok = model.tokenizer                # the checkpoint's tokenizer.json (presets: the built-in BPE)
         if prompt is not None:
             if tok is None:
                 raise click.UsageError("--prompt needs a checkpoint with tokenizer.json; use --prompt-ids")
             ids = tok.encode(prompt)
         from tqdm import tqdm
-        with tqdm(total=max_new_tokens, desc="generate", unit="tok", disable=None) as bar:
-            out = model.generate([ids], max_new_tokens, temperature=temperature, seed=seed,
-                                 progress=bar.update)[0]
+        with ranks_in_step(model) as driver:
+            if driver is None:               # another rank: it has stepped with rank 0, which prints
+                return
+            with tqdm(total=max_new_tokens, desc="generate", unit="tok", disable=None) as bar:
+                out = driver.generate([ids], max_new_tokens, temperature=temperature, seed=seed,
+                                      progress=bar.update)[0]
     click.echo(",".join(str(t) for t in out))
     if tok is not None:
         click.echo(tok.decode(out))

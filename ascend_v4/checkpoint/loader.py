@@ -168,6 +168,14 @@ class Checkpoint:
             return parts[0].file.get(parts[0].stored)
         return np.concatenate([p.file.get(p.stored) for p in parts], axis=dim)
 
+    def rank_part(self, name: str, parts: int, index: int) -> Optional[np.ndarray]:
+        """Part `index` of a split tensor when the checkpoint's mp files are split `parts` ways
+        (read from that rank's file only), else None."""
+        stored = sorted(self._parts[name], key=lambda p: p.rank)
+        if self.layout != "converted" or len(stored) != parts or split_dim(name) is None:
+            return None
+        return stored[index].file.get(stored[index].stored)
+
     def raw(self, name: str) -> np.ndarray:
         """Stored array of `name` in the converted layout (mp shards merged; read-only memmap
         when unsplit). HF FP8 `wo_a` comes back dequantised to bf16 like the converter's."""

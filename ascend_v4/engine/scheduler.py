@@ -115,6 +115,8 @@ class Engine:
         m = self.model
         for bucket in m.buckets:
             m.extend(0, [0] * bucket, 0, keep_hidden=self.speculator is not None)
+        if m.lengths[0] + 3 > m.max_seq_len:        # the largest bucket filled the slot: leave room to decode
+            m.extend(0, [0] * m.buckets[0], 0, keep_hidden=self.speculator is not None)
         B = m.max_batch
         pos = np.full(B, -1, np.int64)
         pos[0] = m.lengths[0]

@@ -3,7 +3,6 @@ OpenAI API with uvicorn until SIGTERM / SIGINT (in-flight requests get --drain-t
 finish, then are cancelled; the engine thread is joined before the process exits)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -11,32 +10,9 @@ import time
 import click
 
 from ascend_v4.errors import user_errors
+from ascend_v4.parallel.options import parallel_options, resolve
 
 log = logging.getLogger("ascend_v4.serve")
-
-
-def check_parallel_config(path: str) -> dict:
-    """Read the plan's parallel_<role>_<i>.json; this server runs one process, so refuse a layout
-    that needs more than one rank, naming the setting."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except OSError as exc:
-        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--parallel-config") from None
-    except ValueError as exc:
-        raise click.BadParameter(f"{path}: not valid JSON ({exc})", param_hint="--parallel-config") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("ascend_v4", {}), dict):
-        raise click.BadParameter(f"{path}: expected an object with an 'ascend_v4' section",
-                                 param_hint="--parallel-config")
-    layout = cfg.get("ascend_v4", {})
-    ranks = {"mindspore.device_num": cfg.get("mindspore", {}).get("device_num", 1),
-             "ascend_v4.expert_parallel": layout.get("expert_parallel", 1),
-             "ascend_v4.attention_tp": layout.get("attention_tp", 1)}
-    many = {k: v for k, v in ranks.items() if v != 1}
-    if many:
-        raise click.UsageError(f"{path} asks for a multi-rank layout ({', '.join(f'{k}={v}' for k, v in many.items())}); "
-                               "this server runs one process: expert and tensor parallel serving is not built yet")
-    return cfg
 
 
 def check_port(host: str, port: int) -> None:
@@ -77,36 +53,60 @@ def check_port(host: str, port: int) -> None:
               help="compile every graph before opening the port")
 @click.option("--role", type=click.Choice(["prefill", "decode", "colocated"]), default="colocated",
               show_default=True, help="the plan's instance role (one process serves both phases)")
-@click.option("--parallel-config", type=click.Path(), help="parallel_<role>_<i>.json from `ascend-v4 plan --out`")
+@click.option("--parallel-config", type=click.Path(), help="parallel_<role>_<i>.json from `ascend-v4 plan --out` "
+              "(its attention_tp and expert_parallel; instead of the two flags)")
+@parallel_options
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, prefill_budget,
-            speculative,
-            served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config, log_level):
-    """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching."""
+            speculative, served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config,
+            tensor_parallel, expert_parallel, log_level):
+    """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching.
+    Under `ascend-v4 launch`, rank 0 answers HTTP and every rank steps the same batch."""
     if bool(preset) == bool(checkpoint):
         raise click.UsageError("give exactly one of --preset or --checkpoint")
     if checkpoint and not os.path.isdir(checkpoint):
         raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
-    if parallel_config:
-        check_parallel_config(parallel_config)
-    check_port(host, port)                       # before minutes of loading and compiling
+    tp, ep = resolve(tensor_parallel, expert_parallel, parallel_config)
+    with user_errors():
+        from ascend_v4.parallel.layout import layout_for
+        layout = layout_for(tp, ep)
+    if layout.rank == 0:
+        check_port(host, port)                   # before minutes of loading and compiling
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = served_model_name or (preset or os.path.basename(os.path.normpath(checkpoint)))
     with user_errors():
         import ascend_v4
         from ascend_v4.engine import Engine
+        from ascend_v4.parallel.lockstep import ranks_in_step
         t0 = time.perf_counter()
         model = ascend_v4.load(checkpoint or preset, seed=seed, prefill_chunk=prefill_chunk,
-                               max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype)
-        engine = Engine(model, max_queue=max_queue, speculative=speculative, prefill_budget=prefill_budget)
-        log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s", name,
+                               max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype,
+                               tensor_parallel=tp, expert_parallel=ep)
+        log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s, %s", name,
                  time.perf_counter() - t0, model.max_batch, model.max_seq_len, model.buckets,
-                 "yes" if model.tokenizer else "no (token ids only)", role)
-        if warmup:
-            t0 = time.perf_counter()
-            engine.warm_up()
-            log.info("compiled the serving graphs in %.1f s", time.perf_counter() - t0)
-    serve(engine, name, host, port, drain_timeout, log_level)
+                 "yes" if model.tokenizer else "no (token ids only)", role, layout.describe())
+    if layout.distributed and layout.rank != 0:
+        follow_rank_zero(model)
+        return
+    with ranks_in_step(model) as driver:
+        with user_errors():
+            engine = Engine(driver, max_queue=max_queue, speculative=speculative, prefill_budget=prefill_budget)
+            if warmup:
+                t0 = time.perf_counter()
+                engine.warm_up()
+                log.info("compiled the serving graphs in %.1f s", time.perf_counter() - t0)
+        serve(engine, name, host, port, drain_timeout, log_level)
+
+
+def follow_rank_zero(model) -> None:
+    """A rank other than 0 replays rank 0's model calls until rank 0 shuts down. It ignores
+    SIGTERM / SIGINT (msrun and `launch` signal every rank): rank 0 drains, then releases it."""
+    import signal
+    from ascend_v4.parallel.lockstep import ranks_in_step
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: log.info("signal %d: waiting for rank 0 to drain", s))
+    with ranks_in_step(model):
+        pass
 
 
 def serve(engine, name: str, host: str, port: int, drain_s: float, log_level: str = "info") -> None:

@@ -1,0 +1,132 @@
+"""The parallel layout of one rank: tensor parallel (TP) x expert parallel (EP) over msrun ranks.
+
+Ranks form a grid of `ep` rows by `tp` columns, rank = ep_index * tp + tp_index (world = tp * ep):
+  - a TP group (one grid row: ranks that share ep_index) splits attention heads (wq_b, wo_a, wo_b,
+    attn_sink, the indexer's wq_b / weights_proj), the embedding and the head by the official rules
+    (`checkpoint.schema.split_dim`); the other weights are replicated;
+  - an EP group (one grid column: ranks that share tp_index) splits the routed experts by index:
+    member j holds experts [j E/ep, (j+1) E/ep).
+Every rank of a group steps the same batch; ranks of different TP groups hold the same attention
+weights and compute the same numbers (they differ in the experts they hold).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Tuple
+
+from ascend_v4.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    tp: int = 1
+    ep: int = 1
+    rank: int = 0
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.ep
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def tp_index(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def ep_index(self) -> int:
+        return self.rank // self.tp
+
+    def tp_members(self) -> Tuple[int, ...]:
+        """World ranks of this rank's TP group, in TP order."""
+        first = self.ep_index * self.tp
+        return tuple(range(first, first + self.tp))
+
+    def ep_members(self) -> Tuple[int, ...]:
+        """World ranks of this rank's EP group, in EP order."""
+        return tuple(j * self.tp + self.tp_index for j in range(self.ep))
+
+    def local_experts(self, n_experts: int) -> Tuple[int, int]:
+        """(first global expert index, count) held by this rank."""
+        per = n_experts // self.ep
+        return self.ep_index * per, per
+
+    def validate(self, cfg: ModelConfig) -> None:
+        """A clear error when the model cannot be split this way (names the setting)."""
+        for name, value in (("tensor_parallel", self.tp), ("expert_parallel", self.ep)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.rank < self.world:
+            raise ConfigError(f"rank {self.rank} is outside the {self.world} ranks of tp {self.tp} x ep {self.ep}")
+        splits = {"n_routed_experts": (cfg.n_routed_experts, self.ep)}
+        if self.tp > 1:
+            splits.update({"n_heads": (cfg.n_heads, self.tp), "o_groups": (cfg.o_groups, self.tp),
+                           "vocab_size": (cfg.vocab_size, self.tp)})
+            if any(r == 4 for r in cfg.compress_ratios):
+                splits["index_n_heads"] = (cfg.index_n_heads, self.tp)
+        bad = [f"{key} {n} is not divisible by {parts}" for key, (n, parts) in splits.items() if n % parts]
+        if bad:
+            raise ConfigError(f"cannot split this model over tensor_parallel {self.tp} x expert_parallel "
+                              f"{self.ep}: {'; '.join(bad)}")
+
+    def describe(self) -> str:
+        return f"rank {self.rank}/{self.world} (tp {self.tp_index}/{self.tp}, ep {self.ep_index}/{self.ep})"
+
+
+SINGLE = ParallelLayout()
+
+
+def launched_world() -> Tuple[int, int]:
+    """(rank, world size) msrun gave this process (RANK_ID / RANK_SIZE), or (0, 1) when not launched."""
+    try:
+        return int(os.environ.get("RANK_ID", "0")), int(os.environ.get("RANK_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(f"RANK_ID / RANK_SIZE are not integers: {os.environ.get('RANK_ID')!r}, "
+                          f"{os.environ.get('RANK_SIZE')!r}") from None
+
+
+def layout_for(tp: int = 1, ep: int = 1) -> ParallelLayout:
+    """The layout of this process for tp x ep; the process must have been started by
+    `ascend-v4 launch --nproc tp*ep` (msrun) when tp * ep > 1."""
+    rank, world = launched_world()
+    layout = ParallelLayout(tp=tp, ep=ep, rank=rank if tp * ep > 1 else 0)
+    if layout.world > 1 and world != layout.world:
+        where = f"this process is one of {world}" if world > 1 else "this process was not started by msrun"
+        raise ConfigError(f"tensor_parallel {tp} x expert_parallel {ep} needs {layout.world} ranks, but {where}: "
+                          f"run it under `ascend-v4 launch --nproc {layout.world} -- ...`")
+    return layout
+
+
+def read_parallel_config(path: str) -> Tuple[int, int]:
+    """(tp, ep) from the plan's parallel_<role>_<i>.json: attention_tp x (expert_parallel /
+    attention_tp) must equal the ranks of the instance (mindspore.device_num)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("ascend_v4", {}), dict) \
+            or not isinstance(cfg.get("mindspore", {}), dict):
+        raise ConfigError(f"{path}: expected an object with 'ascend_v4' and 'mindspore' sections")
+    layout = cfg.get("ascend_v4", {})
+    ranks = _positive(path, "mindspore.device_num", cfg.get("mindspore", {}).get("device_num", 1))
+    tp = _positive(path, "ascend_v4.attention_tp", layout.get("attention_tp", 1))
+    ep_total = _positive(path, "ascend_v4.expert_parallel", layout.get("expert_parallel", 1))
+    ep = ep_total if tp == 1 else ep_total // tp
+    if tp * ep != ranks or (tp > 1 and ep_total % tp):
+        raise ConfigError(f"{path}: attention_tp {tp} with expert_parallel {ep_total} does not tile "
+                          f"{ranks} ranks (this runtime needs ranks = attention_tp x expert groups)")
+    return tp, ep
+
+
+def _positive(path: str, key: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+    return value
+
