@@ -5,6 +5,7 @@ import os
 import shlex
 import stat
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -99,7 +100,9 @@ def test_hostile_cluster_values_stay_literal(tmp_path):
     (fake / "msrun").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$ARGS"\n')
     (fake / "msrun").chmod(0o755)
     script = "launch_prefill_0_node0.sh"          # the instance on node 0 (hostile host_ip)
-    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ARGS=str(tmp_path / "args.txt"))
+    # the script checks its rank table with `python -m tools.deploy.rank_table`: this interpreter
+    env = dict(os.environ, PATH=f"{fake}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+               ARGS=str(tmp_path / "args.txt"))
     env.pop("ASCEND_V4_CHECKPOINT", None)
     missing = subprocess.run(["bash", str(out / script)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode != 0 and "set ASCEND_V4_CHECKPOINT" in missing.stderr

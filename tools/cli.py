@@ -17,6 +17,7 @@ COMMANDS = {
     "compile": "tools.cmd_compile",
     "parity": "tools.cmd_parity",
     "serve": "tools.cmd_serve",
+    "launch": "tools.cmd_launch",
 }
 
 

@@ -5,7 +5,9 @@
                                     rank_id / device_ip), version 1.0 layout
   parallel_<role>_<i>.json          MindSpore parallel context + ascend_v4 layout (DP/TP/EP,
                                     expert placement)
-  launch_<role>_<i>_node<k>.sh      one msrun launcher per node of each instance
+  launch_<role>_<i>_node<k>.sh      one msrun launcher per node of each instance: checks its rank
+                                    table first (tools/deploy/rank_table.py) and exports the HCCL
+                                    variables, each overridable from the environment
 
 Every value that reaches a shell script goes through shlex.quote, so a hostile cluster file
 (e.g. a host_ip of `1.2.3.4; rm -rf /`) stays a literal argument. Host and device IPs come from
@@ -103,10 +105,22 @@ def launch_script(inst, node_rank: int, cluster, files: Dict[str, str], entry: L
              f"of {len(inst['nodes'])}",
              "set -euo pipefail",
              'cd "$(dirname "$0")"',
-             f"export RANK_TABLE_FILE={q(files['rank_table'])}",
-             f"export HCCL_BUFFSIZE={q(str(hccl_buffsize_mb))}",
              ': "${ASCEND_V4_CHECKPOINT:?set ASCEND_V4_CHECKPOINT to the checkpoint folder to serve}"',
              "export ASCEND_V4_CHECKPOINT",
+             f"export RANK_TABLE_FILE={q(files['rank_table'])}",
+             "# HCCL settings; a value already in the environment wins",
+             "# seconds a rank waits for its peers while HCCL sets up links (CANN default 120)",
+             ': "${HCCL_CONNECT_TIMEOUT:=120}"',
+             "# seconds a collective may wait for its peers before HCCL reports a hang (CANN default 1836)",
+             ': "${HCCL_EXEC_TIMEOUT:=1836}"',
+             "# MB of HCCL buffer per communicator, from the plan's memory budget (CANN default 200)",
+             f': "${{HCCL_BUFFSIZE:={int(hccl_buffsize_mb)}}}"',
+             "# first host port HCCL listens on; it takes a block of ports from here (CANN default 60000)",
+             ': "${HCCL_IF_BASE_PORT:=60000}"',
+             "export HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT HCCL_BUFFSIZE HCCL_IF_BASE_PORT",
+             "# refuse a malformed rank table before any rank starts",
+             f'python -m tools.deploy.rank_table "$RANK_TABLE_FILE" --ranks {int(inst["ranks"])} '
+             f'--servers {len(inst["nodes"])}',
              "exec " + " ".join(q(a) for a in argv), ""]
     return "\n".join(lines)
 
