@@ -91,7 +91,12 @@ def launched_world() -> Tuple[int, int]:
 
 def layout_for(tp: int = 1, ep: int = 1) -> ParallelLayout:
     """The layout of this process for tp x ep; the process must have been started by
-    `ascend-v4 launch --nproc tp*ep` (msrun) when tp * ep > 1."""
+    `ascend-v4 launch --nproc tp*ep` (msrun) when tp * ep > 1, and then joins the job first thing:
+    msrun also runs the command as its scheduler (MS_ROLE=MS_SCHED), which becomes the scheduler
+    inside init() and never returns from it, so nothing is loaded before init()."""
+    if tp * ep > 1 and os.environ.get("MS_ROLE"):
+        from ascend_v4.parallel.comm import init_collectives
+        init_collectives()
     rank, world = launched_world()
     layout = ParallelLayout(tp=tp, ep=ep, rank=rank if tp * ep > 1 else 0)
     if layout.world > 1 and world != layout.world:
