@@ -2,15 +2,16 @@
 
 A `StoredWeight` is one matrix [out, in], or a stack of experts [E, out, in], in one of the
 checkpoint's formats (`kind`, from `checkpoint.schema.weight_kinds`):
-  fp8   weight uint8 e4m3 codes [.., out, in]   + scale float32 [.., ceil(out/128), ceil(in/128)]
+  fp8   weight uint8 e4m3 codes [.., out, in]   + scale uint8 ue8m0 [.., ceil(out/128), ceil(in/128)]
   fp4   weight uint8 two e2m1 codes per byte [.., out, in/2] (low nibble = even column)
-        + scale float32 [.., out, in/32]
+        + scale uint8 ue8m0 [.., out, in/32]
   bf16  weight bfloat16 [.., out, in]; for gathered weights (embedding, stacked experts) the bit
         patterns as uint16, since MindSpore's CPU Gather has no bf16 kernel
   float weight in the compute dtype (fp32 checkpoint tensors, and every weight when the
         runtime option weight_storage is 'float', the verification layout)
-The scales are ue8m0 (powers of two), kept as float32: a 128x128 block's scale is 1/4096 of a
-byte per weight. Dequantisation is a table lookup of the codes (FP4: one lookup gives a byte's
+The scales are ue8m0 (powers of two), kept as their exponent byte as stored (FP4's 1x32 scales
+would cost 0.125 byte per weight as float32, a quarter of the codes) and decoded by a 256-value
+lookup. Dequantisation is a table lookup of the codes (FP4: one lookup gives a byte's
 two values; bf16 bits: a 65,536-value table) times the block scale, in the compute dtype: bit-identical to dequantising in
 numpy. `take(index)` dequantises only the gathered experts (the sparse MoE's tiles).
 """
@@ -40,6 +41,23 @@ def fp4_pair_values(dtype) -> np.ndarray:
     """The two e2m1 values of every packed byte [256, 2]: (low nibble, high nibble)."""
     b = np.arange(256)
     return np.stack([quant.FP4_VALUES[b & 15], quant.FP4_VALUES[b >> 4]], -1).astype(dtype)
+
+
+def e8m0_values(dtype) -> np.ndarray:
+    """The value 2^(e - 127) of every ue8m0 exponent byte [256] (255, NaN, maps to 0: never a scale)."""
+    e = np.arange(256, dtype=np.float64)
+    return np.where(e < 255, np.exp2(e - 127), 0.0).astype(dtype)
+
+
+def e8m0_bytes(scale) -> np.ndarray:
+    """A ue8m0 scale array (float8_e8m0fnu, or float32 powers of two) -> its exponent bytes (uint8)."""
+    scale = np.asarray(scale)
+    if scale.dtype == quant.E8M0:
+        return scale.view(np.uint8)
+    as_e8m0 = scale.astype(np.float32).astype(quant.E8M0)
+    if not np.array_equal(as_e8m0.astype(np.float32), scale.astype(np.float32)):
+        raise ValueError("scales must be powers of two (ue8m0)")
+    return as_e8m0.view(np.uint8)
 
 
 def bf16_values(dtype) -> np.ndarray:
@@ -84,17 +102,19 @@ class StoredWeight(nn.Cell):
         self.compute = ms.float64 if np.dtype(dtype) == np.float64 else ms.float32
         if kind == "fp8":
             self.weight = _param(np.zeros(shape, np.uint8), "weight")
-            self.scale = _param(np.zeros((*lead, -(-out // FP8_BLOCK), -(-inp // FP8_BLOCK)), np.float32),
+            self.scale = _param(np.zeros((*lead, -(-out // FP8_BLOCK), -(-inp // FP8_BLOCK)), np.uint8),
                                 "scale")
             self.table = _table(fp8_code_values, dtype)
+            self.scale_table = _table(e8m0_values, dtype)
             self.row_block = Tensor(np.arange(out, dtype=np.int32) // FP8_BLOCK)
             self.col_block = Tensor(np.arange(inp, dtype=np.int32) // FP8_BLOCK)
         elif kind == "fp4":
             if inp % FP4_BLOCK:
                 raise ValueError(f"an FP4 weight needs in % {FP4_BLOCK} == 0, got shape {shape}")
             self.weight = _param(np.zeros((*lead, out, inp // 2), np.uint8), "weight")
-            self.scale = _param(np.zeros((*lead, out, inp // FP4_BLOCK), np.float32), "scale")
+            self.scale = _param(np.zeros((*lead, out, inp // FP4_BLOCK), np.uint8), "scale")
             self.table = _table(fp4_pair_values, dtype)
+            self.scale_table = _table(e8m0_values, dtype)
         elif kind == "bf16":
             # gathered weights (an embedding, stacked experts) keep the bit patterns as uint16,
             # since the CPU Gather has no bf16 kernel; gathered rows are decoded by a lookup
@@ -111,12 +131,12 @@ class StoredWeight(nn.Cell):
             values = ops.gather(self.table, codes.astype(ms.int32), 0)             # [.., out, in]
             full = ops.gather(ops.gather(scale, self.row_block, scale.ndim - 2), self.col_block,
                               scale.ndim - 1)
-            return values * full.astype(self.compute)
+            return values * self._scale_value(full)
         if self.kind == "fp4":
             pairs = ops.gather(self.table, codes.astype(ms.int32), 0)              # [.., out, in/2, 2]
             lead, out, half = codes.shape[:-2], codes.shape[-2], codes.shape[-1]
             blocks = pairs.reshape(lead + (out, 2 * half // FP4_BLOCK, FP4_BLOCK))
-            return (blocks * scale.astype(self.compute).expand_dims(-1)).reshape(lead + (out, 2 * half))
+            return (blocks * self._scale_value(scale).expand_dims(-1)).reshape(lead + (out, 2 * half))
         if self.bits:
             return self._bf16_bits_value(codes)
         return codes.astype(self.compute)
@@ -142,6 +162,10 @@ class StoredWeight(nn.Cell):
             return ops.gather(self.weight, index, 0)
         return ops.gather(self.dequantized(), index, 0)
 
+    def _scale_value(self, exponents):
+        """ue8m0 exponent bytes -> 2^(e - 127) in the compute dtype (a lookup: exact)."""
+        return ops.gather(self.scale_table, exponents.astype(ms.int32), 0)
+
     def _bf16_bits_value(self, bits):
         """bf16 bit patterns (uint16) -> exact values, by a lookup in the 65,536-value table."""
         return ops.gather(self.table, bits.astype(ms.int32), 0)
@@ -151,7 +175,7 @@ class StoredWeight(nn.Cell):
         """One matrix as the checkpoint stores it (format `ckpt_kind`) -> (weight, scale) arrays
         for this cell's parameters (one expert's when stacked; scale None without one)."""
         if self.kind == ckpt_kind and ckpt_kind in ("fp8", "fp4"):
-            return np.asarray(weight).view(np.uint8), np.asarray(scale).astype(np.float32)
+            return np.asarray(weight).view(np.uint8), e8m0_bytes(scale)
         if ckpt_kind == "fp8":
             value = quant.dequantize_fp8(np.asarray(weight).view(quant.E4M3), scale)
         elif ckpt_kind == "fp4":

@@ -163,6 +163,12 @@ def test_two_ranks_equal_one_process_in_float64(tmp_path, reference64, split):
     assert np.array_equal(runs[0]["row1_ids"], reference64["row1_ids"])
     assert worst_relative(runs, reference64) <= 1e-9
     assert all(np.array_equal(runs[0][k], runs[1][k]) for k in STEPS)        # ranks agree bit for bit
+    # each rank holds the routed-expert bytes the planner's memory model gives it (codes + ue8m0 scales)
+    from tools.deploy.memory import Layout, weight_bytes_per_rank
+    from tools.deploy.model_stats import v4_stats
+    ep = 2 if split[0] == "--ep" else 1
+    planned = weight_bytes_per_rank(v4_stats(load_config("tiny")), Layout(ranks=ep, head_tp=1))["expert"]
+    assert [int(run["expert_bytes"]) for run in runs] == [planned, planned]
 
 
 def test_tp2_x_ep2_on_four_ranks_equals_one_process(tmp_path, reference64):

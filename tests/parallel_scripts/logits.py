@@ -3,7 +3,7 @@
 Loads `tiny` (random weights, seed 0) sharded tp x ep, prefills two sequences (row 0: ordinary
 tokens over several chunks; row 1: tokens whose hash-routed experts all live on EP rank 0, so
 the other EP ranks receive none of them in layer 0), decodes 3 steps of both rows and writes
-logits to OUT.rank{r}.npz."""
+logits and the weight bytes the rank holds to OUT.rank{r}.npz."""
 import argparse
 import os
 import sys
@@ -36,6 +36,10 @@ for step in range(3):
     logits = model.decode(tokens, model.lengths.copy())
     out[f"decode{step}"] = logits
     tokens = logits.argmax(-1)
+held = {"expert_bytes": 0, "other_bytes": 0}          # weight bytes this rank holds
+for name, p in model.transformer.parameters_and_names():
+    held["expert_bytes" if ".ffn.experts." in name else "other_bytes"] += int(np.prod(p.shape)) * p.itemsize
+out.update(held)
 rank = int(os.environ.get("RANK_ID", "0"))
 np.savez(f"{args.out}.rank{rank}.npz", **out)
 print("done rank", rank, flush=True)

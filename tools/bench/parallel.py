@@ -5,7 +5,8 @@ per rank), on this machine's CPU cores.
   combine of one layer at the decode shape, times the MoE layers of a step) and its share of
   the step;
 - small (not in --quick), EP 1 / 2 / 4: resident weight bytes per rank against
-  (non-expert bytes / TP + expert bytes / EP) taken from the EP1 run.
+  (non-expert bytes / TP + expert bytes / EP) taken from the EP1 run, and against the planner's
+  per-rank weight memory.
 With more ranks than cores (EP4 on 2 cores) the ranks time-share the cores: step times then
 include that, which the result's `cores` field records.
 """
@@ -40,17 +41,24 @@ def _job(ep: int, out: str, *args: str) -> list:
     return ranks
 
 
-def _resident(rows: list) -> list:
-    """Per EP: each rank's resident bytes vs the target from the EP1 split."""
+def _resident(rows: list, preset: str) -> list:
+    """Per EP: each rank's resident bytes vs the target from the EP1 split, and vs the planner's
+    per-rank weight memory (tools/deploy/memory.py, native formats)."""
+    from ascend_v4.config import load_config
+    from tools.deploy.memory import Layout, weight_bytes_per_rank
+    from tools.deploy.model_stats import v4_stats
+    stats = v4_stats(load_config(preset))
     base = rows[0]["ranks"][0]
     out = []
     for row in rows:
         ep = row["ep"]
         target = base["other_bytes"] + base["expert_bytes"] / ep
+        planned = sum(weight_bytes_per_rank(stats, Layout(ranks=ep, head_tp=1)).values())
         worst = max(r["resident_bytes"] for r in row["ranks"])
         out.append({"ep": ep, "resident_bytes_per_rank": [r["resident_bytes"] for r in row["ranks"]],
                     "expert_bytes_per_rank": [r["expert_bytes"] for r in row["ranks"]],
                     "target_bytes": target, "worst_over_target": worst / target,
+                    "planner_bytes": planned, "worst_over_planner": worst / planned,
                     "load_s": max(r["load_s"] for r in row["ranks"])})
     return out
 
@@ -66,14 +74,14 @@ def run(quick: bool = False) -> dict:
             "exchange_per_step_s": row["ranks"][0]["exchange_per_step_s"],
             "exchange_share_of_step": row["ranks"][0]["exchange_per_step_s"] / row["ranks"][0]["decode_step_s"],
         } for row in tiny]
-        result["tiny_resident"] = _resident(tiny)
+        result["tiny_resident"] = _resident(tiny, "tiny")
         if not quick:
             from ascend_v4.checkpoint import write_random_checkpoint
             from ascend_v4.config import load_config
             ckpt = write_random_checkpoint(load_config("small"), os.path.join(tmp, "small"))
             small = [{"ep": ep, "ranks": _job(ep, os.path.join(tmp, f"small_ep{ep}"), "--model", ckpt,
                                               "--load-only", "--max-batch", "1")} for ep in eps]
-            result["small_resident"] = _resident(small)
+            result["small_resident"] = _resident(small, "small")
     return result
 
 
