@@ -5,7 +5,6 @@ import os
 import shlex
 import stat
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -85,6 +84,16 @@ def test_artifacts_rank_table_and_scripts(tmp_path):
     par = json.loads((out / "parallel_decode_0.json").read_text())
     assert par["mindspore"]["device_num"] == plan["decode"]["ranks"]
     assert par["ascend_v4"]["expert_parallel"] == plan["decode"]["expert_parallel"]
+    # the scripts run the real server through `ascend-v4 launch`, which reads the same layout
+    argv = shlex.split((out / "launch_decode_0_node0.sh").read_text().splitlines()[-1])
+    assert argv[:3] == ["exec", "ascend-v4", "launch"]
+    assert argv[argv.index("--") + 1:] == ["serve", "--role", "decode", "--parallel-config", "parallel_decode_0.json"]
+    from ascend_v4.parallel.layout import read_parallel_config
+    tp, ep = read_parallel_config(str(out / "parallel_decode_0.json"))
+    assert tp * ep == plan["decode"]["ranks"]
+    bad = run("--model", "flash", "--cluster", cluster, "--context", "128K", "--out", str(tmp_path / "bad"),
+              "--entry", "bash run.sh")
+    assert bad.exit_code != 0 and "--entry 'bash run.sh'" in bad.output and not (tmp_path / "bad").exists()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".plan-")]
 
 
@@ -94,29 +103,27 @@ def test_hostile_cluster_values_stay_literal(tmp_path):
     r = run("--model", "flash", "--cluster", cluster, "--context", "4K", "--out", str(out),
             "--entry", "python worker.py --tag 'a b'")
     assert r.exit_code == 0, r.output
-    # run the first prefill node script with a fake msrun that records its argv
+    # run the first prefill node script with a fake `ascend-v4` that records its argv
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "msrun").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$ARGS"\n')
-    (fake / "msrun").chmod(0o755)
+    (fake / "ascend-v4").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$ARGS"\n')
+    (fake / "ascend-v4").chmod(0o755)
     script = "launch_prefill_0_node0.sh"          # the instance on node 0 (hostile host_ip)
-    # the script checks its rank table with `python -m tools.deploy.rank_table`: this interpreter
-    env = dict(os.environ, PATH=f"{fake}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-               ARGS=str(tmp_path / "args.txt"))
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ARGS=str(tmp_path / "args.txt"))
     env.pop("ASCEND_V4_CHECKPOINT", None)
     missing = subprocess.run(["bash", str(out / script)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode != 0 and "set ASCEND_V4_CHECKPOINT" in missing.stderr
-    assert not (tmp_path / "args.txt").exists()            # msrun never started
-    env["ASCEND_V4_CHECKPOINT"] = str(tmp_path / "ckpt")    # `python -m ascend_v4.serve` reads it
+    assert not (tmp_path / "args.txt").exists()            # launch never started
+    env["ASCEND_V4_CHECKPOINT"] = str(tmp_path / "ckpt")    # `serve` reads it
     subprocess.run(["bash", str(out / script)], check=True, env=env, cwd=tmp_path)
     argv = (tmp_path / "args.txt").read_text().splitlines()
-    assert f"--master_addr={HOSTILE}" in argv
-    assert argv[argv.index("--join=True") + 1:argv.index("--join=True") + 5] == \
-        ["python", "worker.py", "--tag", "a b"]
+    assert argv[0] == "launch" and f"--master-addr={HOSTILE}" in argv
+    assert any(a.startswith("--rank-table=rank_table_prefill_0") for a in argv)
+    assert argv[argv.index("--") + 1:argv.index("--") + 4] == ["worker.py", "--tag", "a b"]
     for leftover in ("PWNED", "PWNED2", "PWNED3", "PWNED4"):
         assert not (tmp_path / leftover).exists() and not (out / leftover).exists()
     text = (out / script).read_text()
-    assert shlex.quote(f"--master_addr={HOSTILE}") in text
+    assert shlex.quote(f"--master-addr={HOSTILE}") in text
     tables = [n for n in os.listdir(out) if "rank_table" in n]
     devs = [d["device_ip"] for n in tables for s in json.loads((out / n).read_text())["server_list"]
             for d in s["device"]]

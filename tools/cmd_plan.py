@@ -101,9 +101,10 @@ def _summary(p: dict) -> str:
 @click.option("--explain-png", default=None, type=click.Path(dir_okay=False),
               help="write the --explain breakdown as stacked bars to this PNG file")
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON (bytes in bytes)")
-@click.option("--out", default=None, help="write rank tables, msrun scripts and settings here")
+@click.option("--out", default=None, help="write rank tables, launch scripts and settings here")
 @click.option("--entry", default="python -m ascend_v4.serve", show_default=True,
-              help="worker command the msrun scripts start")
+              help="what every rank runs, through `ascend-v4 launch`: the server, `ascend-v4 SUB-COMMAND ...` "
+                   "or `python SCRIPT.py ...`")
 def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_throughput, weights,
             kv_cache, mtp, mtp_accept, redundancy, roofline_only, explain, explain_png, as_json,
             out, entry):

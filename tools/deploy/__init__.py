@@ -6,7 +6,7 @@ DeepSeek-R1/V3 description for validation), `calibration` (achievable fractions 
 costs, the two fitted factors), `memory` (per-rank budget), `components` (per-component work of a
 decode step), `roofline` (step-time model), `placement` (experts incl. redundant copies),
 `planner` (search + infeasibility errors), `fixed` (one fixed deployment), `explain` (step
-breakdown table and PNG), `artifacts` (rank table, msrun scripts), `validation` (published
+breakdown table and PNG), `artifacts` (rank table, `ascend-v4 launch` scripts), `validation` (published
 deployments).
 """
 

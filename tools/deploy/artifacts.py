@@ -5,9 +5,9 @@
                                     rank_id / device_ip), version 1.0 layout
   parallel_<role>_<i>.json          MindSpore parallel context + ascend_v4 layout (DP/TP/EP,
                                     expert placement)
-  launch_<role>_<i>_node<k>.sh      one msrun launcher per node of each instance: checks its rank
-                                    table first (tools/deploy/rank_table.py) and exports the HCCL
-                                    variables, each overridable from the environment
+  launch_<role>_<i>_node<k>.sh      one script per node of each instance: exports the HCCL
+                                    variables (each overridable from the environment), then runs
+                                    `ascend-v4 launch` (msrun), which checks the rank table first
 
 Every value that reaches a shell script goes through shlex.quote, so a hostile cluster file
 (e.g. a host_ip of `1.2.3.4; rm -rf /`) stays a literal argument. Host and device IPs come from
@@ -90,16 +90,34 @@ def parallel_settings(inst: Dict[str, Any], plan: Dict[str, Any]) -> Dict[str, A
     }
 
 
+def launch_command(entry: List[str]) -> List[str]:
+    """The plan's --entry as what `ascend-v4 launch` runs after `--`: the server entry
+    (`python -m ascend_v4.serve` or `ascend-v4 serve`) becomes the `serve` sub-command, any other
+    `ascend-v4 <sub-command>` stays one, `python SCRIPT.py ARGS` runs the script."""
+    entry = list(entry)
+    if entry[:3] == ["python", "-m", "ascend_v4.serve"]:
+        return ["serve"] + entry[3:]
+    if entry[:1] == ["ascend-v4"] and len(entry) > 1:
+        return entry[1:]
+    if entry[:1] == ["python"] and len(entry) > 1 and entry[1].endswith(".py"):
+        return entry[1:]
+    raise PlanError(f"--entry {' '.join(entry)!r}: give `python -m ascend_v4.serve ...`, "
+                    "`ascend-v4 SUB-COMMAND ...` or `python SCRIPT.py ...` (run through `ascend-v4 launch`)")
+
+
 def launch_script(inst, node_rank: int, cluster, files: Dict[str, str], entry: List[str],
                   hccl_buffsize_mb: int, port: int) -> str:
+    """One node's script: checks its inputs, exports the HCCL settings, then execs `ascend-v4
+    launch` (msrun underneath), which checks the rank table before any rank starts, names the
+    first failing rank and ends the whole job on a failure (tools/launcher.py)."""
     hosts = _hosts(cluster)
     q = shlex.quote
     master = hosts[inst["nodes"][0]]["host_ip"]
     local = min(cluster.ranks_per_node, inst["ranks"])
-    argv = ["msrun", f"--worker_num={inst['ranks']}", f"--local_worker_num={local}",
-            f"--master_addr={master}", f"--master_port={port}", f"--node_rank={node_rank}",
-            f"--log_dir=logs/{inst['role']}_{inst['index']}", "--join=True"] + list(entry) + \
-        ["--role", inst["role"], "--parallel-config", files["parallel"]]
+    argv = ["ascend-v4", "launch", f"--nproc={local}", f"--nnodes={len(inst['nodes'])}",
+            f"--node-rank={node_rank}", f"--master-addr={master}", f"--master-port={port}",
+            f"--rank-table={files['rank_table']}", f"--log-dir=logs/{inst['role']}_{inst['index']}",
+            "--"] + launch_command(entry) + ["--role", inst["role"], "--parallel-config", files["parallel"]]
     lines = ["#!/usr/bin/env bash",
              f"# ascend-v4 plan: {inst['role']} instance {inst['index']}, node {node_rank} "
              f"of {len(inst['nodes'])}",
@@ -107,7 +125,6 @@ def launch_script(inst, node_rank: int, cluster, files: Dict[str, str], entry: L
              'cd "$(dirname "$0")"',
              ': "${ASCEND_V4_CHECKPOINT:?set ASCEND_V4_CHECKPOINT to the checkpoint folder to serve}"',
              "export ASCEND_V4_CHECKPOINT",
-             f"export RANK_TABLE_FILE={q(files['rank_table'])}",
              "# HCCL settings; a value already in the environment wins",
              "# seconds a rank waits for its peers while HCCL sets up links (CANN default 120)",
              ': "${HCCL_CONNECT_TIMEOUT:=120}"',
@@ -118,9 +135,7 @@ def launch_script(inst, node_rank: int, cluster, files: Dict[str, str], entry: L
              "# first host port HCCL listens on; it takes a block of ports from here (CANN default 60000)",
              ': "${HCCL_IF_BASE_PORT:=60000}"',
              "export HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT HCCL_BUFFSIZE HCCL_IF_BASE_PORT",
-             "# refuse a malformed rank table before any rank starts",
-             f'python -m tools.deploy.rank_table "$RANK_TABLE_FILE" --ranks {int(inst["ranks"])} '
-             f'--servers {len(inst["nodes"])}',
+             "# launch refuses a malformed rank table (exported as RANK_TABLE_FILE) before any rank starts",
              "exec " + " ".join(q(a) for a in argv), ""]
     return "\n".join(lines)
 
