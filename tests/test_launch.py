@@ -183,6 +183,80 @@ def test_timeout_and_sigterm_tear_down(tmp_path):
     assert_all_gone(marker, status_of(log_dir))
 
 
+# A rank (MS_WORKER) that answers SIGTERM after `delay` s with exit 0, or ignores it (delay < 0);
+# msrun's scheduler process runs the same code and keeps the default SIGTERM action.
+TRAPPER = """
+import os, signal, sys, time
+delay = {delay}
+def later(signum, frame):
+    print("SIGTERM: ending in", delay, "s", flush=True)
+    time.sleep(delay)
+    sys.exit(0)
+if os.environ.get("MS_ROLE") == "MS_WORKER":
+    signal.signal(signal.SIGTERM, later if delay >= 0 else signal.SIG_IGN)
+print(os.environ.get("MS_ROLE"), os.environ.get("RANK_ID"), "up", flush=True)
+time.sleep(120)
+"""
+
+
+def _ranks_up(proc, log_dir, limit=60):
+    """Until both ranks have installed their SIGTERM handling."""
+    logs = [os.path.join(log_dir, f"worker_{r}.log") for r in (0, 1)]
+    end = time.monotonic() + limit
+    while time.monotonic() < end and proc.poll() is None:
+        if all(os.path.exists(p) and " up" in open(p).read() for p in logs):
+            return
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"the ranks did not come up within {limit} s: {proc.communicate()[1]}")
+
+
+def test_sigterm_gives_the_ranks_the_grace_to_end_by_themselves(tmp_path):
+    """Ranks that need 7 s after SIGTERM (more than the former fixed 5 s) end by themselves within
+    the default --grace of 15 s; launch reports 143 and sends no SIGKILL."""
+    log_dir = str(tmp_path / "logs")
+    proc, marker = start(["--nproc", "2", "--log-dir", log_dir, "--", "python", "-c",
+                          TRAPPER.format(delay=7)])
+    _ranks_up(proc, log_dir)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc, limit=60)
+    took = time.monotonic() - t0
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert "every rank ended" in err and "SIGKILL" not in err, err
+    assert "SIGTERM: ending in 7 s" in out                  # rank 0 streamed during the grace
+    assert 7 <= took < 15, (took, err)
+    status = status_of(log_dir)
+    assert status["outcome"]["rank_exit"] == {"0": 0, "1": 0}
+    assert_all_gone(marker, status)
+
+
+@pytest.mark.parametrize("second", [None, signal.SIGINT])
+def test_ranks_that_ignore_sigterm_are_killed_after_the_grace(tmp_path, second):
+    """--grace 2: SIGKILL once it has passed; or a second signal to launch: SIGKILL at once."""
+    log_dir = str(tmp_path / "logs")
+    grace = 2 if second is None else 60
+    proc, marker = start(["--nproc", "2", "--log-dir", log_dir, "--grace", str(grace), "--",
+                          "python", "-c", TRAPPER.format(delay=-1)])
+    _ranks_up(proc, log_dir)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    if second is not None:
+        time.sleep(1)
+        proc.send_signal(second)
+    code, out, err = finish(proc, limit=60)
+    took = time.monotonic() - t0
+    assert code == 128 + signal.SIGTERM, err                # the first signal names the status
+    why = f"--grace {grace} s" if second is None else "a second signal"
+    assert f"({why}) to rank 0, rank 1" in err and "SIGKILL after" in err, err
+    assert took < (grace + 8 if second is None else 8), (took, err)
+    if second is None:
+        assert took >= grace
+    status = status_of(log_dir)
+    assert status["outcome"]["rank_exit"] == {"0": -signal.SIGKILL, "1": -signal.SIGKILL}
+    assert_all_gone(marker, status)
+
+
 def test_subcommand_runs_on_every_rank(tmp_path):
     log_dir = str(tmp_path / "logs")
     proc, marker = start(["--nproc", "2", "--log-dir", log_dir, "--", "plan", "--model", "flash",

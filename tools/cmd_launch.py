@@ -24,16 +24,24 @@ import click
               help="seconds the whole job may run [default: no limit]")
 @click.option("--fault-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0,
               show_default=True, help="seconds the other ranks get to end after the first failure")
+@click.option("--grace", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="seconds the ranks get to end by themselves after SIGTERM when the job is stopped "
+                   "(SIGINT / SIGTERM to launch, --timeout, a failed rank) before SIGKILL; a serving "
+                   "rank 0 drains in that time (keep it above serve's --drain-timeout)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(nproc, nnodes, node_rank, master_addr, master_port, rank_table, log_dir, timeout,
-            fault_timeout, command):
+            fault_timeout, grace, command):
     """Run COMMAND on NPROC ranks with msrun: `-- generate --preset tiny ...` (any ascend-v4
     sub-command) or `-- script.py ARGS`. Streams rank 0's output, keeps every rank's log, and
-    ends the whole job when a rank fails; exits non-zero naming the first failing rank."""
+    ends the whole job when a rank fails; exits non-zero naming the first failing rank.
+    SIGINT / SIGTERM stop the job: SIGTERM to the ranks, which get --grace seconds to end by
+    themselves (a serving rank 0 drains, then releases the others), then SIGKILL; exit status
+    128 + the signal (143 for SIGTERM)."""
     from tools.launcher import LaunchError, LaunchSpec, LaunchUsageError, launch
     spec = LaunchSpec(nproc=nproc, command=list(command), nnodes=nnodes, node_rank=node_rank,
                       master_addr=master_addr, master_port=master_port, rank_table=rank_table,
-                      log_dir=log_dir, timeout=timeout, fault_timeout=fault_timeout)
+                      log_dir=log_dir, timeout=timeout, fault_timeout=fault_timeout,
+                      grace=grace)
     try:
         code = launch(spec, out=sys.stdout, err=sys.stderr)
     except LaunchUsageError as exc:

@@ -17,12 +17,23 @@ The watchdog here therefore:
   death is seen at once and its status read from the zombie's /proc/<pid>/stat before msrun
   reaps it (msrun's own log line is the fallback);
 - after the first failure waits at most `fault_timeout` for the other ranks to end, then stops
-  the job: SIGTERM, `grace` seconds, SIGKILL, to msrun's process group, every worker's group and
-  every process carrying this job's marker variable (ASCEND_V4_LAUNCH_ID), never by name;
-- bounds the whole job by `timeout` and tears it down on SIGINT / SIGTERM / SIGHUP;
+  the job (below);
+- bounds the whole job by `timeout` and stops it on SIGINT / SIGTERM / SIGHUP (exit status 128 +
+  the signal: 143 for SIGTERM);
 - becomes the child subreaper, so ranks orphaned by a dying msrun are reaped here.
 A rank that hangs with every process alive is caught by `timeout` (or by the collective's own
 timeout: ~33 s with mccl, HCCL_EXEC_TIMEOUT on Ascend).
+
+Stopping the job is drain-friendly: SIGTERM first goes to the ranks alone (each worker's process
+group and every marked process outside msrun's group), once each, so that a serving rank 0 can
+drain its requests and release the other ranks, and every rank can leave the cluster by itself
+while msrun and the scheduler still run. Within `grace` seconds (--grace, default 15) msrun and
+the scheduler are given SIGTERM as soon as the ranks are gone (after up to SETTLE s for a clean
+exit when every rank exited 0), and whatever still runs when the grace ends gets SIGKILL: msrun's
+process group, every worker's group and every process carrying this job's marker variable
+(ASCEND_V4_LAUNCH_ID), never by name. A second SIGINT / SIGTERM to `launch` during the grace
+skips to SIGKILL. msrun alone would not do this: SIGTERM kills it at once (the ranks, in sessions
+of their own, do not hear of it), and on SIGINT it SIGKILLs every rank.
 
 Logs: `<log_dir>/worker_<rank>.log` per rank, `scheduler.log` (node 0), `msrun_node<k>.log`
 (msrun's own output) and `launch_node<k>.json` (pids, port, outcome). The default log folder is a
@@ -54,6 +65,8 @@ NOISE = re.compile(r"^\[(WARNING|INFO|DEBUG)\] [A-Z_]+\(\d+[,:]")
 MSRUN_EXIT = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
 SCAN_EVERY = 0.25         # s between /proc scans while workers are still being found
 TAIL_LINES = 10
+SETTLE = 3.0              # s msrun and the scheduler get to exit by themselves after clean ranks
+KILL_WAIT = 10.0          # s for SIGKILLed processes to disappear
 
 
 class LaunchError(ValueError):
@@ -76,7 +89,7 @@ class LaunchSpec:
     log_dir: Optional[str] = None
     timeout: Optional[float] = None
     fault_timeout: float = 20.0
-    grace: float = 5.0                  # SIGTERM -> SIGKILL
+    grace: float = 15.0                 # SIGTERM to the ranks -> SIGKILL of what is left
 
 
 def rank_command(command: Sequence[str]) -> List[str]:
@@ -137,6 +150,8 @@ def prepare(spec: LaunchSpec) -> Prepared:
         raise LaunchUsageError(f"--node-rank {spec.node_rank} is not in 0..{spec.nnodes - 1}")
     if spec.fault_timeout <= 0 or (spec.timeout is not None and spec.timeout <= 0):
         raise LaunchUsageError("--timeout and --fault-timeout must be positive")
+    if spec.grace < 0:
+        raise LaunchUsageError("--grace must not be negative")
     if spec.nnodes > 1 and not spec.master_addr:
         raise LaunchUsageError("--nnodes > 1 needs --master-addr (the address of node 0)")
     cmd = rank_command(spec.command)
@@ -241,7 +256,8 @@ class Job:
         self.workers: Dict[int, Watched] = {}       # pid -> rank
         self.scheduler: Optional[Watched] = None
         self.seen: set = set()                      # classified (or ignored) child pids
-        self.signal: Optional[int] = None
+        self.signal: Optional[int] = None           # the first stop signal
+        self.signals = 0                            # stop signals received
         self.t0 = time.monotonic()
 
     # -- discovery and watching
@@ -308,23 +324,97 @@ class Job:
     def _alive(self) -> bool:
         return self.msrun.poll() is None or bool(marked_pids(MARKER, self.prep.launch_id))
 
-    def teardown(self) -> None:
-        """SIGTERM, up to `grace` s, then SIGKILL: msrun's group, each worker's group and every
-        process with the job's marker (msrun included)."""
-        for sig, wait in ((signal.SIGTERM, self.spec.grace), (signal.SIGKILL, 10.0)):
+    def _signal_ranks(self, done: set) -> None:
+        """SIGTERM, once each, to the workers' process groups and to every marked process outside
+        msrun's group (a rank's children, a rank not yet found); msrun and the scheduler are left
+        running. `done` holds the groups and (pid, start) pairs already signalled: a second SIGTERM
+        would cut a serving rank's drain short."""
+        marked = [(pid, st) for pid in marked_pids(MARKER, self.prep.launch_id)
+                  if (st := proc_stat(pid)) is not None and st.pgrp != self.msrun.pid]
+        for pgid in sorted(set(self.workers) & {st.pgrp for _, st in marked} - done):
+            done.add(pgid)
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid, st in marked:
+            if st.pgrp in done or (pid, st.start) in done:
+                continue
+            done.add((pid, st.start))
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _settle(self, until: float, stop_when, follower: Optional["LogFollower"]) -> bool:
+        """Watch the job until `stop_when()`, the deadline, the job's end (-> False) or another
+        stop signal; True while something of the job still runs."""
+        signals = self.signals
+        while time.monotonic() < until and self.signals == signals:
+            self.watch(0.05)
+            reap_groups(self._groups(), skip=self.msrun.pid)
+            if follower is not None:
+                follower.pump()
             if not self._alive():
+                return False
+            if stop_when():
                 break
-            signal_job(self._groups(), MARKER, self.prep.launch_id, sig)
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
+        return self._alive()
+
+    def teardown(self, follower: Optional["LogFollower"] = None) -> Optional[str]:
+        """End whatever of the job still runs (see the module docstring): SIGTERM to the ranks,
+        then to msrun and the scheduler once the ranks are gone, SIGKILL to all that is left when
+        `grace` s have passed. Returns how it ended in words, None when nothing was running."""
+        if not self._alive():
+            self._collect()
+            return None
+        t0 = time.monotonic()
+        deadline = t0 + self.spec.grace
+        signals = self.signals
+        if self.msrun.poll() is None:
+            self.discover()                       # a rank that started after the last scan
+        self._signal_ranks(done := set())
+
+        def ranks_ended() -> bool:
+            return all(p.ended is not None for p in self.workers.values())
+        alive = self._settle(deadline, ranks_ended, follower)
+        ranks_by_themselves, t_ranks = bool(self.workers) and ranks_ended(), time.monotonic() - t0
+        if alive and ranks_by_themselves and self.signals == signals and \
+                all(p.known and p.code == 0 for p in self.workers.values()):
+            alive = self._settle(min(deadline, time.monotonic() + SETTLE), lambda: False, follower)
+        if alive and self.signals == signals:
+            signal_job(self._groups(), MARKER, self.prep.launch_id, signal.SIGTERM)
+            alive = self._settle(max(deadline, time.monotonic() + 1.0), lambda: False, follower)
+        killed, t_kill = [], time.monotonic() - t0
+        if alive:
+            killed = [p.name for p in self._procs() if p.ended is None]
+            killed += ["msrun"] if self.msrun.poll() is None else []
+            killed = killed or ["the job's other processes"]
+            signal_job(self._groups(), MARKER, self.prep.launch_id, signal.SIGKILL)
+            end = time.monotonic() + KILL_WAIT
+            while time.monotonic() < end and self._alive():
+                self.watch(0.05)                  # each status read from its zombie first
                 reap_groups(self._groups(), skip=self.msrun.pid)
-                if not self._alive():
-                    break
-                time.sleep(0.05)
+        self._collect()
+        took = time.monotonic() - t0
+        if killed:
+            why = "a second signal" if self.signals != signals else f"--grace {self.spec.grace:g} s"
+            return f"SIGKILL after {t_kill:.1f} s ({why}) to {', '.join(killed)}"
+        if ranks_by_themselves:
+            return f"every rank ended {t_ranks:.1f} s after SIGTERM, the job {took:.1f} s after it"
+        return f"the job ended {took:.1f} s after SIGTERM"
+
+    def _collect(self) -> None:
+        """Wait for msrun; record each process's end (its status from its zombie, before the
+        zombies that are ours are reaped)."""
+        for p in self._procs():
+            p.update(self._resolve)
         try:
             self.msrun.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        for p in self._procs():
+            p.update(self._resolve)
         reap_groups(self._groups(), skip=self.msrun.pid)
         for p in self._procs():
             p.update(self._resolve)
@@ -429,14 +519,14 @@ class Job:
             running = [p.name for p in self._procs() if p.ended is None]
             if stop_reason is not None and running:
                 stop_reason += f" (still running: {', '.join(running)})"
-            self.teardown()
+            ended = self.teardown(follower)
             self._restore_signals(handlers)
             follower.pump(final=True)
             follower.close()
-        return self._finish(first, stop_reason, code, t_stop)
+        return self._finish(first, stop_reason, code, t_stop, ended)
 
     def _finish(self, first: Optional[Watched], stop_reason: Optional[str], code: int,
-                t_stop: float) -> int:
+                t_stop: float, ended: Optional[str]) -> int:
         prep = self.prep
         where = (f"logs in {prep.log_dir} (worker_<rank>.log per rank, "
                  f"{os.path.basename(prep.msrun_log)}"
@@ -448,11 +538,12 @@ class Job:
             self._say(f"{first.name} failed first, {after:.1f} s after the start: "
                       f"{describe_exit(first.code)}")
             self._show_tail(self._log_of(first))
-            self._say(f"job stopped {t_stop - first.ended:.1f} s after that failure; {where}")
+            self._say(f"job stopped {t_stop - first.ended:.1f} s after that failure"
+                      f"{'; ' + ended if ended else ''}; {where}")
             outcome["first_failure"] = {"name": first.name, "rank": first.rank, "pid": first.pid,
                                         "code": first.code, "after_s": round(after, 3)}
         elif stop_reason is not None:
-            self._say(f"{stop_reason}; {where}")
+            self._say(f"{stop_reason}; {ended + '; ' if ended else ''}{where}")
             if "msrun exited" in stop_reason:
                 self._show_tail(prep.msrun_log)
         else:
@@ -460,12 +551,17 @@ class Job:
             self._say(f"{ranks} rank{'s' * (ranks != 1)} finished in {t_stop - self.t0:.1f} s; {where}")
         outcome["exit_code"] = code
         outcome["reason"] = stop_reason
+        outcome["teardown"] = ended
+        outcome["rank_exit"] = {str(p.rank): p.code for p in self.workers.values()
+                                if p.rank is not None and p.known}
         self._write_status(outcome=outcome)
         return code
 
     def _install_signals(self):
         def handler(signum, frame):
-            self.signal = signum
+            if self.signal is None:
+                self.signal = signum
+            self.signals += 1
         saved = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
