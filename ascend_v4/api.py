@@ -414,16 +414,17 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
 
 def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed: int = 0,
          prefill_chunk: Optional[int] = None, tensor_parallel: int = 1, expert_parallel: int = 1,
-         **overrides) -> Model:
+         expert_placement=None, **overrides) -> Model:
     """Load a checkpoint folder, or a preset with generated random weights (tiny configs only).
     overrides: runtime options (max_seq_len, max_batch_size, compute_dtype, custom_ops).
     tensor_parallel x expert_parallel > 1: this process is one rank of an msrun job (`ascend-v4
-    launch`) and loads only its shard."""
+    launch`) and loads only its shard; expert_placement: expert ids per EP rank (the plan's, with
+    redundant copies of hot experts; default: contiguous blocks)."""
     from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
     from ascend_v4.params import count_params
     from ascend_v4.parallel.layout import layout_for
     overrides = {k: v for k, v in overrides.items() if v is not None}   # None: the model's default
-    layout = layout_for(tensor_parallel, expert_parallel)
+    layout = layout_for(tensor_parallel, expert_parallel, expert_placement)
     if os.path.isdir(path_or_preset):
         return build_model(open_checkpoint(path_or_preset, overrides=overrides), prefill_chunk, layout)
     cfg = load_config(path_or_preset, **overrides)

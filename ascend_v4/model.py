@@ -128,7 +128,7 @@ class Transformer(nn.Cell):
                 if cell.lead:                                  # [E, out, in] routed experts
                     stem, leaf = path.rsplit(".", 1)
                     for e in range(cell.lead[0]):              # EP: this rank's experts only
-                        table[f"{stem}.{cell.first_expert + e}.{leaf}.weight"] = (cell, e)
+                        table[f"{stem}.{cell.expert_ids[e]}.{leaf}.weight"] = (cell, e)
                 else:
                     table[f"{path}.weight"] = (cell, -1)
                 own = [(n, p) for n, p in cell.parameters_and_names(expand=False) if n not in ("weight", "scale")]

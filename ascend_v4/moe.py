@@ -10,7 +10,7 @@ from typing import Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import mint, nn, ops
+from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.checkpoint.schema import weight_kinds
 from ascend_v4.config import ModelConfig
@@ -88,8 +88,9 @@ class RoutedExperts(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig):
         super().__init__()
-        par = rt.parallel                     # expert parallel: this rank holds experts [first, first + E)
-        first, E = par.local_experts(cfg.n_routed_experts)
+        par = rt.parallel                     # expert parallel: this rank holds the experts `ids`
+        ids = par.expert_ids(cfg.n_routed_experts)
+        E = len(ids)
         d, inter = cfg.dim, cfg.moe_inter_dim
         self.n_experts, self.limit = E, cfg.swiglu_limit
         kind = weight_kinds(cfg)[1]
@@ -101,8 +102,8 @@ class RoutedExperts(nn.Cell):
         self.w2 = StoredWeight((E, d, inter), held, dt)
         self.w3 = StoredWeight((E, inter, d), held, dt)
         for w in (self.w1, self.w2, self.w3):
-            w.first_expert = first
-        self.exchange = ExpertExchange(par) if par.ep > 1 else None
+            w.expert_ids = ids
+        self.exchange = ExpertExchange(par, cfg.n_routed_experts) if par.ep > 1 else None
         self.use_kernels = rt.custom_ops
         if self.use_kernels:
             from custom_ops import ms_ops
@@ -164,8 +165,8 @@ class RoutedExperts(nn.Cell):
         xq = self.quant(x) if self.act_quant else x
         ex = self.exchange
         T, k = indices.shape
-        rows, w, expert, valid = ex.my_pairs(xq, weights, indices)       # [P, d], [P], [P] global, [P]
-        send, dest_slot = ex.pack(rows, w, expert, valid, self.n_experts)
+        rows, w, expert, token, valid = ex.my_pairs(xq, weights, indices)   # [P, d], [P], [P] global, [P], [P]
+        send, dest_slot = ex.pack(rows, w, expert, token, valid)
         got = ex.all_to_all(send)                                        # [ep (source), P, d + 3]
         r_rows, r_w, r_expert, r_valid = ex.unpack(got, xq.shape[1])
         R = r_expert.shape[0]
@@ -203,21 +204,32 @@ class ExpertExchange(nn.Cell):
 
     Tokens [T] are replicated over the group; member j routes tokens [j Ts, (j+1) Ts) (Ts =
     ceil(T / ep), padding tokens are invalid). Its P = Ts k pairs go into a send buffer
-    [ep, P, d + 3] (row, routing weight, the expert's index on the destination, valid flag), at
-    position (destination, rank among the pairs for that destination). Static shapes hold any
-    routing: a member may receive all ep P pairs or none. On Ascend this is HCCL AlltoAllV (or
-    MoeDistributeDispatch / Combine) with counts exchanged first; here `AllToAll` (comm.py).
+    [ep, P, d + 3] (row, routing weight, the expert's slot on the destination, valid flag), at
+    position (destination, rank among the pairs for that destination). An expert with copies on
+    several members (the plan's redundant placement) is served by copy (token mod copies). Static
+    shapes hold any routing: a member may receive all ep P pairs or none. On Ascend this is HCCL
+    AlltoAllV (or MoeDistributeDispatch / Combine) with counts exchanged first; here `AllToAll`.
     """
 
-    def __init__(self, par):
+    def __init__(self, par, n_experts: int):
         super().__init__()
         self.ep, self.index = par.ep, par.ep_index
         members = par.ep_members()
         self.all_to_all = AllToAll(members, par.world, self.index)
         self.gather_group = GroupGather(members, par.world)
+        held = [[] for _ in range(n_experts)]             # expert -> [(member, slot)] of its copies
+        for j in range(par.ep):
+            for slot, e in enumerate(par.expert_ids(n_experts, j)):
+                held[e].append((j, slot))
+        C = max(len(h) for h in held)
+        self.n_copies = C
+        self.copies = Tensor(np.array([len(h) for h in held], np.int32))
+        self.copy_member = Tensor(np.array([[h[c % len(h)][0] for c in range(C)] for h in held], np.int32).reshape(-1))
+        self.copy_slot = Tensor(np.array([[h[c % len(h)][1] for c in range(C)] for h in held], np.int32).reshape(-1))
 
     def my_pairs(self, xq, weights, indices):
-        """-> this member's pairs: rows [P, d], weights [P], experts [P] (global), valid [P] bool."""
+        """-> this member's pairs: rows [P, d], weights [P], experts [P] (global), tokens [P] (index
+        in the batch), valid [P] bool."""
         T, k = indices.shape
         Ts = (T + self.ep - 1) // self.ep
         pad = Ts * self.ep - T
@@ -228,20 +240,25 @@ class ExpertExchange(nn.Cell):
         lo = self.index * Ts
         token_ok = (ops.arange(Ts) + lo) < T                                       # [Ts]
         P = Ts * k
-        rows = ops.gather(xq[lo:lo + Ts], ops.arange(P).astype(ms.int32) // k, 0)
+        local_token = ops.arange(P).astype(ms.int32) // k
+        rows = ops.gather(xq[lo:lo + Ts], local_token, 0)
         valid = ops.tile(token_ok.reshape(Ts, 1), (1, k)).reshape(P)
-        return rows, weights[lo:lo + Ts].reshape(P), indices[lo:lo + Ts].reshape(P).astype(ms.int32), valid
+        return rows, weights[lo:lo + Ts].reshape(P), indices[lo:lo + Ts].reshape(P).astype(ms.int32), \
+            local_token + lo, valid
 
-    def pack(self, rows, w, expert, valid, per_rank: int):
+    def pack(self, rows, w, expert, token, valid):
         """-> send [ep, P, d + 3], and each pair's slot in the flattened [ep P] return buffer."""
         P, dtype = rows.shape[0], rows.dtype
-        dest = expert // per_rank
+        copy = token % ops.gather(self.copies, expert, 0)
+        held = expert * self.n_copies + copy
+        dest = ops.gather(self.copy_member, held, 0)
+        local_slot = ops.gather(self.copy_slot, held, 0)
         hits = ops.logical_and(dest.reshape(P, 1) == ops.arange(self.ep).astype(ms.int32).reshape(1, -1),
                                valid.reshape(P, 1)).astype(ms.int32)                # [P, ep]
         pos = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)
         slot = dest * P + pos
         target = mint.where(valid, slot, self.ep * P)                           # invalid -> a spill row
-        meta = ops.stack((w.astype(dtype), (expert - dest * per_rank).astype(dtype), valid.astype(dtype)), 1)
+        meta = ops.stack((w.astype(dtype), local_slot.astype(dtype), valid.astype(dtype)), 1)
         payload = ops.concat((rows, meta), 1)                                   # [P, d + 3]
         send = ops.zeros((self.ep * P + 1, payload.shape[1]), dtype)
         send = ops.tensor_scatter_update(send, target.reshape(-1, 1), payload)

@@ -97,7 +97,7 @@ class StoredWeight(nn.Cell):
             raise ValueError(f"weight kind must be one of {KINDS}, got {kind!r}")
         *lead, out, inp = shape
         self.kind, self.shape, self.lead = kind, tuple(shape), tuple(lead)
-        self.first_expert = 0          # a stack's global index of its first expert (expert parallel)
+        self.expert_ids = tuple(range(lead[0])) if lead else ()   # a stack's global expert ids (EP)
         self.bits = kind == "bf16" and (row_lookup or bool(lead))     # gathered: see below
         self.compute = ms.float64 if np.dtype(dtype) == np.float64 else ms.float32
         if kind == "fp8":

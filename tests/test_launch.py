@@ -351,8 +351,8 @@ def test_good_rank_table_passes():
 
 
 def test_plan_script_checks_its_rank_table(tmp_path):
-    """A plan's launch script refuses a broken rank table before msrun starts, and exports the
-    HCCL variables with overridable defaults."""
+    """A plan's launch script exports the HCCL variables with overridable defaults and runs
+    `ascend-v4 launch --rank-table`, which refuses a broken rank table before msrun starts."""
     from tests.test_plan_cli import _cluster_with_hosts, run
     out = tmp_path / "deploy"
     r = run("--model", "flash", "--cluster", _cluster_with_hosts(tmp_path, "10.0.0.1"),
@@ -363,25 +363,26 @@ def test_plan_script_checks_its_rank_table(tmp_path):
     for var, default in (("HCCL_CONNECT_TIMEOUT", "120"), ("HCCL_EXEC_TIMEOUT", "1836"),
                          ("HCCL_IF_BASE_PORT", "60000")):
         assert f': "${{{var}:={default}}}"' in text
-    assert ': "${HCCL_BUFFSIZE:=' in text and "python -m tools.deploy.rank_table" in text
+    assert ': "${HCCL_BUFFSIZE:=' in text and "--rank-table=rank_table_decode_0.json" in text
+    # a stand-in `ascend-v4` records the environment the launcher would get
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "msrun").write_text('#!/bin/sh\nenv | grep ^HCCL_ | sort > "$ARGS"\n')
-    (fake / "msrun").chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-               ARGS=str(tmp_path / "args.txt"), ASCEND_V4_CHECKPOINT=str(tmp_path),
-               HCCL_EXEC_TIMEOUT="99")
+    (fake / "ascend-v4").write_text('#!/bin/sh\nenv | grep ^HCCL_ | sort > "$ARGS"\n')
+    (fake / "ascend-v4").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ARGS=str(tmp_path / "args.txt"),
+               ASCEND_V4_CHECKPOINT=str(tmp_path), HCCL_EXEC_TIMEOUT="99")
     subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True)
     hccl = (tmp_path / "args.txt").read_text()
     assert "HCCL_EXEC_TIMEOUT=99" in hccl and "HCCL_CONNECT_TIMEOUT=120" in hccl
-    (tmp_path / "args.txt").unlink()
+    # the real launcher refuses a broken rank table: no log folder, no msrun
     table = out / "rank_table_decode_0.json"
     t = json.loads(table.read_text())
     t["server_list"][0]["device"][1]["rank_id"] = "0"
     table.write_text(json.dumps(t))
-    bad = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "rank_id 0 appears twice" in bad.stderr
-    assert not (tmp_path / "args.txt").exists()           # msrun never started
+    env["PATH"] = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
+    bad = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode != 0 and "rank_id 0 appears twice" in bad.stderr, bad.stderr
+    assert not (out / "logs").exists()                      # nothing started
 
 
 @pytest.mark.parametrize("args,words", [

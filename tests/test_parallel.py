@@ -19,8 +19,11 @@ def test_grid_groups_and_expert_ranges():
     layouts = [ParallelLayout(tp=2, ep=2, rank=r) for r in range(4)]
     assert [p.tp_members() for p in layouts] == [(0, 1), (0, 1), (2, 3), (2, 3)]
     assert [p.ep_members() for p in layouts] == [(0, 2), (1, 3), (0, 2), (1, 3)]
-    assert [p.local_experts(8) for p in layouts] == [(0, 4), (0, 4), (4, 4), (4, 4)]
-    assert [ParallelLayout(ep=4, rank=r).local_experts(8) for r in range(4)] == [(0, 2), (2, 2), (4, 2), (6, 2)]
+    assert [p.expert_ids(8) for p in layouts] == [(0, 1, 2, 3), (0, 1, 2, 3), (4, 5, 6, 7), (4, 5, 6, 7)]
+    assert [ParallelLayout(ep=4, rank=r).expert_ids(8) for r in range(4)] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    # the plan's placement: copies of hot experts on several ranks, every rank the same number of slots
+    placed = ParallelLayout(ep=2, rank=1, placement=((0, 1, 2, 3, 5), (4, 5, 6, 7, 0)))
+    assert placed.expert_ids(8) == (4, 5, 6, 7, 0)
 
 
 def test_layout_refuses_splits_the_model_cannot_take():
@@ -32,6 +35,14 @@ def test_layout_refuses_splits_the_model_cannot_take():
         ParallelLayout(ep=3).validate(cfg)
     with pytest.raises(ConfigError, match="expert_parallel must be a positive integer"):
         ParallelLayout(ep=0).validate(cfg)
+    ParallelLayout(ep=2, placement=((0, 1, 2, 3, 5), (4, 5, 6, 7, 0))).validate(cfg)
+    for placement, words in ((((0, 1, 2, 3), (4, 5, 6)), "different numbers of experts"),
+                             (((0, 1, 2, 3), (4, 5, 6, 6)), "the same expert twice"),
+                             (((0, 1, 2, 3), (4, 5, 6, 9)), "outside 0..7"),
+                             (((0, 1, 2, 3), (4, 5, 6, 0)), r"experts \[7\] have no rank"),
+                             (((0, 1, 2, 3, 4, 5, 6, 7),), "lists 1 ranks for expert_parallel 2")):
+        with pytest.raises(ConfigError, match=words):
+            ParallelLayout(ep=2, placement=placement).validate(cfg)
 
 
 def test_a_parallel_run_outside_msrun_says_how_to_launch(monkeypatch):
@@ -53,9 +64,14 @@ def test_parallel_config_from_a_plan(tmp_path):
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
         return str(path)
     assert read_parallel_config(write({"mindspore": {"device_num": 16},
-                                       "ascend_v4": {"expert_parallel": 16}})) == (1, 16)
+                                       "ascend_v4": {"expert_parallel": 16}})) == (1, 16, None)
     assert read_parallel_config(write({"mindspore": {"device_num": 8},
-                                       "ascend_v4": {"attention_tp": 2, "expert_parallel": 8}})) == (2, 4)
+                                       "ascend_v4": {"attention_tp": 2, "expert_parallel": 8}})) == (2, 4, None)
+    assert read_parallel_config(write({"mindspore": {"device_num": 2}, "ascend_v4": {
+        "expert_parallel": 2, "expert_placement": [[0, 1, 5], [2, 3, 0]]}})) == (1, 2, ((0, 1, 5), (2, 3, 0)))
+    with pytest.raises(ConfigError, match="expert_placement lists 1 ranks"):
+        read_parallel_config(write({"mindspore": {"device_num": 2}, "ascend_v4": {
+            "expert_parallel": 2, "expert_placement": [[0, 1]]}}))
     with pytest.raises(ConfigError, match="does not tile 8 ranks"):
         read_parallel_config(write({"mindspore": {"device_num": 8}, "ascend_v4": {"expert_parallel": 4}}))
     with pytest.raises(ConfigError, match="attention_tp must be a positive integer"):
@@ -169,6 +185,16 @@ def test_two_ranks_equal_one_process_in_float64(tmp_path, reference64, split):
     ep = 2 if split[0] == "--ep" else 1
     planned = weight_bytes_per_rank(v4_stats(load_config("tiny")), Layout(ranks=ep, head_tp=1))["expert"]
     assert [int(run["expert_bytes"]) for run in runs] == [planned, planned]
+
+
+def test_redundant_expert_copies_equal_one_process(tmp_path, reference64):
+    """The plan's placement with copies of experts 0 and 5 on both EP ranks (pairs for a copied
+    expert go to copy token mod 2): same logits, and each rank holds 5 experts."""
+    runs = run_logits(tmp_path / "out", 2, "--dtype", "float64", "--ep", "2",
+                      "--placement", "[[0, 1, 2, 3, 5], [4, 5, 6, 7, 0]]")
+    assert worst_relative(runs, reference64) <= 1e-9
+    per_expert = int(reference64["expert_bytes"]) // 8
+    assert [int(run["expert_bytes"]) for run in runs] == [5 * per_expert, 5 * per_expert]
 
 
 def test_tp2_x_ep2_on_four_ranks_equals_one_process(tmp_path, reference64):

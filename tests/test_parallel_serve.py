@@ -243,10 +243,7 @@ def test_after_sigterm_every_rank_exits_by_itself():
     outcome = ANSWERS.get("sigterm")
     if outcome is None:
         pytest.skip("the SIGTERM test did not get that far")
-    if outcome["rank_exit"] != {"0": 0, "1": 0}:
-        pytest.xfail(f"rank exit statuses {outcome['rank_exit']} ({outcome['teardown']}): uvicorn "
-                     f"re-raises SIGTERM after its shutdown, inside ascend_v4.serve.cli.serve, so rank 0 "
-                     f"dies before ranks_in_step releases rank 1, and msrun SIGKILLs rank 1")
+    assert outcome["rank_exit"] == {"0": 0, "1": 0}, outcome
 
 
 def test_sigkilled_rank_one_ends_the_serving_job(tmp_path):

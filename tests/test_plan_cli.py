@@ -89,8 +89,9 @@ def test_artifacts_rank_table_and_scripts(tmp_path):
     assert argv[:3] == ["exec", "ascend-v4", "launch"]
     assert argv[argv.index("--") + 1:] == ["serve", "--role", "decode", "--parallel-config", "parallel_decode_0.json"]
     from ascend_v4.parallel.layout import read_parallel_config
-    tp, ep = read_parallel_config(str(out / "parallel_decode_0.json"))
+    tp, ep, placement = read_parallel_config(str(out / "parallel_decode_0.json"))
     assert tp * ep == plan["decode"]["ranks"]
+    assert placement is None or len(placement) == ep
     bad = run("--model", "flash", "--cluster", cluster, "--context", "128K", "--out", str(tmp_path / "bad"),
               "--entry", "bash run.sh")
     assert bad.exit_code != 0 and "--entry 'bash run.sh'" in bad.output and not (tmp_path / "bad").exists()

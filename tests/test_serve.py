@@ -5,7 +5,6 @@ overflow, every bad input, metrics, and SIGTERM under load. Loops are bounded in
 import concurrent.futures as cf
 import contextlib
 import os
-import signal
 import time
 
 import httpx
@@ -248,7 +247,7 @@ def test_sigterm_under_load_ends_the_server_quickly(client, server):
         code = server.proc.wait(timeout=30)
         took = time.monotonic() - t0
         counts = [f.result(timeout=30) for f in futures]
-    assert code in (0, -signal.SIGTERM), server.log_tail()     # uvicorn re-raises the signal it handled
+    assert code == 0, server.log_tail()          # drained, then a normal exit (multi-rank: releases the others)
     assert took < 15, f"took {took:.1f} s to stop"
     assert all(n >= 1 for n in counts)
     log = server.log_tail(60)

@@ -42,7 +42,7 @@ def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature,
             raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
         import ascend_v4
         from ascend_v4.parallel.lockstep import ranks_in_step
-        tp, ep = resolve(tensor_parallel, expert_parallel)
+        tp, ep, _ = resolve(tensor_parallel, expert_parallel)
         model = ascend_v4.load(checkpoint or preset, seed=seed, tensor_parallel=tp, expert_parallel=ep)
         tok = model.tokenizer                # the checkpoint's tokenizer.json (presets: the built-in BPE)
         if prompt is not None:

@@ -5,7 +5,8 @@ Ranks form a grid of `ep` rows by `tp` columns, rank = ep_index * tp + tp_index 
     attn_sink, the indexer's wq_b / weights_proj), the embedding and the head by the official rules
     (`checkpoint.schema.split_dim`); the other weights are replicated;
   - an EP group (one grid column: ranks that share tp_index) splits the routed experts by index:
-    member j holds experts [j E/ep, (j+1) E/ep).
+    member j holds experts [j E/ep, (j+1) E/ep), or the experts `placement[j]` lists (the plan's
+    expert placement, where hot experts have copies on several members).
 Every rank of a group steps the same batch; ranks of different TP groups hold the same attention
 weights and compute the same numbers (they differ in the experts they hold).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 from ascend_v4.config import ConfigError, ModelConfig
 
@@ -24,6 +25,7 @@ class ParallelLayout:
     tp: int = 1
     ep: int = 1
     rank: int = 0
+    placement: Optional[Tuple[Tuple[int, ...], ...]] = None   # expert ids per EP member (None: blocks)
 
     @property
     def world(self) -> int:
@@ -50,10 +52,13 @@ class ParallelLayout:
         """World ranks of this rank's EP group, in EP order."""
         return tuple(j * self.tp + self.tp_index for j in range(self.ep))
 
-    def local_experts(self, n_experts: int) -> Tuple[int, int]:
-        """(first global expert index, count) held by this rank."""
+    def expert_ids(self, n_experts: int, member: Optional[int] = None) -> Tuple[int, ...]:
+        """Global ids of the experts EP member `member` (default: this rank's) holds, in slot order."""
+        j = self.ep_index if member is None else member
+        if self.placement is not None:
+            return tuple(self.placement[j])
         per = n_experts // self.ep
-        return self.ep_index * per, per
+        return tuple(range(j * per, (j + 1) * per))
 
     def validate(self, cfg: ModelConfig) -> None:
         """A clear error when the model cannot be split this way (names the setting)."""
@@ -68,10 +73,29 @@ class ParallelLayout:
                            "vocab_size": (cfg.vocab_size, self.tp)})
             if any(r == 4 for r in cfg.compress_ratios):
                 splits["index_n_heads"] = (cfg.index_n_heads, self.tp)
+        if self.placement is not None:
+            splits.pop("n_routed_experts")
+            self._check_placement(cfg.n_routed_experts)
         bad = [f"{key} {n} is not divisible by {parts}" for key, (n, parts) in splits.items() if n % parts]
         if bad:
             raise ConfigError(f"cannot split this model over tensor_parallel {self.tp} x expert_parallel "
                               f"{self.ep}: {'; '.join(bad)}")
+
+    def _check_placement(self, n_experts: int) -> None:
+        p = self.placement
+        problem = None
+        if len(p) != self.ep:
+            problem = f"it lists {len(p)} ranks for expert_parallel {self.ep}"
+        elif len({len(ids) for ids in p}) != 1:
+            problem = f"ranks hold different numbers of experts {[len(ids) for ids in p]}"
+        elif any(not 0 <= e < n_experts for ids in p for e in ids):
+            problem = f"an expert id is outside 0..{n_experts - 1}"
+        elif any(len(set(ids)) != len(ids) for ids in p):
+            problem = "a rank holds the same expert twice"
+        elif set(e for ids in p for e in ids) != set(range(n_experts)):
+            problem = f"experts {sorted(set(range(n_experts)) - set(e for ids in p for e in ids))} have no rank"
+        if problem:
+            raise ConfigError(f"expert placement: {problem}")
 
     def describe(self) -> str:
         return f"rank {self.rank}/{self.world} (tp {self.tp_index}/{self.tp}, ep {self.ep_index}/{self.ep})"
@@ -89,7 +113,7 @@ def launched_world() -> Tuple[int, int]:
                           f"{os.environ.get('RANK_SIZE')!r}") from None
 
 
-def layout_for(tp: int = 1, ep: int = 1) -> ParallelLayout:
+def layout_for(tp: int = 1, ep: int = 1, placement=None) -> ParallelLayout:
     """The layout of this process for tp x ep; the process must have been started by
     `ascend-v4 launch --nproc tp*ep` (msrun) when tp * ep > 1, and then joins the job first thing:
     msrun also runs the command as its scheduler (MS_ROLE=MS_SCHED), which becomes the scheduler
@@ -98,7 +122,8 @@ def layout_for(tp: int = 1, ep: int = 1) -> ParallelLayout:
         from ascend_v4.parallel.comm import init_collectives
         init_collectives()
     rank, world = launched_world()
-    layout = ParallelLayout(tp=tp, ep=ep, rank=rank if tp * ep > 1 else 0)
+    layout = ParallelLayout(tp=tp, ep=ep, rank=rank if tp * ep > 1 else 0,
+                            placement=tuple(tuple(int(e) for e in ids) for ids in placement) if placement else None)
     if layout.world > 1 and world != layout.world:
         where = f"this process is one of {world}" if world > 1 else "this process was not started by msrun"
         raise ConfigError(f"tensor_parallel {tp} x expert_parallel {ep} needs {layout.world} ranks, but {where}: "
@@ -106,9 +131,10 @@ def layout_for(tp: int = 1, ep: int = 1) -> ParallelLayout:
     return layout
 
 
-def read_parallel_config(path: str) -> Tuple[int, int]:
-    """(tp, ep) from the plan's parallel_<role>_<i>.json: attention_tp x (expert_parallel /
-    attention_tp) must equal the ranks of the instance (mindspore.device_num)."""
+def read_parallel_config(path: str) -> Tuple[int, int, Optional[tuple]]:
+    """(tp, ep, expert placement or None) from the plan's parallel_<role>_<i>.json: attention_tp x
+    (expert_parallel / attention_tp) must equal the ranks of the instance (mindspore.device_num);
+    `expert_placement` (expert ids per EP rank, with the plan's redundant copies) is used as is."""
     try:
         with open(path, encoding="utf-8") as fh:
             cfg = json.load(fh)
@@ -127,7 +153,17 @@ def read_parallel_config(path: str) -> Tuple[int, int]:
     if tp * ep != ranks or (tp > 1 and ep_total % tp):
         raise ConfigError(f"{path}: attention_tp {tp} with expert_parallel {ep_total} does not tile "
                           f"{ranks} ranks (this runtime needs ranks = attention_tp x expert groups)")
-    return tp, ep
+    placement = layout.get("expert_placement")
+    if placement is not None:
+        if not isinstance(placement, list) or not all(
+                isinstance(ids, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in ids)
+                for ids in placement):
+            raise ConfigError(f"{path}: ascend_v4.expert_placement must be a list of expert-id lists, one per rank")
+        if len(placement) != ep:
+            raise ConfigError(f"{path}: ascend_v4.expert_placement lists {len(placement)} ranks, but the "
+                              f"layout has {ep} expert-parallel ranks")
+        placement = tuple(tuple(ids) for ids in placement)
+    return tp, ep, placement
 
 
 def _positive(path: str, key: str, value) -> int:

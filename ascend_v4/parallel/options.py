@@ -16,8 +16,9 @@ def parallel_options(func):
 
 
 def resolve(tensor_parallel: Optional[int], expert_parallel: Optional[int],
-            parallel_config: Optional[str] = None) -> Tuple[int, int]:
-    """(tp, ep) from the flags or the plan's parallel config (not both)."""
+            parallel_config: Optional[str] = None) -> Tuple[int, int, Optional[tuple]]:
+    """(tp, ep, expert placement) from the flags or the plan's parallel config (not both); the
+    placement (the plan's, with redundant copies of hot experts) comes only from the config."""
     if parallel_config:
         if tensor_parallel or expert_parallel:
             raise click.UsageError("give --parallel-config or --tensor-parallel / --expert-parallel, not both")
@@ -27,4 +28,4 @@ def resolve(tensor_parallel: Optional[int], expert_parallel: Optional[int],
             return read_parallel_config(parallel_config)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--parallel-config") from None
-    return tensor_parallel or 1, expert_parallel or 1
+    return tensor_parallel or 1, expert_parallel or 1, None

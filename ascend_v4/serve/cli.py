@@ -66,10 +66,10 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         raise click.UsageError("give exactly one of --preset or --checkpoint")
     if checkpoint and not os.path.isdir(checkpoint):
         raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
-    tp, ep = resolve(tensor_parallel, expert_parallel, parallel_config)
+    tp, ep, placement = resolve(tensor_parallel, expert_parallel, parallel_config)
     with user_errors():
         from ascend_v4.parallel.layout import layout_for
-        layout = layout_for(tp, ep)
+        layout = layout_for(tp, ep, placement)
     if layout.rank == 0:
         check_port(host, port)                   # before minutes of loading and compiling
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -81,7 +81,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         t0 = time.perf_counter()
         model = ascend_v4.load(checkpoint or preset, seed=seed, prefill_chunk=prefill_chunk,
                                max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype,
-                               tensor_parallel=tp, expert_parallel=ep)
+                               tensor_parallel=tp, expert_parallel=ep, expert_placement=placement)
         log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s, %s", name,
                  time.perf_counter() - t0, model.max_batch, model.max_seq_len, model.buckets,
                  "yes" if model.tokenizer else "no (token ids only)", role, layout.describe())
@@ -112,7 +112,7 @@ def follow_rank_zero(model) -> None:
 def serve(engine, name: str, host: str, port: int, drain_s: float, log_level: str = "info") -> None:
     """Run uvicorn in this thread until SIGTERM / SIGINT. On the signal the engine is drained
     first (running requests get drain_s to finish, then end with finish_reason 'abort', new ones
-    get 503), so every stream is closed before uvicorn shuts down."""
+    get 503), so every stream is closed before uvicorn shuts down; then this returns (exit 0)."""
     import threading
     import uvicorn
     from ascend_v4.serve.app import create_app
@@ -126,7 +126,8 @@ def serve(engine, name: str, host: str, port: int, drain_s: float, log_level: st
 
             def drain():
                 engine.stop(drain_s)
-                super(Server, self).handle_exit(sig, frame)
+                self.should_exit = True       # not handle_exit: uvicorn would re-raise the signal
+                                              # and kill this process before rank 0 releases the others
             threading.Thread(target=drain, name="ascend-v4-drain").start()
 
     app = create_app(engine, name, drain_s=drain_s)

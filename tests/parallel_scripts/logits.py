@@ -5,6 +5,7 @@ tokens over several chunks; row 1: tokens whose hash-routed experts all live on 
 the other EP ranks receive none of them in layer 0), decodes 3 steps of both rows and writes
 logits and the weight bytes the rank holds to OUT.rank{r}.npz."""
 import argparse
+import json
 import os
 import sys
 
@@ -18,11 +19,13 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--tp", type=int, default=1)
 ap.add_argument("--ep", type=int, default=1)
 ap.add_argument("--dtype", default="float64")
+ap.add_argument("--placement", help="expert ids per EP rank, JSON (redundant copies allowed)")
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
 
 model = ascend_v4.load("tiny", compute_dtype=args.dtype, max_batch_size=2, prefill_chunk=16,
-                       tensor_parallel=args.tp, expert_parallel=args.ep)
+                       tensor_parallel=args.tp, expert_parallel=args.ep,
+                       expert_placement=json.loads(args.placement) if args.placement else None)
 cfg = model.cfg
 rng = np.random.default_rng(7)
 row0 = rng.integers(0, cfg.vocab_size, 37)

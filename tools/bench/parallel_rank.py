@@ -34,16 +34,16 @@ def exchange_seconds(model, repeats: int) -> float:
     from mindspore import Tensor, nn, ops
     from ascend_v4.moe import ExpertExchange
     cfg, par = model.cfg, model.runtime.parallel
-    per_rank, k, d = cfg.n_routed_experts // par.ep, cfg.n_activated_experts, cfg.dim
+    k, d = cfg.n_activated_experts, cfg.dim
 
     class Exchange(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.ex = ExpertExchange(par)
+            self.ex = ExpertExchange(par, cfg.n_routed_experts)
 
         def construct(self, x, w, idx):
-            rows, ww, expert, valid = self.ex.my_pairs(x, w, idx)
-            send, slot = self.ex.pack(rows, ww, expert, valid, per_rank)
+            rows, ww, expert, token, valid = self.ex.my_pairs(x, w, idx)
+            send, slot = self.ex.pack(rows, ww, expert, token, valid)
             got = self.ex.all_to_all(send)                                     # dispatch
             r_rows, _, _, _ = self.ex.unpack(got, d)
             back = self.ex.all_to_all(r_rows.reshape(par.ep, -1, d))           # combine (rows stand in)
