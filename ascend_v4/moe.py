@@ -1,8 +1,10 @@
 """Mixture of experts: score or hash routing, clamped SwiGLU experts, shared expert (V4_SPEC 5).
 
 Routed experts are sparse: only the (token, expert) pairs the router chose are computed, as a
-grouped GEMM over expert tiles (`expert_tiles`). The routing weight multiplies the activation
-before w2, as in the release (it matters because w2's input is FP8-quantised).
+grouped GEMM over expert tiles (`expert_tiles`). Under expert parallel each rank holds some of
+the experts and `ExpertExchange` dispatches the pairs to their owners and combines the outputs.
+The routing weight multiplies the activation before w2, as in the release (it matters because
+w2's input is FP8-quantised).
 """
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def route_scores(logits, score_func: str):
     # softplus written out: MindSpore's Softplus kernel is float32-accurate even in float64
     softplus = ops.relu(logits) + ops.log1p(ops.exp(-ops.abs(logits)))
     return ops.sqrt(softplus)
+
+
+def rank_in_group(group, n_groups: int, valid=None):
+    """group [P] int32 in [0, n_groups) (valid [P] bool: others count nowhere) -> (each row's index
+    among the earlier rows of its group [P], rows per group [n_groups])."""
+    hits = group.reshape(-1, 1) == ops.arange(n_groups).astype(ms.int32).reshape(1, -1)    # [P, n]
+    if valid is not None:
+        hits = ops.logical_and(hits, valid.reshape(-1, 1))
+    hits = hits.astype(ms.int32)
+    return (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32), hits.sum(0).astype(ms.int32)
 
 
 def tile_plan(pairs: int, n_experts: int) -> Tuple[int, int]:
@@ -150,12 +162,10 @@ class RoutedExperts(nn.Cell):
         T, k = indices.shape
         P = T * k
         experts = indices.reshape(P).astype(ms.int32)
-        hits = (experts.reshape(P, 1) == ops.arange(self.n_experts).astype(ms.int32).reshape(1, -1))
-        hits = hits.astype(ms.int32)                                            # [P, E]
-        rank = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)       # among its expert's pairs
+        rank, counts = rank_in_group(experts, self.n_experts)                  # among its expert's pairs
         xq = self.quant(x) if self.act_quant else x
         token = ops.arange(P).astype(ms.int32) // k
-        out = self._pairs_forward(xq, token, weights.reshape(P), experts, rank, hits.sum(0).astype(ms.int32))
+        out = self._pairs_forward(xq, token, weights.reshape(P), experts, rank, counts)
         return out.reshape(T, k, -1).sum(1)
 
     def _expert_parallel(self, x, weights, indices):
@@ -170,12 +180,10 @@ class RoutedExperts(nn.Cell):
         got = ex.all_to_all(send)                                        # [ep (source), P, d + 3]
         r_rows, r_w, r_expert, r_valid = ex.unpack(got, xq.shape[1])
         R = r_expert.shape[0]
-        r_expert = mint.where(r_valid, r_expert, 0)
-        hits = (r_expert.reshape(R, 1) == ops.arange(self.n_experts).astype(ms.int32).reshape(1, -1))
-        hits = hits.astype(ms.int32)
-        rank = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)
+        r_expert = mint.where(r_valid, r_expert, 0)                      # empty rows: expert 0, weight 0
+        rank, counts = rank_in_group(r_expert, self.n_experts)
         out = self._pairs_forward(r_rows, ops.arange(R).astype(ms.int32), r_w, r_expert, rank,
-                                  hits.sum(0).astype(ms.int32))             # [R, d] weighted outputs
+                                  counts)                                   # [R, d] weighted outputs
         back = ex.all_to_all(out.reshape(ex.ep, -1, out.shape[1]))          # [ep (expert rank), P, d]
         mine = ops.gather(back.reshape(-1, out.shape[1]), dest_slot, 0)   # [P, d] my pairs' outputs
         mine = mine * valid.reshape(-1, 1).astype(mine.dtype)
@@ -253,9 +261,7 @@ class ExpertExchange(nn.Cell):
         held = expert * self.n_copies + copy
         dest = ops.gather(self.copy_member, held, 0)
         local_slot = ops.gather(self.copy_slot, held, 0)
-        hits = ops.logical_and(dest.reshape(P, 1) == ops.arange(self.ep).astype(ms.int32).reshape(1, -1),
-                               valid.reshape(P, 1)).astype(ms.int32)                # [P, ep]
-        pos = (hits * (ops.cumsum(hits, 0) - 1)).sum(1).astype(ms.int32)
+        pos, _ = rank_in_group(dest, self.ep, valid)                            # among the pairs to dest
         slot = dest * P + pos
         target = mint.where(valid, slot, self.ep * P)                           # invalid -> a spill row
         meta = ops.stack((w.astype(dtype), local_slot.astype(dtype), valid.astype(dtype)), 1)

@@ -369,7 +369,8 @@ def test_plan_script_checks_its_rank_table(tmp_path):
     fake.mkdir()
     (fake / "ascend-v4").write_text('#!/bin/sh\nenv | grep ^HCCL_ | sort > "$ARGS"\n')
     (fake / "ascend-v4").chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ARGS=str(tmp_path / "args.txt"),
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HCCL_")}   # MindSpore sets some on import
+    env = dict(clean, PATH=f"{fake}:{os.environ['PATH']}", ARGS=str(tmp_path / "args.txt"),
                ASCEND_V4_CHECKPOINT=str(tmp_path), HCCL_EXEC_TIMEOUT="99")
     subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True)
     hccl = (tmp_path / "args.txt").read_text()

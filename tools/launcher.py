@@ -373,7 +373,7 @@ class Job:
         signals = self.signals
         if self.msrun.poll() is None:
             self.discover()                       # a rank that started after the last scan
-        self._signal_ranks(done := set())
+        self._signal_ranks(set())
 
         def ranks_ended() -> bool:
             return all(p.ended is not None for p in self.workers.values())

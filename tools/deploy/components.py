@@ -132,8 +132,9 @@ def _weights(stats, lay: Layout, g, tokens: float, pairs: float, w: Work) -> Non
         w.hbm_bytes += g.nbytes(lay.scheme) / stats.n_routed * min(slots, pairs)
         w.add_flops(cf, 2.0 * per_expert * pairs)
     elif g.role in ATTN_ROLES:
-        w.hbm_bytes += g.nbytes(lay.scheme) / lay.tp
-        w.add_flops(cf, 2.0 * g.params / lay.tp * tokens)
+        div = lay.tp if g.tp_split else 1                 # replicated projections: every rank's own
+        w.hbm_bytes += g.nbytes(lay.scheme) / div
+        w.add_flops(cf, 2.0 * g.params / div * tokens)
     elif g.role == "head":
         w.hbm_bytes += g.nbytes(lay.scheme) / lay.head_tp
         w.add_flops(cf, 2.0 * g.params * tokens)

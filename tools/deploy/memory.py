@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Dict
 
 from . import calibration as cal
-from .model_stats import ATTN_ROLES
 
 MB = 1024 * 1024
 
@@ -57,8 +56,8 @@ def weight_bytes_per_rank(stats, lay: Layout) -> Dict[str, int]:
     for g in stats.groups:
         if g.role == "expert":
             continue
-        div = dict({r: lay.tp for r in ATTN_ROLES}, embed=lay.head_tp, head=lay.head_tp)
-        out[g.role] = out.get(g.role, 0) + g.nbytes(lay.scheme) // div.get(g.role, 1)
+        div = lay.tp if g.tp_split else lay.head_tp if g.role in ("embed", "head") else 1
+        out[g.role] = out.get(g.role, 0) + g.nbytes(lay.scheme) // div
     layers = stats.n_moe_layers + stats.n_mtp_layers
     out["expert"] = lay.slots_per_rank(stats.n_routed) * stats.expert_bytes(lay.scheme) * layers
     return out

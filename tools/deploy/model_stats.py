@@ -42,7 +42,7 @@ SCHEMES = {
     "bf16": dict(_COMMON, expert="bf16", shared="bf16", dense_ffn="bf16", attn="bf16",
                  attn_a="bf16", attn_o="bf16"),
 }
-ATTN_ROLES = ("attn", "attn_a", "attn_o", "attn_bf16")   # split by attention TP
+ATTN_ROLES = ("attn", "attn_a", "attn_o", "attn_bf16")   # attention weights (`tp_split`: which TP splits)
 
 # KV cache layouts (bytes per 512-dim entry, per indexer key of index_head_dim=128).
 #   fp8:  FlashMLA MODEL1 layout (V4_SPEC 8): 448 e4m3 + 64 bf16 RoPE + 7 ue8m0 scales + 1 pad
@@ -89,6 +89,14 @@ class WeightGroup:
 
     def nbytes(self, scheme: str) -> int:
         return matrix_bytes(self.rows, self.cols, SCHEMES[scheme][self.role]) * self.count
+
+    @property
+    def tp_split(self) -> bool:
+        """Whether attention TP splits this weight: the release's mp rules, as the runtime's
+        sharded loader applies them (`checkpoint.schema.split_dim`: wq_b, wo_a, wo_b, the
+        indexer's wq_b / weights_proj; wq_a, wkv, the compressors, e_proj / h_proj are replicated)."""
+        from ascend_v4.checkpoint.schema import split_dim
+        return self.role in ATTN_ROLES and split_dim(self.name) is not None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from . import calibration as cal
 from .catalogue import load_cluster
