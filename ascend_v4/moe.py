@@ -169,25 +169,14 @@ class RoutedExperts(nn.Cell):
         return out.reshape(T, k, -1).sum(1)
 
     def _expert_parallel(self, x, weights, indices):
-        """Expert parallel: this rank routes its share of the tokens, dispatches each (token,
-        expert) pair to the EP rank holding the expert, runs the pairs it receives through its
-        local experts, returns the outputs to their senders (combine) and gathers the tokens."""
+        """Expert parallel: dispatch this rank's share of the (token, expert) pairs to the EP ranks
+        holding the experts, run the pairs received through the local experts, combine."""
         xq = self.quant(x) if self.act_quant else x
-        ex = self.exchange
-        T, k = indices.shape
-        rows, w, expert, token, valid = ex.my_pairs(xq, weights, indices)   # [P, d], [P], [P] global, [P], [P]
-        send, dest_slot = ex.pack(rows, w, expert, token, valid)
-        got = ex.all_to_all(send)                                        # [ep (source), P, d + 3]
-        r_rows, r_w, r_expert, r_valid = ex.unpack(got, xq.shape[1])
-        R = r_expert.shape[0]
-        r_expert = mint.where(r_valid, r_expert, 0)                      # empty rows: expert 0, weight 0
-        rank, counts = rank_in_group(r_expert, self.n_experts)
-        out = self._pairs_forward(r_rows, ops.arange(R).astype(ms.int32), r_w, r_expert, rank,
-                                  counts)                                   # [R, d] weighted outputs
-        back = ex.all_to_all(out.reshape(ex.ep, -1, out.shape[1]))          # [ep (expert rank), P, d]
-        mine = ops.gather(back.reshape(-1, out.shape[1]), dest_slot, 0)   # [P, d] my pairs' outputs
-        mine = mine * valid.reshape(-1, 1).astype(mine.dtype)
-        return ex.gather_tokens(mine.reshape(-1, k, mine.shape[1]).sum(1), T)
+        rows, w, expert, back = self.exchange.dispatch(xq, weights, indices)   # [R, d], [R], [R]
+        rank, counts = rank_in_group(expert, self.n_experts)
+        out = self._pairs_forward(rows, ops.arange(rows.shape[0]).astype(ms.int32), w, expert, rank,
+                                  counts)                                      # [R, d] weighted outputs
+        return self.exchange.combine(out, back, indices.shape)
 
     def _with_kernels(self, x, weights, indices):
         """moe_dispatch groups the T*k (token, expert) rows by expert (row r belongs to expert e
@@ -269,6 +258,25 @@ class ExpertExchange(nn.Cell):
         send = ops.zeros((self.ep * P + 1, payload.shape[1]), dtype)
         send = ops.tensor_scatter_update(send, target.reshape(-1, 1), payload)
         return send[:self.ep * P].reshape(self.ep, P, -1), mint.where(valid, slot, 0)
+
+    def dispatch(self, xq, weights, indices):
+        """xq [T, d] (replicated over the group), weights / indices [T, k] -> the pairs this member
+        received: rows [R = ep P, d], routing weights [R] (0 on empty rows), local expert slots [R]
+        (0 on empty rows), and `back` (each own pair's return slot, valid flags) for `combine`."""
+        rows, w, expert, token, valid = self.my_pairs(xq, weights, indices)
+        send, return_slot = self.pack(rows, w, expert, token, valid)
+        r_rows, r_w, r_expert, r_valid = self.unpack(self.all_to_all(send), xq.shape[1])
+        return r_rows, r_w, mint.where(r_valid, r_expert, 0), (return_slot, valid)
+
+    def combine(self, out, back, shape):
+        """Outputs [R, d] of the received pairs -> back to their senders, each token's k outputs
+        summed in the one-process order, tokens gathered -> [T, d] (shape: (T, k))."""
+        T, k = shape
+        return_slot, valid = back
+        d = out.shape[1]
+        returned = self.all_to_all(out.reshape(self.ep, -1, d))                 # [ep (expert rank), P, d]
+        mine = ops.gather(returned.reshape(-1, d), return_slot, 0) * valid.reshape(-1, 1).astype(out.dtype)
+        return self.gather_tokens(mine.reshape(-1, k, d).sum(1), T)
 
     @staticmethod
     def unpack(got, d: int):

@@ -32,7 +32,7 @@ def float32_parts(x):
 
 
 def from_float32_parts(parts):
-    """[..., 3, ...] parts along axis 1 (after a gather) -> float64."""
+    """[g, 3, ...] gathered parts (axis 1: the three parts of float32_parts) -> [g, ...] float64."""
     p = parts.astype(ms.float64)
     return (p[:, 0] + p[:, 1]) + p[:, 2]
 
@@ -80,6 +80,9 @@ class AllToAll(nn.Cell):
         return every[:, self.me]
 
 
+_JOINED = False
+
+
 def init_collectives() -> None:
     """Join the msrun job (idempotent): mccl on CPU, HCCL on Ascend."""
     from mindspore.communication import init
@@ -87,9 +90,6 @@ def init_collectives() -> None:
     if not _JOINED:
         init()
         _JOINED = True
-
-
-_JOINED = False
 
 
 def broadcast_bytes(payload: bytes = b"") -> bytes:

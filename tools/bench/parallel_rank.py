@@ -31,7 +31,7 @@ def resident_bytes(transformer):
 
 def exchange_seconds(model, repeats: int) -> float:
     """Median seconds of one layer's dispatch + combine at the decode shape [max_batch tokens]."""
-    from mindspore import Tensor, nn, ops
+    from mindspore import Tensor, nn
     from ascend_v4.moe import ExpertExchange
     cfg, par = model.cfg, model.runtime.parallel
     k, d = cfg.n_activated_experts, cfg.dim
@@ -42,13 +42,8 @@ def exchange_seconds(model, repeats: int) -> float:
             self.ex = ExpertExchange(par, cfg.n_routed_experts)
 
         def construct(self, x, w, idx):
-            rows, ww, expert, token, valid = self.ex.my_pairs(x, w, idx)
-            send, slot = self.ex.pack(rows, ww, expert, token, valid)
-            got = self.ex.all_to_all(send)                                     # dispatch
-            r_rows, _, _, _ = self.ex.unpack(got, d)
-            back = self.ex.all_to_all(r_rows.reshape(par.ep, -1, d))           # combine (rows stand in)
-            mine = ops.gather(back.reshape(-1, d), slot, 0) * valid.reshape(-1, 1).astype(x.dtype)
-            return self.ex.gather_tokens(mine.reshape(-1, k, d).sum(1), x.shape[0])
+            rows, _, _, back = self.ex.dispatch(x, w, idx)
+            return self.ex.combine(rows, back, idx.shape)                      # the rows stand in for outputs
 
     rng = np.random.default_rng(0)
     T = model.max_batch
