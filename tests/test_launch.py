@@ -253,7 +253,11 @@ def test_ranks_that_ignore_sigterm_are_killed_after_the_grace(tmp_path, second):
     if second is None:
         assert took >= grace
     status = status_of(log_dir)
-    assert status["outcome"]["rank_exit"] == {"0": -signal.SIGKILL, "1": -signal.SIGKILL}
+    # every rank status launch could read is SIGKILL; msrun (itself SIGKILLed at the same moment)
+    # sometimes reaps a rank first, and its status is then unknown (None, seen once in CI)
+    exits = status["outcome"]["rank_exit"]
+    assert set(exits) == {"0", "1"} and -signal.SIGKILL in exits.values(), exits
+    assert set(exits.values()) <= {-signal.SIGKILL, None}, exits
     assert_all_gone(marker, status)
 
 
