@@ -35,14 +35,17 @@ def sink_attention(q, keys, mask, sink, scale: float):
 
     o_h = sum_e exp(z_e - m) k_e / (sum_e exp(z_e - m) + exp(sink_h - m)).
     """
-    z = ops.matmul(q, keys.expand_dims(1).swapaxes(-1, -2)) * scale     # [b, s, h, n]
+    b, s, h, d = q.shape
+    # one [s*h, d] x [d, n] product per row: the keys are shared by every query and head (MQA);
+    # a broadcast matmul over s would first copy the keys s times ([b, s, d, n])
+    z = ops.matmul(q.reshape(b, s * h, d), keys.swapaxes(-1, -2)).reshape(b, s, h, -1) * scale   # [b, s, h, n]
     mask = mask.expand_dims(2)
     z = mint.where(mask, z, NEG_INF)
     sink = sink.reshape(1, 1, -1, 1)
     m = ops.maximum(z.max(-1, keepdims=True), sink)
     p = mint.where(mask, ops.exp(z - m), 0.0)
     denom = p.sum(-1, keepdims=True) + ops.exp(sink - m)
-    return ops.matmul(p, keys.expand_dims(1)) / denom
+    return ops.matmul(p.reshape(b, s * h, -1), keys).reshape(b, s, h, d) / denom
 
 
 class SinkAttention(nn.Cell):
@@ -111,7 +114,7 @@ class Attention(nn.Cell):
         if ratio:
             n = rt.max_seq_len // ratio
             spec.include("compressor.", Compressor.spec_for(ratio, hd, np_dtype(rt)))
-            spec.add(StateSlot("entries", (n,) if paged else (n, hd), dt, 0.0, layout))
+            spec.add(StateSlot("entries", (n,) if paged else (n, hd), dt, 0.0, layout, per_tokens=ratio))
         if ratio == 4:
             spec.include("indexer.", Indexer.spec_for(cfg, rt))
         return spec

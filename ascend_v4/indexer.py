@@ -70,7 +70,8 @@ class Indexer(nn.Cell):
         """x [b, s, dim], q [b, s, h, d] (this rank's heads), keys [b, n, d] -> index scores [b, s, n]
         (summed over every head of the TP group)."""
         w = self.weights_proj(x) * self.weight_scale                 # [b, s, h]
-        dots = ops.relu(ops.matmul(q, keys.expand_dims(1).swapaxes(-1, -2)))  # [b, s, h, n]
+        b, s, h, d = q.shape                                          # keys shared by every query and head
+        dots = ops.relu(ops.matmul(q.reshape(b, s * h, d), keys.swapaxes(-1, -2)).reshape(b, s, h, -1))  # [b, s, h, n]
         partial = (dots * w.expand_dims(-1)).sum(2)
         return self.tp_sum(partial) if self.tp_sum is not None else partial   # sum over all heads
 
@@ -79,7 +80,7 @@ class Indexer(nn.Cell):
         """Its compressor's partial block, then the key cache [max_seq_len / 4, index_head_dim]."""
         spec = StateSpec()
         spec.include("compressor.", Compressor.spec_for(4, cfg.index_head_dim, np_dtype(rt)))
-        spec.add(StateSlot("keys", (rt.max_seq_len // 4, cfg.index_head_dim), np_dtype(rt)))
+        spec.add(StateSlot("keys", (rt.max_seq_len // 4, cfg.index_head_dim), np_dtype(rt), per_tokens=4))
         return spec
 
     def state_spec(self) -> StateSpec:
