@@ -122,6 +122,56 @@ class Model:
         self.state, lengths = snapshot
         self.lengths = lengths.copy()
 
+    def row_state(self, slot: int, first: int = 0) -> Dict[str, np.ndarray]:
+        """The state of the sequence in `slot` (numpy copies), by slot name, trimmed to what its
+        length uses: dense slots [rows, ...]; page pools as MODEL1 token rows [tokens, TOKEN_BYTES].
+        Position-indexed slots hold the rows of positions first..length-1 (first: a multiple of
+        their per_tokens; the rows past the sequence are `fill`)."""
+        from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, pool_token_rows
+        slot, length = self._check_slot(slot), int(self.lengths[slot])
+        if length < 0:
+            raise InputError(f"slot {slot} holds no sequence")
+        out = {}
+        for spec_slot, tensor in zip(self.spec, self.state):
+            a = first // spec_slot.per_tokens if spec_slot.per_tokens else 0
+            n = spec_slot.rows_for(length) - a
+            if spec_slot.layout == DENSE:
+                out[spec_slot.name] = tensor[slot, a:a + n].asnumpy().copy() if n > 0 else \
+                    np.zeros((0,) + tuple(spec_slot.shape[1:]), spec_slot.dtype)
+            elif spec_slot.layout == PAGES:
+                start = slot * spec_slot.shape[0] + a                 # the row's first pool slot wanted
+                b0, b1 = start // PAGE_BLOCK, (start + max(n, 1) - 1) // PAGE_BLOCK
+                out[spec_slot.name] = pool_token_rows(tensor[b0:b1 + 1].asnumpy(), start, max(n, 0))
+            else:
+                raise InputError(f"state slot {spec_slot.name} has layout {spec_slot.layout!r}, "
+                                 "which a row copy cannot read")
+        return out
+
+    def load_row_state(self, slot: int, arrays: Dict[str, np.ndarray], length: int) -> None:
+        """Put a sequence of `length` positions into `slot` from row_state's form (position-indexed
+        slots may hold any leading rows; the rest of the row is set to `fill`). The other rows and
+        any earlier snapshot() are untouched (new tensors)."""
+        from mindspore import Tensor
+        from ascend_v4.state import DENSE, write_pool_token_rows
+        slot = self._check_slot(slot)
+        if not 0 < length < self.max_seq_len:
+            raise InputError(f"slot {slot}: a restored length must lie in 1..{self.max_seq_len - 1}, got {length}")
+        state = []
+        for spec_slot, tensor in zip(self.spec, self.state):
+            rows = arrays[spec_slot.name]
+            full = tensor.asnumpy().copy()
+            if spec_slot.layout == DENSE:
+                full[slot] = spec_slot.fill
+                full[slot, :rows.shape[0]] = rows
+            else:                                     # MODEL1 pool: the row's tokens, zeros after
+                tokens = spec_slot.shape[0]
+                padded = np.zeros((tokens, rows.shape[1]), np.uint8)
+                padded[:rows.shape[0]] = rows
+                write_pool_token_rows(full, slot * tokens, padded)
+            state.append(Tensor(full))
+        self.state = tuple(state)
+        self.lengths[slot] = length
+
     def state_arrays(self) -> Dict[str, np.ndarray]:
         """The decode state by slot name (numpy copies; page pools are shared by all rows)."""
         return {name: t.asnumpy() for name, t in zip(self.spec.names, self.state)}

@@ -23,9 +23,30 @@ TOKEN_BYTES = 584      # MODEL1: 448 e4m3 + 64 bf16 + 7 ue8m0 + 1 pad
 DENSE, PAGES = "dense", "model1_pages"
 
 
+DATA_BYTES = 576      # a token's data row in a page block (448 e4m3 + 64 bf16); its 8 scale bytes follow all data rows
+
+
 def page_pool_shape(batch: int, tokens: int) -> Tuple[int, int]:
     """Shape of a MODEL1 pool holding `tokens` tokens for each of `batch` rows."""
     return (max(1, -(-batch * tokens // PAGE_BLOCK)), PAGE_BLOCK * TOKEN_BYTES)
+
+
+def pool_token_rows(blocks: np.ndarray, first: int, n: int) -> np.ndarray:
+    """Pool blocks [k, PAGE_BLOCK * TOKEN_BYTES] holding pool slots first .. first + n - 1 (block
+    first // PAGE_BLOCK is blocks[0]) -> those tokens as [n, TOKEN_BYTES] (data row, then scales)."""
+    slots = first % PAGE_BLOCK + np.arange(n)
+    block, off = slots // PAGE_BLOCK, slots % PAGE_BLOCK
+    data = blocks[block[:, None], off[:, None] * DATA_BYTES + np.arange(DATA_BYTES)]
+    scales = blocks[block[:, None], PAGE_BLOCK * DATA_BYTES + off[:, None] * 8 + np.arange(8)]
+    return np.concatenate([data, scales], 1)
+
+
+def write_pool_token_rows(pool: np.ndarray, first: int, rows: np.ndarray) -> None:
+    """Inverse of pool_token_rows on a whole pool [blocks, PAGE_BLOCK * TOKEN_BYTES], in place."""
+    slots = first + np.arange(rows.shape[0])
+    block, off = slots // PAGE_BLOCK, slots % PAGE_BLOCK
+    pool[block[:, None], off[:, None] * DATA_BYTES + np.arange(DATA_BYTES)] = rows[:, :DATA_BYTES]
+    pool[block[:, None], PAGE_BLOCK * DATA_BYTES + off[:, None] * 8 + np.arange(8)] = rows[:, DATA_BYTES:]
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,14 @@ class StateSlot:
     dtype: type                # numpy dtype
     fill: float = 0.0          # initial value (and the value of unwritten entries)
     layout: str = DENSE
+    per_tokens: int = 0        # > 0: a position-indexed cache, one leading row per `per_tokens` positions
+                               # (rows past the sequence hold `fill`); 0: fixed-size state
+
+    def rows_for(self, length: int) -> int:
+        """Leading rows (dense) or pool tokens (model1_pages) a sequence of `length` positions uses."""
+        if self.per_tokens:
+            return min(self.shape[0], -(-length // self.per_tokens))
+        return self.shape[0]
 
     def batch_shape(self, batch: int) -> Tuple[int, ...]:
         if self.layout == PAGES:
@@ -92,9 +121,10 @@ class StateSpec:
         """Rows for manifests and reports: name, layout, per-sequence shape, dtype, fill, bytes per
         sequence (`from_table` reads them back)."""
         return [{"name": s.name, "layout": s.layout, "shape": list(s.shape), "dtype": np.dtype(s.dtype).name,
-                 "fill": s.fill, "bytes_per_sequence": s.bytes_per_sequence} for s in self.slots]
+                 "fill": s.fill, "per_tokens": s.per_tokens, "bytes_per_sequence": s.bytes_per_sequence}
+                for s in self.slots]
 
     @classmethod
     def from_table(cls, rows: Sequence[Dict[str, object]]) -> "StateSpec":
         return cls([StateSlot(r["name"], tuple(r["shape"]), np.dtype(r["dtype"]).type, float(r["fill"]),
-                              r["layout"]) for r in rows])
+                              r["layout"], int(r.get("per_tokens", 0))) for r in rows])

@@ -208,6 +208,25 @@ def test_openai_client_raises_bad_request(client):
         client.completions.create(model="tiny", prompt="hi", temperature=-1)
 
 
+def test_shared_prefix_is_cached_and_reported(client, server, solo):
+    """Two prompts sharing 150 token ids: the second restores the first's state at its page
+    boundary (128 positions) and reports it as usage.prompt_tokens_details.cached_tokens; its
+    answer equals the request run alone (same chunk boundaries, so the same numbers)."""
+    rng = np.random.default_rng(21)
+    shared = rng.integers(3, 500, 150).tolist()
+    before = metric(server, "ascend_v4_prompt_tokens_cached_total")
+    first = client.completions.create(model="tiny", prompt=shared + [7, 8], max_tokens=2, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    prompt = shared + rng.integers(3, 500, 20).tolist()
+    res = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0)
+    assert res.usage.prompt_tokens_details.cached_tokens == 128
+    assert res.choices[0].text == solo.model.tokenizer.decode(solo(prompt, 6))
+    deadline = time.monotonic() + 10
+    while metric(server, "ascend_v4_prompt_tokens_cached_total") < before + 128:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_metrics_count_what_happened(client, server):
     before = metric(server, "ascend_v4_generation_tokens_total")
     res = client.completions.create(model="tiny", prompt=[4, 5, 6], max_tokens=3, temperature=0)

@@ -49,6 +49,7 @@ class Request:
     # engine-owned lifecycle
     slot: Optional[int] = None
     prefilled: int = 0                   # prompt tokens already in the slot's state
+    cached_tokens: int = 0               # of those, restored from the prefix cache
     chunks: List[Tuple[int, int]] = field(default_factory=list)   # chunk_plan of the prompt
     output: List[int] = field(default_factory=list)
     pending: Optional[int] = None        # last sampled token, not yet fed to the model

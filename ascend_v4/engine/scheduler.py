@@ -10,6 +10,10 @@ One engine thread runs `step()` in a loop. A step:
 A row's numbers do not depend on the other rows: prefill runs the row alone through the same
 chunks as `Model.prefill`, decode always runs the full [max_batch] shape, and the graphs have no
 cross-row reduction, so greedy output equals `Model.generate` of the request alone.
+
+With a PrefixCache (prefix_cache.py), an admitted request whose prompt starts with a cached prefix
+gets that prefix's state restored into its slot and prefills only the rest (request.cached_tokens);
+states are cached at prefill chunk ends on page boundaries, at each prompt's end, and at finish.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 
 from ascend_v4.api import chunk_plan
 from ascend_v4.config import ConfigError
+from ascend_v4.engine.prefix_cache import PrefixCache
 from ascend_v4.engine.request import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, Request, RequestError
 from ascend_v4.engine.speculative import MtpSpeculator
 from ascend_v4.sampling import sample_one
@@ -51,7 +56,8 @@ class Engine:
     """Schedules requests onto `model`'s slots; `start()` runs the loop on its own thread."""
 
     def __init__(self, model, max_queue: int = 64, speculative: Optional[str] = None,
-                 observer: Optional[EngineObserver] = None, prefill_budget: Optional[int] = None):
+                 observer: Optional[EngineObserver] = None, prefill_budget: Optional[int] = None,
+                 prefix_cache: Optional[PrefixCache] = None):
         if speculative not in (None, "mtp"):
             raise ConfigError(f"speculative must be 'mtp' or None, got {speculative!r}")
         if max_queue < 0:
@@ -61,6 +67,7 @@ class Engine:
         self.prefill_budget = prefill_budget or model.prefill_chunk   # prefill tokens per step (TTFT vs TPOT)
         self.speculator = MtpSpeculator(model) if speculative else None
         self.observer = observer or EngineObserver()
+        self.prefix_cache = prefix_cache
         self.slots: List[Optional[Request]] = [None] * model.max_batch
         self.waiting: Deque[Request] = deque()
         self._cv = threading.Condition()
@@ -209,13 +216,26 @@ class Engine:
             self._finish(r, r.cancel_reason)
 
     def _admit(self) -> None:
+        admitted = []
         with self._cv:
             for slot, occupant in enumerate(self.slots):
                 if occupant is None and self.waiting:
                     r = self.waiting.popleft()
                     r.slot, r.prefilled = slot, 0
-                    r.chunks = chunk_plan(len(r.prompt), self.model.buckets)
                     self.slots[slot] = r
+                    admitted.append(r)
+        for r in admitted:
+            snap = self.prefix_cache.lookup(r.prompt) if self.prefix_cache else None
+            if snap is not None:
+                self.model.load_row_state(r.slot, self.prefix_cache.state_of(snap), snap.length)
+                r.prefilled = r.cached_tokens = snap.length
+            r.chunks = chunk_plan(len(r.prompt) - r.prefilled, self.model.buckets)
+
+    def _cache_state(self, r: Request, tokens: List[int]) -> None:
+        """Offer the state of r's slot (holding exactly `tokens`) to the prefix cache."""
+        cache = self.prefix_cache
+        first = cache.cached_pages(tokens) * cache.page_tokens
+        cache.insert(tokens, self.model.row_state(r.slot, first), first)
 
     def _prefill_chunk(self, r: Request) -> None:
         """One compiled chunk of r's prompt into its slot; the last one samples its first token."""
@@ -225,6 +245,8 @@ class Engine:
         if self.speculator:
             self.speculator.remember(r, self.model.hidden[0])
         r.prefilled += count
+        if self.prefix_cache and (not r.chunks or r.prefilled % self.prefix_cache.page_tokens == 0):
+            self._cache_state(r, r.prompt[:r.prefilled])
         if not r.chunks:
             self._emit(r, [sample_one(logits, r.params.temperature, r.rng, r.params.top_p)])
 
@@ -264,6 +286,11 @@ class Engine:
 
     def _finish(self, r: Request, reason: str, new: Optional[List[int]] = None) -> None:
         r.finish_reason, r.finish_time = reason, time.monotonic()
+        if self.prefix_cache and r.slot is not None and self.slots[r.slot] is r and not r.chunks:
+            held = int(self.model.lengths[r.slot])      # the fed tokens: prompt + output but the pending one
+            sequence = list(r.prompt) + r.output
+            if len(r.prompt) < held <= len(sequence):
+                self._cache_state(r, sequence[:held])
         with self._cv:
             if r.slot is not None and self.slots[r.slot] is r:
                 self.slots[r.slot] = None

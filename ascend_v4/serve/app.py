@@ -45,7 +45,8 @@ class Job:
 
     def usage(self) -> Dict[str, int]:
         prompt, completion = len(self.request.prompt), self.text.tokens_used
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": self.request.cached_tokens}}
 
 
 def create_app(engine: Engine, model_name: str, metrics: Optional[ServerMetrics] = None,

@@ -44,6 +44,9 @@ def check_port(host: str, port: int) -> None:
               "before the running rows decode again (default: --prefill-chunk); larger favours time to first "
               "token, smaller time per output token")
 @click.option("--speculative", type=click.Choice(["mtp"]), help="MTP speculative decoding (1 draft token)")
+@click.option("--prefix-cache", "prefix_cache_size", default="1GiB", show_default=True,
+              help="host memory for cached prompt-prefix states (e.g. 512MiB; 0: off): a prompt that starts "
+              "with a cached prefix prefills only the rest (usage.prompt_tokens_details.cached_tokens)")
 @click.option("--served-model-name", help="the model name clients use (default: preset or folder name)")
 @click.option("--compute-dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="weight seed for --preset")
@@ -58,7 +61,7 @@ def check_port(host: str, port: int) -> None:
 @parallel_options
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, prefill_budget,
-            speculative, served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config,
+            speculative, prefix_cache_size, served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config,
             tensor_parallel, expert_parallel, log_level):
     """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching.
     Under `ascend-v4 launch`, rank 0 answers HTTP and every rank steps the same batch."""
@@ -69,6 +72,8 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
     tp, ep, placement = resolve(tensor_parallel, expert_parallel, parallel_config)
     with user_errors():
         from ascend_v4.parallel.layout import layout_for
+        from ascend_v4.sizes import parse_bytes
+        prefix_bytes = parse_bytes(prefix_cache_size, "--prefix-cache")
         layout = layout_for(tp, ep, placement)
     if layout.rank == 0:
         check_port(host, port)                   # before minutes of loading and compiling
@@ -90,7 +95,13 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         return
     with ranks_in_step(model) as driver:
         with user_errors():
-            engine = Engine(driver, max_queue=max_queue, speculative=speculative, prefill_budget=prefill_budget)
+            from ascend_v4.engine.prefix_cache import PrefixCache
+            if prefix_bytes and layout.distributed:
+                log.info("prefix cache off: under launch each rank would need its own copy (not built)")
+                prefix_bytes = 0
+            cache = PrefixCache(model.spec, prefix_bytes) if prefix_bytes else None
+            engine = Engine(driver, max_queue=max_queue, speculative=speculative, prefill_budget=prefill_budget,
+                            prefix_cache=cache)
             if warmup:
                 t0 = time.perf_counter()
                 engine.warm_up()

@@ -19,6 +19,8 @@ class ServerMetrics(EngineObserver):
         self.finished = Counter(PREFIX + "request_finish", "Generation requests by finish reason",
                                 ["reason"], registry=r)
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.cached_tokens = Counter(PREFIX + "prompt_tokens_cached", "Prompt tokens of finished requests "
+                                     "restored from the prefix cache (not prefilled)", registry=r)
         self.generation_tokens = Counter(PREFIX + "generation_tokens", "Generated tokens", registry=r)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Arrival to first token",
                               buckets=LATENCY_BUCKETS, registry=r)
@@ -45,6 +47,7 @@ class ServerMetrics(EngineObserver):
     def on_finish(self, request: Request) -> None:
         self.finished.labels(reason=request.finish_reason).inc()
         self.prompt_tokens.inc(len(request.prompt))
+        self.cached_tokens.inc(request.cached_tokens)
         self.generation_tokens.inc(len(request.output))
         self.e2e.observe(request.finish_time - request.arrival)
         if len(request.output) > 1 and request.first_token_time is not None:
