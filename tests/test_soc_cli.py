@@ -99,6 +99,13 @@ def test_builtin_chips_name_a_profile_consistent_with_their_figures():
         assert (npu.int8_tops > 0) == ("int8" in prof.cube_dtypes), name
 
 
+def test_every_default_is_runnable_on_its_soc():
+    from tools.deploy.formats import SCHEME_FORMATS
+    for p in PROFILES.values():
+        assert p.default_weights in p.runnable(SCHEME_FORMATS), p.name
+        assert p.check_kv_cache(p.default_kv_cache) == p.default_kv_cache
+
+
 def test_compile_soc_formats_for_the_manifest():
     a2, a5 = _soc_formats("Ascend910B"), _soc_formats("ascend950")
     assert (a2["soc"], a2["weights"], a2["kv_cache"], a2["indexer_cache"]) == ("ascend910b", "w8a8", "bf16", "int8")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from custom_ops.runtime.soc_profiles import PROFILES
 from tools.errors import user_errors
 
 
@@ -20,8 +21,8 @@ from tools.errors import user_errors
               help="Weight format of the random weights of --preset (default: the preset's).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights of --preset.")
 @click.option("--soc", default="ascend910b", show_default=True,
-              help="SoC profile the deployment targets (ascend910b | ascend910_93 | ascend950 or a CANN name); "
-                   "picks the weight / KV / indexer-cache formats recorded in the manifest.")
+              help=f"SoC profile the deployment targets ({' | '.join(PROFILES)}, or a CANN name); picks the "
+                   "weight / KV / indexer-cache formats recorded in the manifest.")
 @click.option("--external-data-threshold", default=1 << 30, show_default=True,
               help="Initializer bytes above which the ONNX weights go to an external-data file.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")

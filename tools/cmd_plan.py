@@ -8,6 +8,7 @@ import shlex
 import click
 
 from tools.deploy import PlanError
+from tools.deploy.formats import PROFILES, defaults_help
 from tools.deploy.units import fmt_bytes, fmt_tokens, parse_rate, parse_time, parse_tokens
 
 
@@ -90,13 +91,13 @@ def _summary(p: dict) -> str:
 @click.option("--attention-tp", default=1, show_default=True, type=click.IntRange(1, 16),
               help="fixed deployment: attention tensor-parallel degree")
 @click.option("--prefill-throughput", default=None, help="prompt tokens/s to serve, e.g. 200k")
-@click.option("--soc", default=None, help="SoC profile (ascend910b | ascend910_93 | ascend950, or a CANN "
-              "name): picks the default formats and refuses ones it cannot run [default: the cluster "
-              "chip's; `ascend-v4 socs` lists them]")
-@click.option("--weights", default=None, help="native | w8a8 | mxfp8 | bf16 [default: the SoC's: w8a8 on "
-              "910B/910C, native on 950]")
-@click.option("--kv-cache", default=None, help="bf16 | int8 (910B/910C) | fp8 | bf16 (950) [default: the "
-              "SoC's first]")
+@click.option("--soc", default=None, help=f"SoC profile ({' | '.join(PROFILES)}, or a CANN name): picks the "
+              "default formats and refuses ones it cannot run [default: the cluster chip's; `ascend-v4 socs` "
+              "lists them]")
+@click.option("--weights", default=None, help="weight scheme [default of each SoC, of the ones it runs: "
+              f"{defaults_help('weights')}]")
+@click.option("--kv-cache", default=None, help="KV cache format [default of each SoC, of the ones it runs: "
+              f"{defaults_help('kv_cache')}]")
 @click.option("--mtp", default=1, show_default=True, type=click.IntRange(0, 4), help="MTP draft tokens")
 @click.option("--mtp-accept", default=None, type=float, help="mean accepted drafts per step")
 @click.option("--redundancy", default=None, type=click.FloatRange(0, 1),

@@ -52,3 +52,12 @@ def pick(profile: SocProfile, weights: Optional[str] = None, kv_cache: Optional[
     except SocError as exc:
         raise PlanError(str(exc)) from None
     return Formats(profile.name, scheme, cache, profile.indexer_cache(cache))
+
+
+def defaults_help(what: str) -> str:
+    """'ascend910b w8a8, ...' for --help: each profile's default `weights` or `kv_cache`, and what it runs."""
+    if what == "weights":
+        return "; ".join(f"{p.name}: {p.default_weights} of {', '.join(p.runnable(SCHEME_FORMATS))}"
+                         for p in PROFILES.values())
+    return "; ".join(f"{p.name}: {p.default_kv_cache} of {', '.join(k for k, _ in p.kv_caches)}"
+                     for p in PROFILES.values())
