@@ -131,3 +131,18 @@ def test_socs_matrix_text_and_json():
     assert rows["ascend950"]["ub_bytes"] == 253952 and "fp8_e4m3" in rows["ascend950"]["vector_dtypes"]
     text = run("socs", "--sources").output
     assert text.count("source: ") == 3 * 8 and "ub_size=253952" in text and "assumed" in text
+
+
+def test_design_matrix_matches_the_profiles():
+    """docs/DESIGN.md's SoC matrix is a copy for readers: its figures must be the profiles'."""
+    rows = {}
+    for line in open("docs/DESIGN.md", encoding="utf-8"):
+        if line.startswith("| ") and line.count("|") == 5:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    names = [c.split()[0] for c in rows["fact"]]
+    assert names == list(PROFILES)
+    for name, ub, cores, default in zip(names, rows["UB per AIV"], rows["AIC / AIV"], rows["default weights"]):
+        p = PROFILES[name]
+        assert ub.startswith(f"{p.ub_bytes} B") and cores.startswith(f"{p.cube_cores} / {p.vector_cores}")
+        assert default.startswith(p.default_weights)
