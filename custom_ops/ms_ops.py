@@ -15,6 +15,9 @@ from custom_ops.runtime.build import twin_library, twin_library_path
 
 
 def _aot(twin: str, func: str, out_shape, out_dtype) -> ops.Custom:
+    from custom_ops.runtime.claims import claimed_socs, require_claim
+    from custom_ops.runtime.soc_spec import get_soc
+    require_claim(twin, claimed_socs(twin), get_soc().profile)   # a SoC the kernel does not claim
     twin_library(twin)  # build + apply the SoC selection in this process
     return ops.Custom(f"{twin_library_path(twin)}:{func}", out_shape=out_shape, out_dtype=out_dtype,
                       func_type="aot")

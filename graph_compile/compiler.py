@@ -129,8 +129,9 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
                   preset: Optional[str] = None, checkpoint: Optional[str] = None,
                   precision: str = "float32", weight_format: Optional[str] = None, seed: int = 0,
                   external_threshold: int = DEFAULT_EXTERNAL_THRESHOLD, overwrite: bool = False,
-                  log=print) -> dict:
-    """Compile the model to `out` (atomically); returns the manifest."""
+                  soc_formats: Optional[dict] = None, log=print) -> dict:
+    """Compile the model to `out` (atomically); returns the manifest. `soc_formats`: the formats the
+    target SoC picks (`tools.deploy.formats.Formats.to_dict()`), recorded as the manifest's `soc`."""
     from ascend_v4.api import build_model
     from ascend_v4.checkpoint import open_checkpoint
     from graph_compile.buckets import parse_buckets
@@ -163,6 +164,7 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
             "checkpoint": "checkpoint" if in_folder else ckpt_dir,
             "checkpoint_in_folder": in_folder,
             "weight_format": ckpt.weight_format,
+            "soc": soc_formats,
             "precision": precision,
             "buckets": [b.name for b in buckets],
             "state": model.spec.table(),

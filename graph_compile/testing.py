@@ -19,11 +19,12 @@ STEPS = 16
 def compiled_tiny() -> tuple:
     """-> (artifact folder, manifest, compile seconds)."""
     from graph_compile.compiler import compile_model
+    from tools.cmd_compile import _soc_formats        # what `ascend-v4 compile` records by default
     root = tempfile.mkdtemp(prefix="ascend_v4_gc_")
     atexit.register(shutil.rmtree, root, True)
     t0 = time.perf_counter()
     manifest = compile_model(f"{root}/tiny", BUCKET, "onnx,mindir", preset="tiny", precision="float64",
-                             log=lambda m: None)
+                             soc_formats=_soc_formats("ascend910b"), log=lambda m: None)
     return f"{root}/tiny", manifest, time.perf_counter() - t0
 
 

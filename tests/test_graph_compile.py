@@ -24,6 +24,8 @@ def test_manifest_lists_graphs_hashes_and_versions(artifact):
     assert manifest["buckets"] == [BUCKET] and manifest["opset"] == 21
     assert manifest["precision"] == "float64" and manifest["weight_format"] == "fp8"
     assert manifest["config"]["expert_dtype"] == "fp4"
+    soc = manifest["soc"]                              # the formats the target SoC picks (compile --soc)
+    assert (soc["soc"], soc["weights"], soc["kv_cache"], soc["indexer_cache"]) == ("ascend910b", "w8a8", "bf16", "int8")
     assert set(manifest["graphs"]) == {f"extend_{BUCKET}", "decode_b1"}
     for rel, digest in manifest["files"].items():
         assert sha256(os.path.join(folder, rel)) == digest

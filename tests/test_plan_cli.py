@@ -84,6 +84,8 @@ def test_artifacts_rank_table_and_scripts(tmp_path):
     par = json.loads((out / "parallel_decode_0.json").read_text())
     assert par["mindspore"]["device_num"] == plan["decode"]["ranks"]
     assert par["ascend_v4"]["expert_parallel"] == plan["decode"]["expert_parallel"]
+    assert (par["ascend_v4"]["soc"], par["ascend_v4"]["weights"], par["ascend_v4"]["indexer_cache"]) == \
+        ("ascend910_93", "w8a8", "int8")                  # the formats the A3 pod's SoC picks
     # the scripts run the real server through `ascend-v4 launch`, which reads the same layout
     argv = shlex.split((out / "launch_decode_0_node0.sh").read_text().splitlines()[-1])
     assert argv[:3] == ["exec", "ascend-v4", "launch"]

@@ -13,6 +13,7 @@ COMMANDS = {
     "generate": "tools.cmd_generate",
     "demo": "tools.cmd_demo",
     "plan": "tools.cmd_plan",
+    "socs": "tools.cmd_socs",
     "bench": "tools.cmd_bench",
     "compile": "tools.cmd_compile",
     "parity": "tools.cmd_parity",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from custom_ops.runtime.soc_profiles import PROFILES
 from tools.errors import user_errors
 
 
@@ -19,12 +20,16 @@ from tools.errors import user_errors
 @click.option("--weight-format", type=click.Choice(["fp8", "bf16"]), default=None,
               help="Weight format of the random weights of --preset (default: the preset's).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights of --preset.")
+@click.option("--soc", default="ascend910b", show_default=True,
+              help=f"SoC profile the deployment targets ({' | '.join(PROFILES)}, or a CANN name); picks the "
+                   "weight / KV / indexer-cache formats recorded in the manifest.")
 @click.option("--external-data-threshold", default=1 << 30, show_default=True,
               help="Initializer bytes above which the ONNX weights go to an external-data file.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-def command(preset, checkpoint, formats, buckets, out, precision, weight_format, seed,
+def command(preset, checkpoint, formats, buckets, out, precision, weight_format, seed, soc,
             external_data_threshold, overwrite):
     """Export extend (BxS: S tokens of one sequence, B-row state) and decode graphs per shape bucket."""
+    soc_formats = _soc_formats(soc)
     with user_errors():
         from graph_compile.artifacts import ArtifactError
         from graph_compile.buckets import BucketError
@@ -33,11 +38,13 @@ def command(preset, checkpoint, formats, buckets, out, precision, weight_format,
             manifest = compile_model(out, buckets, formats, preset=preset, checkpoint=checkpoint,
                                      precision=precision, weight_format=weight_format, seed=seed,
                                      external_threshold=external_data_threshold, overwrite=overwrite,
-                                     log=lambda m: click.echo(m, err=True))
+                                     soc_formats=soc_formats, log=lambda m: click.echo(m, err=True))
         except (ArtifactError, BucketError, CompileError) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"compiled {manifest['model']} ({manifest['weight_format']} weights, {precision}) "
                f"to {out} in {manifest['compile_seconds']:.1f} s")
+    click.echo(f"  SoC {soc_formats['soc']}: weights {soc_formats['weights']}, KV cache "
+               f"{soc_formats['kv_cache']}, indexer cache {soc_formats['indexer_cache']}")
     for name, g in manifest["graphs"].items():
         parts = [name]
         if "onnx" in g:
@@ -45,3 +52,14 @@ def command(preset, checkpoint, formats, buckets, out, precision, weight_format,
         if "mindir" in g:
             parts.append(g["mindir"])
         click.echo("  " + "  ".join(parts))
+
+
+def _soc_formats(soc: str) -> dict:
+    """The formats the SoC picks (tools/deploy/formats), for the manifest; a bad name lists the known."""
+    from custom_ops.runtime.soc_profiles import SocError, get_profile
+    from tools.deploy import PlanError
+    from tools.deploy.formats import pick
+    try:
+        return pick(get_profile(soc)).to_dict()
+    except (SocError, PlanError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--soc") from None

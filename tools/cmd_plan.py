@@ -8,6 +8,7 @@ import shlex
 import click
 
 from tools.deploy import PlanError
+from tools.deploy.formats import PROFILES, defaults_help
 from tools.deploy.units import fmt_bytes, fmt_tokens, parse_rate, parse_time, parse_tokens
 
 
@@ -15,7 +16,8 @@ def _fixed_summary(p: dict, tpot_target) -> str:
     m = p["memory_per_rank"]
     lines = [
         f"model {p['model']} on {p['chips']} x {p['npu']} ({p['ranks']} ranks) of {p['cluster']}: "
-        f"weights {p['weights']}, KV cache {p['kv_cache']}, MTP {p['mtp_draft']} "
+        f"SoC {p['soc']}, weights {p['weights']}, KV cache {p['kv_cache']} (indexer "
+        f"{p['indexer_cache']}), MTP {p['mtp_draft']} "
         f"({p['mtp_accept']:.2f} accepted)",
         f"batch {p['batch']} sequences at {fmt_tokens(p['context'])} context: attention DP"
         f"{p['attention_dp']} x TP{p['attention_tp']} ({p['sequences_per_dp_group']} per DP group), "
@@ -43,7 +45,8 @@ def _summary(p: dict) -> str:
     params = p["model"]["params"]
     lines = [
         f"model {p['model']['name']}: {params['total'] / 1e9:.1f}B params, "
-        f"{params['active'] / 1e9:.1f}B active; weights {req['weights']}, KV cache {req['kv_cache']}",
+        f"{params['active'] / 1e9:.1f}B active; SoC {req['soc']}: weights {req['weights']}, KV cache "
+        f"{req['kv_cache']} (indexer {req['indexer_cache']})",
         f"cluster {p['cluster']['name']}: {p['cluster']['npus']} x {p['cluster']['npu']} "
         f"({p['cluster']['ranks']} ranks); context {fmt_tokens(req['context'])}, "
         f"TPOT target {req['tpot_target_ms']:.1f} ms",
@@ -88,9 +91,13 @@ def _summary(p: dict) -> str:
 @click.option("--attention-tp", default=1, show_default=True, type=click.IntRange(1, 16),
               help="fixed deployment: attention tensor-parallel degree")
 @click.option("--prefill-throughput", default=None, help="prompt tokens/s to serve, e.g. 200k")
-@click.option("--weights", default=None, help="native | w8a8 | mxfp8 | bf16 (default: native with "
-              "FP8 units, else w8a8)")
-@click.option("--kv-cache", default=None, help="fp8 | bf16 (default: fp8 with FP8 units, else bf16)")
+@click.option("--soc", default=None, help=f"SoC profile ({' | '.join(PROFILES)}, or a CANN name): picks the "
+              "default formats and refuses ones it cannot run [default: the cluster chip's; `ascend-v4 socs` "
+              "lists them]")
+@click.option("--weights", default=None, help="weight scheme [default of each SoC, of the ones it runs: "
+              f"{defaults_help('weights')}]")
+@click.option("--kv-cache", default=None, help="KV cache format [default of each SoC, of the ones it runs: "
+              f"{defaults_help('kv_cache')}]")
 @click.option("--mtp", default=1, show_default=True, type=click.IntRange(0, 4), help="MTP draft tokens")
 @click.option("--mtp-accept", default=None, type=float, help="mean accepted drafts per step")
 @click.option("--redundancy", default=None, type=click.FloatRange(0, 1),
@@ -105,7 +112,7 @@ def _summary(p: dict) -> str:
 @click.option("--entry", default="python -m ascend_v4.serve", show_default=True,
               help="what every rank runs, through `ascend-v4 launch`: the server, `ascend-v4 SUB-COMMAND ...` "
                    "or `python SCRIPT.py ...`")
-def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_throughput, weights,
+def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_throughput, soc, weights,
             kv_cache, mtp, mtp_accept, redundancy, roofline_only, explain, explain_png, as_json,
             out, entry):
     """Plan prefill/decode instances, parallel degrees, memory and TPOT for MODEL on CLUSTER;
@@ -129,7 +136,7 @@ def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_t
             from tools.deploy.fixed import FixedRequest, predict
             result = predict(FixedRequest(model, cluster, chips, batch, ctx, weights, kv_cache,
                                           mtp, mtp_accept, redundancy or 0.0, attention_tp,
-                                          roofline_only))
+                                          roofline_only, soc))
             hidden = result["hidden_comm_ms"]
             table, title = result["explain_ms"], _title(result["model"], f"{chips} x {result['npu']}",
                                                          batch, ctx, result)
@@ -140,7 +147,7 @@ def command(model, cluster, context, tpot, chips, batch, attention_tp, prefill_t
                                               if prefill_throughput else None),
                           weights=weights, kv_cache=kv_cache, mtp=mtp, mtp_accept=mtp_accept,
                           redundancy=0.125 if redundancy is None else redundancy,
-                          roofline_only=roofline_only)
+                          roofline_only=roofline_only, soc=soc)
             result = plan(req)
             d = result["decode"]
             table, hidden = d["explain_ms"], d["hidden_comm_ms"]

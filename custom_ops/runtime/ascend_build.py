@@ -56,7 +56,13 @@ def op_description(op: str) -> list[dict]:
 
 
 def build_package(out_dir: str | Path, soc: str = "ascend910b", ops=tuple(OPS)) -> list[Path]:
-    """Generate, fill and build one custom-op project per operator; returns the .run packages."""
+    """Generate, fill and build one custom-op project per operator for SoC `soc` (a profile name or
+    CANN alias; every op must claim it in its op_host AddConfig); returns the .run packages."""
+    from custom_ops.runtime.claims import claimed_socs, require_claim
+    from custom_ops.runtime.soc_profiles import get_profile
+    soc = get_profile(soc).name
+    for op in ops:
+        require_claim(op, claimed_socs(op), soc)
     home = check_toolkit()
     msopgen = home / "python/site-packages/bin/msopgen"
     out_dir = Path(out_dir)

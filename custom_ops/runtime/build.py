@@ -81,7 +81,7 @@ def twin_library(name: str) -> ctypes.CDLL:
     if lib is None:
         lib = ctypes.CDLL(str(twin_library_path(name)))
         lib.ascendc_twin_last_error.restype = ctypes.c_char_p
-        lib.ascendc_twin_set_soc.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]
+        lib.ascendc_twin_set_soc.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p]
         _loaded[name] = lib
         from custom_ops.runtime.soc_spec import apply_soc
         apply_soc(lib)

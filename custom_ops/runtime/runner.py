@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 
 from custom_ops.runtime.build import twin_library
+from custom_ops.runtime.claims import claimed_socs, require_claim
 from custom_ops.runtime.errors import KernelRuleError
 
 DTYPE_NAMES = {
@@ -17,7 +18,10 @@ DTYPE_NAMES = {
 
 
 def call_aot(twin: str, func: str, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-    """Run `func` of twin `twin`: inputs are read, outputs (preallocated, C-contiguous) are written."""
+    """Run `func` of twin `twin`: inputs are read, outputs (preallocated, C-contiguous) are written.
+    A SoC profile the kernel does not claim (op_host AddConfig) is refused with SocError."""
+    from custom_ops.runtime.soc_spec import get_soc
+    require_claim(twin, claimed_socs(twin), get_soc().profile)
     lib = twin_library(twin)
     arrays = [np.ascontiguousarray(a) for a in inputs] + list(outputs)
     for a in outputs:

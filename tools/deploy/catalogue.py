@@ -44,6 +44,7 @@ class Npu:
     scale_up_latency_us: float
     scale_out_gbits: float
     sources: Dict[str, str] = field(default_factory=dict)
+    soc: str = ""          # SoC profile (custom_ops/runtime/soc_profiles.py): UB, cores, dtypes, formats
 
     # ---- per rank (die) -------------------------------------------------------------------
     @property
@@ -155,12 +156,19 @@ def _numbers(raw: Dict[str, Any], spec: Dict[str, tuple], where: str) -> Dict[st
 
 
 def npu_from_dict(raw: Dict[str, Any], where: str) -> Npu:
-    unknown = sorted(set(raw) - set(NPU_NUMBERS) - {"kind", "name", "sources", "description"})
+    unknown = sorted(set(raw) - set(NPU_NUMBERS) - {"kind", "name", "sources", "description", "soc"})
     if unknown:
         raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)}")
     if raw.get("kind", "npu") != "npu":
         raise PlanError(f"{where}: key 'kind' must be 'npu', got {raw.get('kind')!r}")
-    return Npu(name=str(raw.get("name", "custom NPU")), sources=dict(raw.get("sources") or {}),
+    soc = ""
+    if raw.get("soc") is not None:
+        from custom_ops.runtime.soc_profiles import SocError, get_profile
+        try:
+            soc = get_profile(raw["soc"]).name
+        except SocError as exc:
+            raise PlanError(f"{where}: key 'soc': {exc}") from None
+    return Npu(name=str(raw.get("name", "custom NPU")), sources=dict(raw.get("sources") or {}), soc=soc,
                **_numbers(raw, NPU_NUMBERS, where))
 
 

@@ -35,6 +35,7 @@ class FixedRequest:
     redundancy: float = 0.0
     tp: int = 1
     roofline_only: bool = False
+    soc: Optional[str] = None
 
 
 def predict(req: FixedRequest, stats=None) -> Dict[str, Any]:
@@ -44,9 +45,10 @@ def predict(req: FixedRequest, stats=None) -> Dict[str, Any]:
     if req.chips < 1 or req.batch < 1:
         raise PlanError(f"--chips {req.chips} and --batch {req.batch} must both be >= 1")
     cluster = full.restrict(req.chips)
-    scheme, cache, accept = _defaults(Request(req.model, req.cluster, req.context, 1.0,
-                                              weights=req.weights, kv_cache=req.kv_cache,
-                                              mtp=req.mtp, mtp_accept=req.mtp_accept), cluster)
+    fmts, accept = _defaults(Request(req.model, req.cluster, req.context, 1.0, weights=req.weights,
+                                     kv_cache=req.kv_cache, mtp=req.mtp, mtp_accept=req.mtp_accept,
+                                     soc=req.soc), cluster)
+    scheme, cache = fmts.weights, fmts.kv_cache
     ranks = cluster.n_ranks
     if ranks % req.tp or req.tp > cluster.ranks_per_node:
         raise PlanError(f"attention TP{req.tp} must divide the {ranks} ranks and fit in one node "
@@ -68,7 +70,8 @@ def predict(req: FixedRequest, stats=None) -> Dict[str, Any]:
         "ranks": ranks, "attention_dp": lay.dp, "attention_tp": lay.tp,
         "expert_parallel": ranks, "expert_slots_per_rank": lay.slots_per_rank(stats.n_routed),
         "batch": req.batch, "sequences_per_dp_group": seqs, "context": req.context,
-        "weights": scheme, "kv_cache": cache, "mtp_draft": req.mtp, "mtp_accept": accept,
+        "soc": fmts.soc, "weights": scheme, "kv_cache": cache, "indexer_cache": fmts.indexer_cache,
+        "mtp_draft": req.mtp, "mtp_accept": accept,
         "step_ms": step.seconds * 1e3, "tpot_ms": step.tpot * 1e3,
         "roofline_tpot_ms": roof.tpot * 1e3,
         "tokens_per_s_per_chip": req.batch / step.tpot / req.chips,

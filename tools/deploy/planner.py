@@ -18,7 +18,8 @@ from . import PlanError
 from . import calibration as cal
 from .catalogue import Cluster, load_cluster
 from .memory import Layout, rank_budget
-from .model_stats import SCHEMES, ModelStats, v4_stats
+from .formats import Formats, pick, profile_for
+from .model_stats import ModelStats, v4_stats
 from .placement import place_experts
 from .reference_models import r1_stats
 from .roofline import decode_step, prefill_token_seconds
@@ -36,12 +37,13 @@ class Request:
     context: int
     tpot: float                              # seconds
     prefill_throughput: Optional[float] = None   # tokens/s for the whole deployment
-    weights: Optional[str] = None            # model_stats.SCHEMES key (default by hardware)
-    kv_cache: Optional[str] = None           # fp8 | bf16 (default by hardware)
+    weights: Optional[str] = None            # model_stats.SCHEMES key (default: the SoC profile's)
+    kv_cache: Optional[str] = None           # model_stats.CACHE_FORMATS key (default: the SoC profile's)
     mtp: int = 1
     mtp_accept: Optional[float] = None
     redundancy: float = 0.125                # redundant expert slots / routed experts
     roofline_only: bool = False
+    soc: Optional[str] = None                # SoC profile; default: the cluster's chip's (`soc:` key)
 
 
 def load_model(source: str) -> ModelStats:
@@ -56,18 +58,13 @@ def load_model(source: str) -> ModelStats:
     return v4_stats(cfg)
 
 
-def _defaults(req: Request, cluster: Cluster) -> (str, str, float):
-    has_fp8 = cluster.npu.fp8_tflops > 0
-    scheme = req.weights or ("native" if has_fp8 else "w8a8")
-    cache = req.kv_cache or ("fp8" if has_fp8 else "bf16")
+def _defaults(req: Request, cluster: Cluster) -> (Formats, float):
+    """(formats picked for the SoC, MTP acceptance); see tools/deploy/formats."""
+    fmts = pick(profile_for(req.soc, cluster.npu.soc, cluster.npu.name), req.weights, req.kv_cache)
     accept = req.mtp_accept if req.mtp_accept is not None else {0: 0.0, 1: 0.7, 2: 1.1, 3: 1.44}.get(req.mtp, 0.48 * req.mtp)
-    if scheme not in SCHEMES:
-        raise PlanError(f"--weights {scheme!r}: expected {', '.join(SCHEMES)}")
-    if cache not in ("fp8", "bf16"):
-        raise PlanError(f"--kv-cache {cache!r}: expected fp8 or bf16")
     if not 0 <= accept <= req.mtp:
         raise PlanError(f"--mtp-accept {accept}: must lie between 0 and --mtp ({req.mtp})")
-    return scheme, cache, accept
+    return fmts, accept
 
 
 def _layout(stats, cluster, ranks, tp, scheme, cache, draft, accept, redundancy) -> Layout:
@@ -115,7 +112,8 @@ def _candidate_ranks(cluster: Cluster, limit: int) -> List[int]:
 def plan(req: Request) -> Dict[str, Any]:
     stats = load_model(req.model)
     cluster = load_cluster(req.cluster)
-    scheme, cache, accept = _defaults(req, cluster)
+    fmts, accept = _defaults(req, cluster)
+    scheme, cache = fmts.weights, fmts.kv_cache
     ctx = req.context
     kv = stats.kv_bytes_per_seq(ctx, cache)
     total_ranks = cluster.n_ranks
@@ -191,8 +189,8 @@ def plan(req: Request) -> Dict[str, Any]:
         "cluster": {"name": cluster.name, "npu": cluster.npu.name, "npus": cluster.n_npus,
                     "ranks_per_npu": dies, "ranks": total_ranks, "nodes": cluster.nodes,
                     "ranks_per_node": cluster.ranks_per_node},
-        "request": {"context": ctx, "tpot_target_ms": req.tpot * 1e3, "weights": scheme,
-                    "kv_cache": cache, "mtp_draft": req.mtp, "mtp_accept": accept,
+        "request": {"context": ctx, "tpot_target_ms": req.tpot * 1e3, "soc": fmts.soc, "weights": scheme,
+                    "kv_cache": cache, "indexer_cache": fmts.indexer_cache, "mtp_draft": req.mtp, "mtp_accept": accept,
                     "prefill_throughput": req.prefill_throughput,
                     "roofline_only": req.roofline_only},
         "disaggregation": "colocated (single node)" if colocated else "prefill/decode",

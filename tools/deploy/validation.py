@@ -97,8 +97,8 @@ ROWS: List[Row] = [
     Row("Atlas A3 flash W8A8C16 64 chips B8192 MTP1 8K", GUIDE + ", Atlas-A3 Pod table", "decode",
         "flash", "atlas-a3-superpod", 64, 8192, 8 * K, 1, 0.7, "w8a8", "bf16", 4388.0, 29.17),
     Row("Atlas A3 R1 decode W8A8C8 64 chips B6144 MTP1 4K", R1_DECODE, "decode", "deepseek-r1",
-        "atlas-a3-superpod", 64, 6144, 4 * K, 1, 0.7, "w8a8", "fp8", 2138.0, 44.9,
-        note="C8: one byte per latent value (the 'fp8' cache of the MLA reference)"),
+        "atlas-a3-superpod", 64, 6144, 4 * K, 1, 0.7, "w8a8", "int8", 2138.0, 44.9,
+        note="C8: one byte per latent value (INT8 KV cache)"),
     Row("Atlas A3 R1 prefill 16 chips, 4K prompts, micro-batch", R1_PREFILL, "prefill",
         "deepseek-r1", "atlas-a3-superpod", 16, 0, 4 * K, 0, 0.0, "w8a8", "bf16", 6522.0, ranks=32,
         note="MLA-DP32 + MoE-EP32 + micro-batch; the table does not restate the weight format "

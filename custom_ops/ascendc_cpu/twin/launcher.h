@@ -40,6 +40,7 @@ struct LaunchSpec {
 template <class F>
 void Launch(const LaunchSpec& spec, F&& body) {
     if (spec.blockDim == 0) throw RuleViolation(spec.kernel + ": rule BLOCK_DIM: launched with blockDim 0");
+    if (CurrentSoc().ubBytes == 0) BadArg(spec.kernel + ": no SoC selected (custom_ops.runtime.set_soc)");
     BlockContext ctx;
     ctx.kernel = spec.kernel;
     ctx.blockNum = spec.blockDim;
@@ -96,13 +97,12 @@ int Guard(F&& f) {
 // One copy per shared object: error message and SoC selection for Python.
 #define ASCENDC_TWIN_EXPORTS                                                                          \
     ASCENDC_TWIN_API const char* ascendc_twin_last_error() { return ascendc_twin::LastError().c_str(); }    \
-    ASCENDC_TWIN_API int ascendc_twin_set_soc(const char* name, uint32_t ub, uint32_t cores, int fp8) {     \
+    ASCENDC_TWIN_API int ascendc_twin_set_soc(const char* name, uint32_t ub, uint32_t cores, const char* dtypes) { \
+        if (name == nullptr || ub == 0 || cores == 0) return ascendc_twin::kBadArg;                   \
         ascendc_twin::SocSpec s;                                                                      \
-        if (ub == 0) {                                                                                \
-            if (!ascendc_twin::LookupSoc(name, s)) return ascendc_twin::kBadArg;                      \
-        } else {                                                                                      \
-            s.name = name; s.ubBytes = ub; s.vectorCores = cores; s.fp8VectorCast = fp8 != 0;         \
-        }                                                                                             \
+        s.name = name; s.ubBytes = ub; s.vectorCores = cores;                                         \
+        s.vectorDtypes = ascendc_twin::ParseVectorDtypes(dtypes);                                     \
+        s.fp8VectorCast = (s.vectorDtypes & ascendc_twin::kFp8E4m3) != 0;                             \
         ascendc_twin::CurrentSoc() = s;                                                               \
         return ascendc_twin::kOk;                                                                     \
     }                                                                                                 \

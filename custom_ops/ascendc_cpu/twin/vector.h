@@ -13,8 +13,28 @@ namespace AscendC {
 enum class RoundMode : uint8_t { CAST_NONE, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROUND, CAST_TRUNC, CAST_ODD };
 
 namespace detail {
+// The VectorDtype bit of an element type (0: a type the twin does not check).
+template <class T>
+constexpr uint32_t VecDtypeBit() {
+    using namespace ascendc_twin;
+    return std::is_same<T, float>::value ? kFp32 : std::is_same<T, half>::value ? kFp16
+         : std::is_same<T, bfloat16_t>::value ? kBf16 : std::is_same<T, fp8_e4m3fn_t>::value ? kFp8E4m3
+         : std::is_same<T, int8_t>::value ? kInt8 : std::is_same<T, uint8_t>::value ? kUint8
+         : std::is_same<T, int16_t>::value ? kInt16 : std::is_same<T, uint16_t>::value ? kUint16
+         : std::is_same<T, int32_t>::value ? kInt32 : std::is_same<T, uint32_t>::value ? kUint32
+         : std::is_same<T, int64_t>::value ? kInt64 : 0u;
+}
+// SOC_DTYPE: the selected SoC's vector unit must support T (soc_profiles: vector_dtypes).
+template <class T>
+inline void VecDtype(const char* op, const char* role) {
+    const ascendc_twin::SocSpec& soc = ascendc_twin::Ctx()->soc;
+    if ((soc.vectorDtypes & VecDtypeBit<T>()) != VecDtypeBit<T>())
+        ascendc_twin::Violate("SOC_DTYPE", std::string(op) + ": " + role + " is " + ascendc_twin::TypeName<T>() +
+                                               ", which the vector unit of " + soc.name + " does not support");
+}
 template <class T>
 inline void VecOperand(const LocalTensor<T>& t, uint64_t count, const char* op, const char* role) {
+    VecDtype<T>(op, role);
     if (!t.Valid()) ascendc_twin::Violate("UB_BOUNDS", std::string(op) + ": " + role + " is an unallocated LocalTensor");
     uint64_t off = ascendc_twin::UbOffset(t.GetPhyAddr());
     if (off % 32 != 0)
@@ -199,9 +219,8 @@ inline D Convert(float v, RoundMode m) {
 template <class D, class S>
 inline void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, const RoundMode mode, const uint32_t count) {
     static_assert(detail::CastPair<D, S>::value, "Cast: this (dst, src) type pair has no vector instruction");
-    constexpr bool fp8 = std::is_same<D, fp8_e4m3fn_t>::value || std::is_same<S, fp8_e4m3fn_t>::value;
-    if (fp8 && !ascendc_twin::Ctx()->soc.fp8VectorCast)
-        ascendc_twin::Violate("SOC_DTYPE", std::string("Cast ") + ascendc_twin::TypeName<S>() + " -> " + ascendc_twin::TypeName<D>() + " has no vector instruction on " + ascendc_twin::Ctx()->soc.name);
+    detail::VecDtype<S>("Cast", "src");
+    detail::VecDtype<D>("Cast", "dst");
     detail::VecOperand(dst, count, "Cast", "dst");
     detail::VecOperand(src, count, "Cast", "src");
     D* d = dst.GetPhyAddr();

@@ -12,6 +12,8 @@ static ge::graphStatus KvPackFp8TilingFunc(gert::TilingContext* context) {
     const auto& cache = context->GetInputShape(0)->GetStorageShape();
     uint32_t n = static_cast<uint32_t>(context->GetInputShape(1)->GetStorageShape().GetDim(0));
     KvPackFp8TilingData td;
+    // fp8VectorCast=false: the scalar fp8 encode runs on every claimed SoC; the 950's vector Cast
+    // path (what the twin takes on ascend950) needs a SoC-version check not verified without CANN.
     if (ComputeTiling(n, static_cast<uint32_t>(cache.GetDim(1) / kTokenBytes), static_cast<uint32_t>(cache.GetDim(0)),
                       /*fp8VectorCast=*/false, ub, plat.GetCoreNumAiv(), td) != nullptr)
         return ge::GRAPH_FAILED;
@@ -43,6 +45,7 @@ public:
         this->AICore().SetTiling(optiling::KvPackFp8TilingFunc);
         this->AICore().AddConfig("ascend910b");
         this->AICore().AddConfig("ascend910_93");
+        this->AICore().AddConfig("ascend950");
     }
 };
 OP_ADD(KvPackFp8);

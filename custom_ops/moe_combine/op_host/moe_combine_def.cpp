@@ -42,6 +42,7 @@ public:
         this->AICore().SetTiling(optiling::MoeCombineTilingFunc);
         this->AICore().AddConfig("ascend910b");
         this->AICore().AddConfig("ascend910_93");
+        this->AICore().AddConfig("ascend950");
     }
 };
 OP_ADD(MoeCombine);

@@ -16,6 +16,8 @@ static ge::graphStatus MoeDispatchTilingFunc(gert::TilingContext* context) {
     bool fp8 = context->GetOutputDesc(0)->GetDataType() == ge::DT_UINT8;  // matches the fp8 attribute
     bool bf16 = context->GetInputDesc(0)->GetDataType() == ge::DT_BF16;
     MoeDispatchTilingData td;
+    // fp8VectorCast=false: the scalar fp8 encode runs on every claimed SoC; the 950's vector Cast
+    // path (what the twin takes on ascend950) needs a SoC-version check not verified without CANN.
     if (moe_dispatch_host::ComputeTiling(x.GetDim(0), x.GetDim(1), k, experts, ep, /*fp8VectorCast=*/false, ub,
                                          plat.GetCoreNumAiv(), td) != nullptr)
         return ge::GRAPH_FAILED;
@@ -72,6 +74,7 @@ public:
         this->AICore().SetTiling(optiling::MoeDispatchTilingFunc);
         this->AICore().AddConfig("ascend910b");
         this->AICore().AddConfig("ascend910_93");
+        this->AICore().AddConfig("ascend950");
     }
 };
 OP_ADD(MoeDispatch);

@@ -58,6 +58,7 @@ public:
         this->AICore().SetTiling(optiling::SinkhornMhcTilingFunc);
         this->AICore().AddConfig("ascend910b");
         this->AICore().AddConfig("ascend910_93");
+        this->AICore().AddConfig("ascend950");
     }
 };
 OP_ADD(SinkhornMhc);

@@ -50,6 +50,7 @@ public:
         this->AICore().SetTiling(optiling::SparseFp8DecodeTilingFunc);
         this->AICore().AddConfig("ascend910b");
         this->AICore().AddConfig("ascend910_93");
+        this->AICore().AddConfig("ascend950");
     }
 };
 OP_ADD(SparseFp8Decode);
