@@ -24,6 +24,7 @@ def test_runs_every_block():
     (1, "UB_CAPACITY"), (2, "DATACOPY_ALIGN_32B"), (3, "DATACOPY_ALIGN_32B"), (4, "QUEUE_BALANCE"),
     (5, "QUEUE_EMPTY"), (6, "QUEUE_ALLOC"), (7, "EVENT_BALANCE"), (8, "GM_BOUNDS"), (9, "VEC_ALIGN_32B"),
     (15, "EVENT_BALANCE"), (16, "QUEUE_BALANCE"), (17, "QUEUE_FREE"), (10, "SOC_DTYPE"), (19, "DATACOPY_PARAMS"), (20, "PIPE_SYNC"), (21, "PIPE_SYNC"), (22, "PIPE_SYNC"),
+    (26, "SHIFT_AMOUNT"),
 ])
 def test_rule_violation_raises(mode, rule):
     with pytest.raises(KernelRuleError, match=rf"^selftest_mode{mode}: rule {rule}: .*\(block 0 of 1\)"):
@@ -58,6 +59,26 @@ def test_bf16_cast_dma_pad_reduce_gather():
     assert red[1] == x.max()
     np.testing.assert_array_equal(run(14, x), x[::-1])
     np.testing.assert_array_equal(run(18, x)[:16], np.concatenate([x[:8], x[16:24]]))
+
+
+def test_bitwise_and_shift_on_16_bit_lanes():
+    n = 64
+    lanes = np.random.default_rng(2).integers(0, 1 << 16, 2 * n, dtype=np.uint64).astype(np.uint16)
+    lanes[:8] = [0, 0xFFFF, 0x8000, 0x7FFF, 0xAAAA, 0x5555, 1, 0x8001]
+    a, b = lanes[:n], lanes[n:]
+    x = lanes.view(np.float32)                                   # the kernel sees 2n raw 16-bit lanes
+    out = run(23, x).view(np.uint16)
+    np.testing.assert_array_equal(out[:n], a & b)
+    np.testing.assert_array_equal(out[n:], a | b)
+    out = run(24, x).view(np.int16)                              # int16: arithmetic shifts
+    sa, sb = a.view(np.int16), b.view(np.int16)
+    keep = ((sa.view(np.uint16) & 0x8000) | ((sa.view(np.uint16) << 3) & 0x7FFF)).astype(np.uint16)
+    np.testing.assert_array_equal(out[:n].view(np.uint16), keep)  # the sign bit stays
+    assert out[4] == np.uint16(0xD550).view(np.int16)             # the API page's example: 0xAAAA << 3
+    np.testing.assert_array_equal(out[n:], sb >> 3)               # sign copied in
+    out = run(25, x).view(np.uint16)                              # uint16: logical shifts
+    np.testing.assert_array_equal(out[:n], (a << 3).astype(np.uint16))
+    np.testing.assert_array_equal(out[n:], b >> 3)
 
 
 def test_soc_selection_errors():

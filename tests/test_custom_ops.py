@@ -92,8 +92,8 @@ def test_decode_small_ub_splits_heads():
     args = decode_case(b=2, h=9, k=40, extra=False)
     with soc("small", ub_bytes=72 * 1024, vector_cores=5):                 # fewer heads per group than 9
         lib = twin_library("sparse_fp8_decode")
-        out = (ctypes.c_uint32 * 4)()
-        assert lib.SparseFp8DecodeTiling(2, 9, ctypes.c_uint64(72 * 1024), 5, out) == 0 and out[1] > 1
+        out = (ctypes.c_uint32 * 5)()
+        assert lib.SparseFp8DecodeTiling(2, 9, ctypes.c_uint64(72 * 1024), 5, 0, out) == 0 and out[1] > 1
         check_decode(args)
 
 

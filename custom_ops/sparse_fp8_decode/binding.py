@@ -7,6 +7,7 @@ from custom_ops.runtime.runner import call_aot
 from custom_ops.sparse_fp8_decode.reference import HEAD_DIM, TOKEN_BYTES, page_block_size_of
 
 TWIN, FUNC = "sparse_fp8_decode", "SparseFp8DecodeAot"
+DEQUANT_FUNC = "SparseFp8DecodeDequantAot"
 NO_EXTRA_CACHE = np.zeros((1, TOKEN_BYTES), np.uint8)   # one block of one empty slot
 
 
@@ -50,3 +51,14 @@ def sparse_fp8_decode(q, cache, indices, attn_sink, softmax_scale: float, extra_
     call_aot(TWIN, FUNC, [q, cache, indices, extra_cache, extra_indices, sink,
                           np.array([softmax_scale], np.float32)], [out, lse])
     return out, lse
+
+
+def dequantize_kv_fp8(cache) -> np.ndarray:
+    """MODEL1 cache uint8 [blocks, P*584] -> fp32 [blocks * P, 512] through the kernel's own dequantisation
+    routine (a test kernel of the twin): the vector fp8 Cast on SoCs that have it, else the software
+    e4m3 decode. Bit-identical to `reference.unpack_kv_fp8`."""
+    cache = np.ascontiguousarray(cache)
+    page = page_block_size_of(cache)
+    out = np.empty((cache.shape[0] * page, HEAD_DIM), np.float32)
+    call_aot(TWIN, DEQUANT_FUNC, [cache], [out])
+    return out

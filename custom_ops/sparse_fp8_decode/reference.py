@@ -57,6 +57,19 @@ def pack_kv_fp8(kv, page_block_size: int = 64) -> np.ndarray:
     return np.ascontiguousarray(cache)
 
 
+def ue8m0_to_float(codes) -> np.ndarray:
+    """ue8m0 scale bytes -> fp32 2^(code - 127); 0 is 2^-127 (an fp32 subnormal), 255 is NaN (e8m0's NaN)."""
+    codes = np.asarray(codes)
+    with np.errstate(over="ignore"):                     # 255 -> inf here, NaN below
+        s = np.ldexp(np.float32(1), codes.astype(np.int32) - 127).astype(np.float32)
+    return np.where(codes == 255, np.float32(np.nan), s).astype(np.float32)
+
+
+def decode_e4m3(codes) -> np.ndarray:
+    """e4m3fn bytes -> fp32 (ml_dtypes: 0x7f / 0xff are NaN, sign kept; subnormals m * 2^-9)."""
+    return np.ascontiguousarray(codes, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+
+
 def page_block_size_of(cache: np.ndarray) -> int:
     if cache.ndim != 2 or cache.dtype != np.uint8 or cache.shape[1] % TOKEN_BYTES:
         raise ValueError(f"cache must be uint8 [num_blocks, P * {TOKEN_BYTES}], got {cache.dtype} {cache.shape}")
@@ -69,9 +82,10 @@ def unpack_kv_fp8(cache: np.ndarray) -> np.ndarray:
     blocks = cache.shape[0]
     data = cache[:, :p * DATA_BYTES].reshape(blocks * p, DATA_BYTES)
     scales = cache[:, p * DATA_BYTES:].reshape(blocks * p, SCALE_BYTES)
-    nope = data[:, :NOPE].copy().view(ml_dtypes.float8_e4m3fn).astype(np.float32)
-    s = np.ldexp(np.float32(1), scales[:, :NOPE // TILE].astype(np.int32) - 127).astype(np.float32)
-    nope = (nope.reshape(-1, NOPE // TILE, TILE) * s[..., None]).reshape(-1, NOPE)
+    nope = decode_e4m3(data[:, :NOPE])
+    s = ue8m0_to_float(scales[:, :NOPE // TILE])
+    with np.errstate(over="ignore"):                     # +-inf past fp32 (not for the encoder's codes, see DESIGN)
+        nope = (nope.reshape(-1, NOPE // TILE, TILE) * s[..., None]).reshape(-1, NOPE)
     rope = data[:, NOPE:].copy().view(ml_dtypes.bfloat16).astype(np.float32)
     return np.concatenate([nope, rope], axis=1)
 

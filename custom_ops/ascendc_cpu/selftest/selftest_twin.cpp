@@ -60,6 +60,7 @@ void Violations(int32_t mode, GM_ADDR x, GM_ADDR out, uint32_t n) {
         case 20: { DataCopy(w, xg, 8); Adds(w, w, 1.0f, 8); break; }                  // RAW MTE2 -> V, no sync
         case 21: { Duplicate(w, 1.0f, 8); PipeBarrier<PIPE_ALL>(); Adds(w[8], w, 1.0f, 8); DataCopy(w, xg, 8); break; }  // WAR V -> MTE2
         case 22: { Duplicate(w, 1.0f, 8); float v = w.GetValue(0); (void)v; break; }     // RAW V -> S
+        case 26: { LocalTensor<uint16_t> u = w.ReinterpretCast<uint16_t>(); ShiftLeft(u, u, uint16_t(17), 16); break; }
         case 15: SetFlag<HardEvent::MTE2_V>(EVENT_ID1); break;
         case 16: { LocalTensor<float> a = q.AllocTensor<float>(); q.EnQue(a); break; }
         case 17: { LocalTensor<float> a = q.AllocTensor<float>(); q.FreeTensor(a); q.FreeTensor(a); break; }
@@ -67,7 +68,7 @@ void Violations(int32_t mode, GM_ADDR x, GM_ADDR out, uint32_t n) {
     }
 }
 
-// Modes 10-14, 18: numerics of Cast / DataCopyPad / reductions / Gather on one block.
+// Modes 10-14, 18, 23-25: numerics of Cast / DataCopyPad / reductions / Gather / bit operations on one block.
 void Numerics(int32_t mode, GM_ADDR x, GM_ADDR out, uint32_t n) {
     TPipe pipe;
     TBuf<TPosition::VECCALC> a, b, c, off;
@@ -116,6 +117,12 @@ void Numerics(int32_t mode, GM_ADDR x, GM_ADDR out, uint32_t n) {
         WaitFlag<HardEvent::V_MTE2>(EVENT_ID0);
         DataCopy(fc, xg, DataCopyParams(2, 1, 1, 0));
         PipeBarrier<PIPE_ALL>();
+    } else if (mode >= 23 && mode <= 25) {  // x holds 2n 16-bit lanes (n % 16 == 0): halves A | B
+        LocalTensor<int16_t> s16 = fa.ReinterpretCast<int16_t>(), d16 = fc.ReinterpretCast<int16_t>();
+        LocalTensor<uint16_t> su = fa.ReinterpretCast<uint16_t>(), du = fc.ReinterpretCast<uint16_t>();
+        if (mode == 23) { And(du, su, su[n], n); Or(du[n], su, su[n], n); }           // A & B | A | B
+        else if (mode == 24) { ShiftLeft(d16, s16, int16_t(3), n); ShiftRight(d16[n], s16[n], int16_t(3), n); }
+        else { ShiftLeft(du, su, uint16_t(3), n); ShiftRight(du[n], su[n], uint16_t(3), n); }
     }
     PipeBarrier<PIPE_ALL>();
     DataCopyPad(og, fc, DataCopyExtParams(1, n * 4, 0, 0, 0));
@@ -141,7 +148,7 @@ ASCENDC_TWIN_API int SelftestAot(int nparam, void** params, int* ndims, int64_t*
         GM_ADDR x = a.Ptr<uint8_t>(1), out = a.Ptr<uint8_t>(2);
         ascendc_twin::Launch(spec, [&] {
             if (mode == 0) CopyScale(x, out, n);
-            else if ((mode >= 10 && mode <= 14) || mode == 18) Numerics(mode, x, out, n);
+            else if ((mode >= 10 && mode <= 14) || mode == 18 || (mode >= 23 && mode <= 25)) Numerics(mode, x, out, n);
             else Violations(mode, x, out, n);
         });
     });

@@ -100,6 +100,72 @@ ASCENDC_TWIN_UNARY(Reciprocal, static_cast<T>(1.0f / static_cast<float>(x[i])), 
 ASCENDC_TWIN_UNARY(Abs, x[i] < T(0) ? static_cast<T>(-x[i]) : x[i], detail::kArith<T>)
 #undef ASCENDC_TWIN_UNARY
 
+// Bitwise and shift instructions (integer lanes).  Public API facts (CANN Ascend C API):
+// And / Or (atlasascendc_api_07_0041 / _0042): count form, int16_t / uint16_t on Atlas A2 / A3.
+// ShiftLeft / ShiftRight (atlasascendc_api_07_0058 / _0059): scalar shift, uint16_t / int16_t / uint32_t /
+// int32_t on Atlas A2 / A3; the shift lies in [0, 16] for 16-bit and [0, 32] for 32-bit lanes.  Unsigned
+// lanes shift logically; signed lanes arithmetically: ShiftRight copies the sign bit in, ShiftLeft keeps
+// the sign bit and drops the bit below it (int16 1010101010101010 << 1 = 1101010101010100).
+namespace detail {
+template <class T>
+constexpr bool kBit16 = std::is_same<T, int16_t>::value || std::is_same<T, uint16_t>::value;
+template <class T>
+constexpr bool kShiftable = kBit16<T> || std::is_same<T, int32_t>::value || std::is_same<T, uint32_t>::value;
+template <class T>
+inline void ShiftAmount(const char* op, T s) {
+    constexpr long long bits = 8 * sizeof(T);
+    if (static_cast<long long>(s) < 0 || static_cast<long long>(s) > bits)
+        ascendc_twin::Violate("SHIFT_AMOUNT", std::string(op) + ": shift " + std::to_string(static_cast<long long>(s)) +
+                                                  " is outside 0.." + std::to_string(bits) + " for " + ascendc_twin::TypeName<T>());
+}
+template <class T>
+inline T ShiftLeftLane(T x, T s) {
+    using U = typename std::make_unsigned<T>::type;
+    constexpr unsigned bits = 8 * sizeof(T);
+    U u = static_cast<U>(x), sh = static_cast<U>(static_cast<unsigned>(s) >= bits ? 0 : static_cast<U>(u << s));
+    if (std::is_signed<T>::value) {                   // arithmetic: the sign bit stays, the bit below it drops
+        U sign = static_cast<U>(U(1) << (bits - 1));
+        sh = static_cast<U>((u & sign) | (sh & static_cast<U>(~sign)));
+    }
+    return static_cast<T>(sh);
+}
+template <class T>
+inline T ShiftRightLane(T x, T s) {
+    constexpr unsigned bits = 8 * sizeof(T);
+    if (static_cast<unsigned>(s) >= bits) return std::is_signed<T>::value && x < 0 ? T(-1) : T(0);
+    return static_cast<T>(x >> s);                    // signed: arithmetic (C++20 / GCC), unsigned: logical
+}
+}  // namespace detail
+
+#define ASCENDC_TWIN_BITWISE(NAME, EXPR)                                                               \
+    template <class T>                                                                               \
+    inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b,    \
+                     const int32_t count) {                                                           \
+        static_assert(detail::kBit16<T>, #NAME ": int16_t / uint16_t only on the Atlas A2 / A3 vector unit"); \
+        detail::VecOperand(dst, count, #NAME, "dst");                                                \
+        detail::VecOperand(a, count, #NAME, "src0");                                                 \
+        detail::VecOperand(b, count, #NAME, "src1");                                                 \
+        T *d = dst.GetPhyAddr(), *x = a.GetPhyAddr(), *y = b.GetPhyAddr();                           \
+        for (int32_t i = 0; i < count; ++i) d[i] = static_cast<T>(EXPR);                             \
+    }
+ASCENDC_TWIN_BITWISE(And, x[i] & y[i])
+ASCENDC_TWIN_BITWISE(Or, x[i] | y[i])
+#undef ASCENDC_TWIN_BITWISE
+
+#define ASCENDC_TWIN_SHIFT(NAME, LANE)                                                                 \
+    template <class T>                                                                               \
+    inline void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const T s, const int32_t count) { \
+        static_assert(detail::kShiftable<T>, #NAME ": uint16_t / int16_t / uint32_t / int32_t only");  \
+        detail::VecOperand(dst, count, #NAME, "dst");                                                \
+        detail::VecOperand(a, count, #NAME, "src");                                                  \
+        detail::ShiftAmount(#NAME, s);                                                               \
+        T *d = dst.GetPhyAddr(), *x = a.GetPhyAddr();                                                \
+        for (int32_t i = 0; i < count; ++i) d[i] = detail::LANE(x[i], s);                            \
+    }
+ASCENDC_TWIN_SHIFT(ShiftLeft, ShiftLeftLane)
+ASCENDC_TWIN_SHIFT(ShiftRight, ShiftRightLane)
+#undef ASCENDC_TWIN_SHIFT
+
 // dst = dst + src * scalar
 template <class T, class U>
 inline void Axpy(const LocalTensor<T>& dst, const LocalTensor<U>& src, const U s, const int32_t count) {

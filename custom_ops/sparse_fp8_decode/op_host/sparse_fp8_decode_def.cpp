@@ -12,8 +12,11 @@ static ge::graphStatus SparseFp8DecodeTilingFunc(gert::TilingContext* context) {
     auto dim = [&](int i, int d) { return static_cast<uint32_t>(context->GetInputShape(i)->GetStorageShape().GetDim(d)); };
     float scale = *context->GetAttrs()->GetAttrPointer<float>(0);
     SparseFp8DecodeTilingData td;
+    // fp8VectorCast=false: the software e4m3 decode (integer vector instructions of A2 / A3) runs on every
+    // claimed SoC; the 950's vector Cast path (what the twin takes on ascend950) needs a SoC-version check
+    // not verified without CANN.  Both paths give the same bits.
     if (ComputeTiling(dim(0, 0), dim(0, 1), dim(2, 1), dim(4, 1), dim(1, 1) / kTokenBytes, dim(3, 1) / kTokenBytes,
-                      dim(1, 0), dim(3, 0), scale, ub, plat.GetCoreNumAiv(), td) != nullptr)
+                      dim(1, 0), dim(3, 0), scale, /*fp8VectorCast=*/false, ub, plat.GetCoreNumAiv(), td) != nullptr)
         return ge::GRAPH_FAILED;
     td.SaveToBuffer(context->GetRawTilingData()->GetData(), context->GetRawTilingData()->GetCapacity());
     context->GetRawTilingData()->SetDataSize(td.GetDataSize());

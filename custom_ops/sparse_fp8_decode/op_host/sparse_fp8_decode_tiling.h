@@ -22,6 +22,7 @@ TILING_DATA_FIELD_DEF(uint32_t, extraBlocks);
 TILING_DATA_FIELD_DEF(uint32_t, tileEntries);     // KV entries dequantised per UB tile (multiple of 8)
 TILING_DATA_FIELD_DEF(uint32_t, usedCores);
 TILING_DATA_FIELD_DEF(float, softmaxScale);
+TILING_DATA_FIELD_DEF(uint32_t, fp8VectorCast);   // 1: Cast fp8 -> float on the vector unit; 0: software decode
 END_TILING_DATA_DEF;
 REGISTER_TILING_DATA_CLASS(SparseFp8Decode, SparseFp8DecodeTilingData)
 }  // namespace optiling
@@ -33,27 +34,31 @@ constexpr uint32_t kRawBuffers = 2;
 
 inline uint64_t Align32(uint64_t n) { return (n + 31) / 32 * 32; }
 
-// UB bytes that do not depend on the head group: raw KV tiles, dequantised tile, LUT, conversions, work,
-inline uint64_t UbFixedBytes(uint32_t tile) {
-    return kRawBuffers * Align32(uint64_t(tile) * (kDataBytes + 32)) + uint64_t(tile) * kDim * 4 + 256 * 4 +
-           Align32(kNope * 2) + Align32(kNope * 4) + kDim * 4 + 256 + 32 + Align32(tile * 4) +
-           uint64_t(tile) * 8 * 4 + Align32(tile * 4);  // ids, score staging slots, their gather offsets
+constexpr uint32_t kDecodeScratchTensors = 7;   // v4k::kE4M3ScratchTensors (common/op_kernel/fp8_decode.h)
+
+// UB bytes that do not depend on the head group: raw KV tiles, dequantised tile, the software e4m3 decode's
+// scratch (SoCs without an fp8 vector Cast), work, ids, score staging slots, their gather offsets
+inline uint64_t UbFixedBytes(uint32_t tile, bool fp8Vector) {
+    return kRawBuffers * Align32(uint64_t(tile) * (kDataBytes + 32)) + uint64_t(tile) * kDim * 4 +
+           (fp8Vector ? 0 : Align32(uint64_t(kDecodeScratchTensors) * kNope * 2)) + kDim * 4 + 256 + 32 +
+           Align32(tile * 4) + uint64_t(tile) * 8 * 4 + Align32(tile * 4);
 }
 // UB bytes per head of the group: q, accumulator, scores, running max / sum, lse.
 inline uint64_t UbBytesPerHead(uint32_t tile) { return 2 * kDim * 4 + uint64_t(tile) * 4 + 3 * 4; }
-inline uint64_t UbBytesFor(uint32_t group, uint32_t tile) {
-    return UbFixedBytes(tile) + 2 * uint64_t(group) * kDim * 4 + uint64_t(group) * tile * 4 + 3 * Align32(group * 4);
+inline uint64_t UbBytesFor(uint32_t group, uint32_t tile, bool fp8Vector) {
+    return UbFixedBytes(tile, fp8Vector) + 2 * uint64_t(group) * kDim * 4 + uint64_t(group) * tile * 4 + 3 * Align32(group * 4);
 }
 
 template <class TD>
 inline const char* ComputeTiling(uint32_t batch, uint32_t heads, uint32_t topk, uint32_t extraTopk, uint32_t pageBlock,
-                                 uint32_t extraPageBlock, uint32_t cacheBlocks, uint32_t extraBlocks, float scale, uint64_t ubBytes, uint32_t cores, TD& td) {
+                                 uint32_t extraPageBlock, uint32_t cacheBlocks, uint32_t extraBlocks, float scale, bool fp8Vector, uint64_t ubBytes, uint32_t cores,
+                                 TD& td) {
     const uint32_t tile = 16;
     if (heads == 0 || batch == 0) return "batch and heads must be >= 1";
     if (cores == 0) return "no vector cores";
     if (pageBlock == 0 || (extraTopk > 0 && extraPageBlock == 0)) return "page block size must be >= 1";
     uint32_t group = heads;
-    while (group > 0 && UbBytesFor(group, tile) > ubBytes) --group;
+    while (group > 0 && UbBytesFor(group, tile, fp8Vector) > ubBytes) --group;
     if (group == 0) return "the Unified Buffer cannot hold one head and one KV tile";
     uint32_t groups = (heads + group - 1) / group;
     group = (heads + groups - 1) / groups;  // balance the groups
@@ -71,6 +76,7 @@ inline const char* ComputeTiling(uint32_t batch, uint32_t heads, uint32_t topk, 
     td.set_tileEntries(tile);
     td.set_usedCores(static_cast<uint32_t>(items < cores ? items : cores));
     td.set_softmaxScale(scale);
+    td.set_fp8VectorCast(fp8Vector ? 1 : 0);
     return nullptr;
 }
 

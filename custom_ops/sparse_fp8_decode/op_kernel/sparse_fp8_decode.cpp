@@ -2,32 +2,40 @@
 // q [B, H, 512] f32; cache / extra_cache uint8 [blocks, P * 584]; indices [B, K] / extra_indices [B, K2]
 // int32 (-1 = skip); attn_sink [H] f32 -> out [B, H, 512] f32, lse [B, H] f32 (V4_SPEC 4 and 8).
 // Work item = (batch row, head group).  Selected entries are loaded in tiles (data row by DataCopy,
-// 8-byte scale group by DataCopyPad), dequantised on the vector unit (e4m3 byte -> half -> int32 byte
-// offset -> Gather from a 256-entry LUT, times the ue8m0 tile scale; bf16 RoPE part by Cast), and
-// folded into an online softmax per head.  The sink only enlarges the denominator.
+// 8-byte scale group by DataCopyPad), dequantised on the vector unit and folded into an online softmax
+// per head.  The sink only enlarges the denominator.
+// Dequantisation (sfd::DequantEntry), chosen by the tiling flag fp8VectorCast:
+//   1 (950): Cast fp8_e4m3fn -> float on the vector unit;
+//   0 (910B / 910C, no fp8 in the vector unit): software decode with 16-bit integer instructions
+//     (common/op_kernel/fp8_decode.h), bit-identical to the Cast.
+// Then each 64-dim tile times its ue8m0 scale 2^(s-127), a power of two built exactly as an fp32 (Muls:
+// exact unless the product leaves the fp32 normal range, identically on both paths); the bf16 RoPE part
+// by Cast.
 #include "kernel_operator.h"
+#include "fp8_decode.h"
 using namespace AscendC;
 
 namespace sfd {
 constexpr float kNoScore = -3.0e38f;  // running max before any entry (exp(kNoScore - x) == 0)
-constexpr uint32_t kDim = 512, kNope = 448, kRope = 64, kData = 576, kScaleGroup = 8, kToken = 584;
+constexpr uint32_t kDim = 512, kNope = 448, kRope = 64, kTile = 64, kData = 576, kScaleGroup = 8, kToken = 584;
 
-__aicore__ inline float DecodeE4M3Bits(uint32_t b) {  // scalar, LUT construction only
-    uint32_t e = (b >> 3) & 0xf, m = b & 7;
-    float v;
-    if (e == 15 && m == 7) v = 0.0f;  // NaN code: never produced by the packer
-    else if (e == 0) v = static_cast<float>(m) * (1.0f / 512.0f);
-    else {
-        v = 1.0f + static_cast<float>(m) / 8.0f;
-        for (uint32_t k = e; k > 7; --k) v *= 2.0f;
-        for (uint32_t k = e; k < 7; ++k) v *= 0.5f;
-    }
-    return (b & 0x80) ? -v : v;
-}
-__aicore__ inline float Ue8m0(uint8_t code) {  // 2^(code - 127) by building the float's bits
+// ue8m0 code -> 2^(code - 127) as fp32 bits: code << 23 for 1..254; 0 -> 2^-127 (the subnormal 0x00400000);
+// 255 -> NaN (the e8m0 NaN code).  The encoder writes 105..247 only (amax >= 1e-4, amax < 2^128).
+__aicore__ inline float Ue8m0(uint8_t code) {
     union { uint32_t u; float f; } x;
-    x.u = static_cast<uint32_t>(code) << 23;
+    x.u = code == 0 ? 0x00400000u : code == 255 ? 0x7fc00000u : static_cast<uint32_t>(code) << 23;
     return x.f;
+}
+
+// One MODEL1 entry -> row [512] f32: data = its 576-byte data row in UB, scales = its 8-byte scale group
+// in UB (read by the scalar unit: the caller orders MTE2 before S and V).
+__aicore__ inline void DequantEntry(const LocalTensor<float>& row, const LocalTensor<uint8_t>& data,
+                                    const LocalTensor<uint8_t>& scales, const v4k::E4M3Scratch& scratch, bool vecCast) {
+    if (vecCast) Cast(row, data.ReinterpretCast<fp8_e4m3fn_t>(), RoundMode::CAST_NONE, kNope);
+    else v4k::DecodeE4M3(row, data, scratch, kNope);
+    for (uint32_t c = 0; c < kNope / kTile; ++c)
+        Muls(row[c * kTile], row[c * kTile], Ue8m0(scales.GetValue(c)), kTile);
+    Cast(row[kNope], data[kNope].ReinterpretCast<bfloat16_t>(), RoundMode::CAST_NONE, kRope);
 }
 }  // namespace sfd
 
@@ -35,8 +43,9 @@ class KernelSparseFp8Decode {
 public:
     __aicore__ inline void Init(GM_ADDR q, GM_ADDR cache, GM_ADDR indices, GM_ADDR extraCache, GM_ADDR extraIndices,
                                 GM_ADDR sink, GM_ADDR out, GM_ADDR lse, const uint32_t* f, float scale,
-                                uint64_t cacheBlocks, uint64_t extraBlocks) {
+                                uint64_t cacheBlocks, uint64_t extraBlocks, bool vecCast) {
         b_ = f[0]; h_ = f[1]; g_ = f[2]; groups_ = f[3]; k_ = f[4]; k2_ = f[5]; p_ = f[6]; p2_ = f[7]; tile_ = f[8];
+        vecCast_ = vecCast;
         scale_ = scale;
         qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(q), uint64_t(b_) * h_ * sfd::kDim);
         cacheGm_.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(cache), cacheBlocks * p_ * sfd::kToken);
@@ -52,9 +61,7 @@ public:
         uint32_t g8 = (g_ + 7) / 8 * 8;
         pipe_.InitBuffer(rawQ_, 2, tile_ * (sfd::kData + 32));
         pipe_.InitBuffer(kBuf_, tile_ * sfd::kDim * 4);
-        pipe_.InitBuffer(lutBuf_, 256 * 4);
-        pipe_.InitBuffer(halfBuf_, sfd::kNope * 2);
-        pipe_.InitBuffer(offBuf_, sfd::kNope * 4);
+        if (!vecCast_) pipe_.InitBuffer(decBuf_, v4k::kE4M3ScratchTensors * sfd::kNope * 2);
         pipe_.InitBuffer(tmpBuf_, sfd::kDim * 4);
         pipe_.InitBuffer(workBuf_, 256);
         pipe_.InitBuffer(redBuf_, 32);
@@ -67,11 +74,10 @@ public:
         pipe_.InitBuffer(mBuf_, g8 * 4);
         pipe_.InitBuffer(lBuf_, g8 * 4);
         pipe_.InitBuffer(lseBuf_, g8 * 4);
-        LocalTensor<float> lut = lutBuf_.Get<float>();
-        for (uint32_t i = 0; i < 256; ++i) lut.SetValue(i, sfd::DecodeE4M3Bits(i));
+        if (!vecCast_) dec_ = v4k::E4M3ScratchIn(decBuf_.Get<int16_t>(), sfd::kNope);
         LocalTensor<uint32_t> so = strideBuf_.Get<uint32_t>();
         for (uint32_t e = 0; e < tile_; ++e) so.SetValue(e, e * 8 * 4);
-        SetFlag<HardEvent::S_V>(EVENT_ID0);   // LUT written by the scalar unit, read by Gather
+        SetFlag<HardEvent::S_V>(EVENT_ID0);   // score-slot offsets written by the scalar unit, read by Gather
         WaitFlag<HardEvent::S_V>(EVENT_ID0);
     }
 
@@ -146,19 +152,9 @@ private:
     }
 
     __aicore__ inline void Dequant(const LocalTensor<uint8_t>& raw, uint32_t n) {
-        LocalTensor<float> kL = kBuf_.Get<float>(), lut = lutBuf_.Get<float>();
-        LocalTensor<half> hv = halfBuf_.Get<half>();
-        LocalTensor<int32_t> off = offBuf_.Get<int32_t>();
-        for (uint32_t e = 0; e < n; ++e) {
-            LocalTensor<float> row = kL[e * sfd::kDim];
-            Cast(hv, raw[e * sfd::kData], RoundMode::CAST_NONE, sfd::kNope);    // byte code 0..255
-            Cast(off, hv, RoundMode::CAST_RINT, sfd::kNope);
-            Muls(off, off, 4, sfd::kNope);                                      // byte offset in the LUT
-            Gather(row, lut, off.ReinterpretCast<uint32_t>(), 0, sfd::kNope);
-            for (uint32_t c = 0; c < sfd::kNope / 64; ++c)
-                Muls(row[c * 64], row[c * 64], sfd::Ue8m0(raw.GetValue(tile_ * sfd::kData + e * 32 + c)), 64);
-            Cast(row[sfd::kNope], raw[e * sfd::kData + sfd::kNope].ReinterpretCast<bfloat16_t>(), RoundMode::CAST_NONE, sfd::kRope);
-        }
+        LocalTensor<float> kL = kBuf_.Get<float>();
+        for (uint32_t e = 0; e < n; ++e)
+            sfd::DequantEntry(kL[e * sfd::kDim], raw[e * sfd::kData], raw[tile_ * sfd::kData + e * 32], dec_, vecCast_);
     }
 
     __aicore__ inline void Scores(uint32_t n, uint32_t gv) {
@@ -216,12 +212,14 @@ private:
 
     TPipe pipe_;
     TQue<QuePosition::VECIN, 1> rawQ_;
-    TBuf<TPosition::VECCALC> kBuf_, lutBuf_, halfBuf_, offBuf_, tmpBuf_, workBuf_, redBuf_, idsBuf_, stageBuf_, strideBuf_;
+    TBuf<TPosition::VECCALC> kBuf_, decBuf_, tmpBuf_, workBuf_, redBuf_, idsBuf_, stageBuf_, strideBuf_;
     TBuf<TPosition::VECCALC> qBuf_, accBuf_, scoreBuf_, mBuf_, lBuf_, lseBuf_;
     GlobalTensor<float> qGm_, sinkGm_, outGm_, lseGm_;
     GlobalTensor<uint8_t> cacheGm_, extraGm_;
     GlobalTensor<int32_t> idxGm_, extraIdxGm_;
+    v4k::E4M3Scratch dec_;
     float scale_ = 0;
+    bool vecCast_ = false;
     uint32_t b_ = 0, h_ = 0, g_ = 0, groups_ = 0, k_ = 0, k2_ = 0, p_ = 0, p2_ = 0, tile_ = 0;
 };
 
@@ -232,6 +230,7 @@ extern "C" __global__ __aicore__ void sparse_fp8_decode(GM_ADDR q, GM_ADDR cache
     GET_TILING_DATA(td, tiling);
     uint32_t f[9] = {td.batch, td.heads, td.headGroup, td.groups, td.topk, td.extraTopk, td.pageBlock, td.extraPageBlock, td.tileEntries};
     KernelSparseFp8Decode op;
-    op.Init(q, cache, indices, extraCache, extraIndices, sink, out, lse, f, td.softmaxScale, td.cacheBlocks, td.extraBlocks);
+    op.Init(q, cache, indices, extraCache, extraIndices, sink, out, lse, f, td.softmaxScale, td.cacheBlocks, td.extraBlocks,
+            td.fp8VectorCast != 0);
     op.Process();
 }
