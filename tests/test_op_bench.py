@@ -4,6 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+import tools.bench.fp8_decode as fp8_bench
 import tools.bench.ops as ops_bench
 from tools.cmd_bench import command
 
@@ -29,6 +30,21 @@ def test_bench_writes_json_and_png(tmp_path, monkeypatch):
     assert r["sinkhorn_mhc"]["max_abs_diff_mindspore_vs_twin"] < 1e-5
     assert r["moe"]["max_abs_diff"] < 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.png"]      # no temp files left
+
+
+def test_fp8_decode_bench_software_vs_native_vs_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(fp8_bench, "bench_context", lambda n, rng, f=fp8_bench.bench_context: f(1024, rng))
+    js, png = tmp_path / "r.json", tmp_path / "r.png"
+    res = CliRunner().invoke(command, ["--only", "fp8_decode", "--quick", "--json", str(js), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (row,) = json.loads(js.read_text())["fp8_decode"]["rows"]
+    assert row["context"] == 1024 and row["entries"] == 640
+    assert row["bit_identical_out"] and row["bit_identical_dequant"]       # software decode == vector Cast
+    assert row["software_vs_native"] == pytest.approx(row["software_s"] / row["native_s"])
+    assert row["fp8_bytes_per_entry"] == 588 and row["bf16_bytes_per_entry"] == 1028
+    assert row["bytes_ratio_per_entry"] == pytest.approx(588 / 1028)
+    assert 0 < row["max_abs_diff_vs_bf16_cache"] < 0.1                    # fp8 vs bf16 keys, same attention
 
 
 def test_bench_rejects_bad_paths(tmp_path):
