@@ -132,3 +132,8 @@ def test_tiling_flag_follows_the_soc_and_budgets_the_scratch():
     with soc("nofp8", ub_bytes=192 * 1024, vector_cores=2):
         b = dequantize_kv_fp8(cache)
     np.testing.assert_array_equal(bits(a), bits(b))
+
+
+def test_dequant_test_kernel_bad_input():
+    with pytest.raises(ValueError, match=r"cache must be uint8 \[num_blocks, P \* 584\]"):
+        dequantize_kv_fp8(np.zeros((2, 583), np.uint8))
