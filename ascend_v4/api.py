@@ -135,13 +135,13 @@ class Model:
         for spec_slot, tensor in zip(self.spec, self.state):
             a = first // spec_slot.per_tokens if spec_slot.per_tokens else 0
             n = spec_slot.rows_for(length) - a
+            whole = tensor.asnumpy()                  # a view of the tensor's memory on CPU: copy what is kept
             if spec_slot.layout == DENSE:
-                out[spec_slot.name] = tensor[slot, a:a + n].asnumpy().copy() if n > 0 else \
-                    np.zeros((0,) + tuple(spec_slot.shape[1:]), spec_slot.dtype)
+                out[spec_slot.name] = whole[slot, a:a + max(n, 0)].copy()
             elif spec_slot.layout == PAGES:
                 start = slot * spec_slot.shape[0] + a                 # the row's first pool slot wanted
                 b0, b1 = start // PAGE_BLOCK, (start + max(n, 1) - 1) // PAGE_BLOCK
-                out[spec_slot.name] = pool_token_rows(tensor[b0:b1 + 1].asnumpy(), start, max(n, 0))
+                out[spec_slot.name] = pool_token_rows(whole[b0:b1 + 1], start, max(n, 0))
             else:
                 raise InputError(f"state slot {spec_slot.name} has layout {spec_slot.layout!r}, "
                                  "which a row copy cannot read")

@@ -68,6 +68,7 @@ class Engine:
         self.speculator = MtpSpeculator(model) if speculative else None
         self.observer = observer or EngineObserver()
         self.prefix_cache = prefix_cache
+        self.prefix_cache_s = 0.0           # engine time spent restoring and snapshotting prefix states
         self.slots: List[Optional[Request]] = [None] * model.max_batch
         self.waiting: Deque[Request] = deque()
         self._cv = threading.Condition()
@@ -225,17 +226,21 @@ class Engine:
                     self.slots[slot] = r
                     admitted.append(r)
         for r in admitted:
+            t0 = time.perf_counter()
             snap = self.prefix_cache.lookup(r.prompt) if self.prefix_cache else None
             if snap is not None:
                 self.model.load_row_state(r.slot, self.prefix_cache.state_of(snap), snap.length)
                 r.prefilled = r.cached_tokens = snap.length
+            self.prefix_cache_s += time.perf_counter() - t0
             r.chunks = chunk_plan(len(r.prompt) - r.prefilled, self.model.buckets)
 
     def _cache_state(self, r: Request, tokens: List[int]) -> None:
         """Offer the state of r's slot (holding exactly `tokens`) to the prefix cache."""
+        t0 = time.perf_counter()
         cache = self.prefix_cache
         first = cache.cached_pages(tokens) * cache.page_tokens
         cache.insert(tokens, self.model.row_state(r.slot, first), first)
+        self.prefix_cache_s += time.perf_counter() - t0
 
     def _prefill_chunk(self, r: Request) -> None:
         """One compiled chunk of r's prompt into its slot; the last one samples its first token."""
