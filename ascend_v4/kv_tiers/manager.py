@@ -173,11 +173,13 @@ class TierManager:
             return tuple(out)
 
     def _ensure(self, key: Key, pools, pinned: Set[Key], optional: bool = False) -> bool:
-        """Make `key` resident (loading its bytes from host or disk; a page never stored starts
-        blank), evicting the least recently used page not in `pinned`."""
+        """Make `key` resident, loading its bytes from host or disk (a page never stored has none:
+        the graph writes each entry before any query can select it), evicting the least recently
+        used page not in `pinned`."""
         if key in self.device:
             self.device.move_to_end(key)
             return True
+        victim = None
         if not self.free:
             victim = next((k for k in self.device if k not in pinned), None)
             if victim is None:
@@ -185,15 +187,16 @@ class TierManager:
                     return False
                 raise ConfigError(f"kv_budget: the device tier's {self.n_dev} page groups are all needed by "
                                   f"this call; raise the device budget")
-            self._evict(victim, pools)
-        slot = self.free.pop()
-        group = self.host.take(key)
+        group = self.host.take(key)              # taken first: its host slot is free for the victim
         if group is not None:
             self.counters["fetched_host"] += 1
         else:
             group = self.disk.take(key)
             if group is not None:
                 self.counters["fetched_disk"] += 1
+        if victim is not None:
+            self._evict(victim, pools)
+        slot = self.free.pop()
         if group is not None:
             pools.group()[:, slot] = group
         self.device[key] = slot
@@ -203,12 +206,11 @@ class TierManager:
     def _evict(self, key: Key, pools) -> None:
         slot = self.device.pop(key)
         self.table[key] = -1
-        if self.host.full():
-            old, group = self.host.pop_oldest()
-            self._to_disk(old, group)
         if self.host.capacity == 0:
             self._to_disk(key, pools.group()[:, slot])
         else:
+            if self.host.full():
+                self._to_disk(*self.host.pop_oldest())
             self.host.put(key, pools.group()[:, slot])
             self.counters["evicted_to_host"] += 1
         self.free.append(slot)

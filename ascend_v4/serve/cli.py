@@ -10,6 +10,7 @@ import time
 import click
 
 from ascend_v4.errors import user_errors
+from ascend_v4.kv_tiers.options import kv_options, kv_overrides
 from ascend_v4.parallel.options import parallel_options, resolve
 
 log = logging.getLogger("ascend_v4.serve")
@@ -55,11 +56,12 @@ def check_port(host: str, port: int) -> None:
               show_default=True, help="the plan's instance role (one process serves both phases)")
 @click.option("--parallel-config", type=click.Path(), help="parallel_<role>_<i>.json from `ascend-v4 plan --out` "
               "(its attention_tp and expert_parallel; instead of the two flags)")
+@kv_options
 @parallel_options
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, prefill_budget,
             speculative, served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config,
-            tensor_parallel, expert_parallel, log_level):
+            kv_budget, kv_spill_dir, tensor_parallel, expert_parallel, log_level):
     """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching.
     Under `ascend-v4 launch`, rank 0 answers HTTP and every rank steps the same batch."""
     if bool(preset) == bool(checkpoint):
@@ -67,6 +69,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
     if checkpoint and not os.path.isdir(checkpoint):
         raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
     tp, ep, placement = resolve(tensor_parallel, expert_parallel, parallel_config)
+    kv = kv_overrides(kv_budget, kv_spill_dir)
     with user_errors():
         from ascend_v4.parallel.layout import layout_for
         layout = layout_for(tp, ep, placement)
@@ -81,7 +84,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         t0 = time.perf_counter()
         model = ascend_v4.load(checkpoint or preset, seed=seed, prefill_chunk=prefill_chunk,
                                max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype,
-                               tensor_parallel=tp, expert_parallel=ep, expert_placement=placement)
+                               tensor_parallel=tp, expert_parallel=ep, expert_placement=placement, **kv)
         log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s, %s", name,
                  time.perf_counter() - t0, model.max_batch, model.max_seq_len, model.buckets,
                  "yes" if model.tokenizer else "no (token ids only)", role, layout.describe())
