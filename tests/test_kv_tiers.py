@@ -192,3 +192,12 @@ def test_restore_after_tier_moves(runs):
     again = model.decode(tok, pos)
     assert tiers.counters["fetched_host"] + tiers.counters["fetched_disk"] > fetched
     np.testing.assert_array_equal(again, first)
+
+
+def test_cli_flags():
+    from click.testing import CliRunner
+    from tools.cli import main
+    bad = CliRunner().invoke(main, ["generate", "--preset", "tiny", "--prompt-ids", "1,2", "--kv-budget", "device=1G,gpu=2"])
+    assert bad.exit_code == 2 and "--kv-budget" in bad.output and "'gpu=2' is not tier=size" in bad.output
+    lonely = CliRunner().invoke(main, ["serve", "--preset", "tiny", "--kv-spill-dir", "/tmp"])
+    assert lonely.exit_code == 2 and "--kv-spill-dir needs --kv-budget" in lonely.output
