@@ -143,7 +143,9 @@ class Model:
     def restore(self, snapshot) -> None:
         """Back to a snapshot. A tiered cache keeps its current device pools and page table: a call
         writes only entries past the snapshot's lengths, which no query sees before they are written
-        again, so the current pools hold the snapshot's visible entries where the tiers put them."""
+        again, so the current pools hold the snapshot's visible entries where the tiers put them
+        (this undoes calls that continue sequences, as MTP rollback does; a slot refilled from
+        position 0 since the snapshot has released the old sequence's pages)."""
         state, lengths = snapshot
         if self.tiers is not None:
             keep = set(self.tiers.pool_pos + self.tiers.table_pos)

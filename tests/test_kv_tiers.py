@@ -152,23 +152,32 @@ def decode_run(budget):
 
 @pytest.fixture(scope="module")
 def runs():
+    import gc
     plain, plain_tokens, model = decode_run(None)
     del model
+    unbounded, unbounded_tokens, model = decode_run("device=inf")     # every page resident
+    unbounded_stats = model.tiers.stats()
+    model.close()
+    del model
+    gc.collect()
     budget = f"device={device_bytes(18)},host={2 * 64 * 584}"     # 18 pages on device, 1 in host memory
     tiered, tiered_tokens, model = decode_run(budget)
-    yield plain, plain_tokens, tiered, tiered_tokens, model
+    yield plain, plain_tokens, tiered, tiered_tokens, model, (unbounded, unbounded_tokens, unbounded_stats)
     model.close()
 
 
-def test_spilling_decode_equals_untiered(runs):
-    plain, plain_tokens, tiered, tiered_tokens, model = runs
+def test_spilling_decode_equals_unbounded_and_untiered(runs):
+    plain, plain_tokens, tiered, tiered_tokens, model, (unbounded, unbounded_tokens, unbounded_stats) = runs
+    assert unbounded_stats["device_pages"] == BATCH * MAX_SEQ // 4 // 64 and unbounded_stats["pages_missed"] == 0
     stats = model.tiers.stats()
     # the run really spilled to host and disk, missed, and re-ran
     assert stats["evicted_to_host"] > 0 and stats["evicted_to_disk"] > 0, stats
     assert stats["fetched_host"] > 0 and stats["fetched_disk"] > 0, stats
     assert stats["pages_missed"] > 0 and stats["reruns"] > 0, stats
     assert stats["resident"] == 18
-    # compact top-k indices in mask order: the kernel folds the same bytes in the same order
+    np.testing.assert_array_equal(tiered, unbounded)
+    np.testing.assert_array_equal(tiered_tokens, unbounded_tokens)
+    # compact top-k indices in mask order: the kernel folds the same bytes in the same order as untiered
     np.testing.assert_array_equal(tiered, plain)
     np.testing.assert_array_equal(tiered_tokens, plain_tokens)
 
@@ -178,7 +187,7 @@ def test_restore_after_tier_moves(runs):
     again: the restored state reads the pages where they now live and gives the same logits."""
     from mindspore import Tensor
     from ascend_v4.kv_tiers.manager import TierManager
-    _, _, tiered, _, model = runs
+    _, _, tiered, _, model, _ = runs
     snap = model.snapshot()
     tok, pos = tiered[-1].argmax(-1), model.lengths.copy()
     first = model.decode(tok, pos)
