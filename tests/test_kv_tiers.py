@@ -183,23 +183,26 @@ def test_spilling_decode_equals_unbounded_and_untiered(runs):
 
 
 def test_restore_after_tier_moves(runs):
-    """MTP rollback: snapshot, a step, every resident page of row 0 spilled, restore, the same step
-    again: the restored state reads the pages where they now live and gives the same logits."""
+    """MTP rollback: snapshot, row 0's resident pages spilled, a step that fetches them back into
+    other device slots, restore, the same step again: the restored state reads the pages where they
+    now live (restoring the snapshot's pools would read another page's bytes there)."""
     from mindspore import Tensor
     from ascend_v4.kv_tiers.manager import TierManager
     _, _, tiered, _, model, _ = runs
-    snap = model.snapshot()
-    tok, pos = tiered[-1].argmax(-1), model.lengths.copy()
-    first = model.decode(tok, pos)
     tiers = model.tiers
+    snap = model.snapshot()
+    slots_before = dict(tiers.device)
     pools = TierManager._Pools(model.state, tiers.pool_pos)
     for key in [k for k in tiers.device if k[0] == 0]:
         tiers._evict(key, pools)
     model.state = pools.state(Tensor)
+    tok, pos = tiered[-1].argmax(-1), model.lengths.copy()
     fetched = tiers.counters["fetched_host"] + tiers.counters["fetched_disk"]
+    first = model.decode(tok, pos)
+    assert tiers.counters["fetched_host"] + tiers.counters["fetched_disk"] > fetched
+    assert any(slots_before.get(k, s) != s for k, s in tiers.device.items()), "no page changed its slot"
     model.restore(snap)
     again = model.decode(tok, pos)
-    assert tiers.counters["fetched_host"] + tiers.counters["fetched_disk"] > fetched
     np.testing.assert_array_equal(again, first)
 
 
