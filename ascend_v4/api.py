@@ -91,6 +91,12 @@ class Model:
         self._mtp = MtpNet(transformer)
         self._step = StepNet(transformer)
         self.max_batch = runtime.max_batch_size
+        self.tiers = None        # the tiered KV cache's manager (runtime kv_budget), ascend_v4/kv_tiers
+        if runtime.kv_budget is not None:
+            from ascend_v4.kv_tiers.budget import parse_kv_budget, tier_plan
+            from ascend_v4.kv_tiers.manager import TierManager
+            self.tiers = TierManager(self.spec, tier_plan(cfg, runtime), parse_kv_budget(runtime.kv_budget),
+                                     self.max_batch, runtime.kv_spill_dir)
         self.reset()
 
     def set_prefill_chunk(self, prefill_chunk: int, buckets: Optional[Sequence[int]] = None) -> None:
@@ -112,6 +118,22 @@ class Model:
         self.lengths = np.full(self.max_batch, -1, np.int64)   # next position per slot; -1: empty
         self.hidden = None       # H [1, n, hc, d] of the last extend with keep_hidden (numpy)
         self.batch = 0           # rows of the last reference-style prefill
+        if self.tiers is not None:
+            self.tiers.reset()
+
+    def close(self) -> None:
+        """Release the tiered cache's disk file (a no-op without kv_budget)."""
+        if self.tiers is not None:
+            self.tiers.close()
+
+    def _call(self, graph, calls):
+        """graph(state) -> (outputs, new state) for calls [(row, start, n)]; with a tiered cache
+        the tier manager makes the pages the call reads resident (re-running it on a miss)."""
+        if self.tiers is None:
+            outputs, self.state = graph(self.state)
+        else:
+            outputs, self.state = self.tiers.run(self.state, calls, graph)
+        return outputs
 
     def snapshot(self):
         """The whole decode state and slot positions, to `restore` later (graph outputs are new
@@ -119,7 +141,16 @@ class Model:
         return self.state, self.lengths.copy()
 
     def restore(self, snapshot) -> None:
-        self.state, lengths = snapshot
+        """Back to a snapshot. A tiered cache keeps its current device pools and page table: a call
+        writes only entries past the snapshot's lengths, which no query sees before they are written
+        again, so the current pools hold the snapshot's visible entries where the tiers put them
+        (this undoes calls that continue sequences, as MTP rollback does; a slot refilled from
+        position 0 since the snapshot has released the old sequence's pages)."""
+        state, lengths = snapshot
+        if self.tiers is not None:
+            keep = set(self.tiers.pool_pos + self.tiers.table_pos)
+            state = tuple(cur if i in keep else old for i, (cur, old) in enumerate(zip(self.state, state)))
+        self.state = state
         self.lengths = lengths.copy()
 
     def row_state(self, slot: int, first: int = 0) -> Dict[str, np.ndarray]:
@@ -230,9 +261,11 @@ class Model:
         for c, bucket in chunk_plan(n, self.buckets):
             padded = np.zeros((1, bucket), np.int32)
             padded[:, :c] = ids[:, pos - start_pos:pos - start_pos + c]
-            out = net(Tensor(padded), Tensor(np.array([slot], np.int32)), Tensor(np.array([pos], np.int32)),
-                      Tensor(np.array([c], np.int32)), *self.state)
-            self.state = tuple(out[2:])
+            if pos == 0 and self.tiers is not None:
+                self.tiers.release(slot)
+            args = (Tensor(padded), Tensor(np.array([slot], np.int32)), Tensor(np.array([pos], np.int32)),
+                    Tensor(np.array([c], np.int32)))
+            out = self._call(lambda state: _split(net(*args, *state), 2), [(slot, pos, c)])
             pieces.append(out[0].asnumpy()[0, :c] if all_logits else out[0].asnumpy()[0])
             if keep_hidden:
                 hidden.append(out[1].asnumpy()[:, :c])
@@ -266,8 +299,9 @@ class Model:
         if (pos < -1).any():
             raise InputError(f"slot {int(np.flatnonzero(pos < -1)[0])}: position must be >= 0 or -1 (idle)")
         ids = np.where(active, ids, 0).astype(np.int32).reshape(-1, 1)
-        out = self._decode(Tensor(ids), Tensor(pos.astype(np.int32)), *self.state)
-        self.state = tuple(out[1:])
+        calls = [(int(r), int(pos[r]), 1) for r in np.flatnonzero(active)]
+        out = self._call(lambda state: _split(self._decode(Tensor(ids), Tensor(pos.astype(np.int32)), *state), 1),
+                         calls)
         self.lengths[active] += 1
         return out[0].asnumpy()
 
@@ -292,8 +326,9 @@ class Model:
             self._check_continues(int(slot), int(pos[slot]), c, "position")
         ids = np.where(cnt[:, None] > 0, ids, 0).astype(np.int32)
         start = np.where(cnt > 0, pos, 0).astype(np.int32)
-        out = self._step(Tensor(ids), Tensor(start), Tensor(cnt.astype(np.int32)), *self.state)
-        self.state = tuple(out[2:])
+        calls = [(int(r), int(start[r]), int(cnt[r])) for r in np.flatnonzero(cnt > 0)]
+        out = self._call(lambda state: _split(self._step(Tensor(ids), Tensor(start), Tensor(cnt.astype(np.int32)),
+                                                         *state), 2), calls)
         self.lengths[cnt > 0] += cnt[cnt > 0]
         return out[0].asnumpy(), out[1].asnumpy()
 
@@ -396,6 +431,11 @@ class Model:
             logits = self.decode(tok, pos)[:b]
             self.timings["decode_s"].append(time.perf_counter() - t0)
         return out
+
+
+def _split(out, n: int):
+    """A graph's outputs -> (its first n outputs, the state tuple after them)."""
+    return tuple(out[:n]), tuple(out[n:])
 
 
 def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) -> Model:

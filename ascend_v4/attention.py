@@ -25,7 +25,7 @@ from ascend_v4.numerics import RMSNorm, rms_normalize
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
 from ascend_v4.runtime import RuntimeConfig
-from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, StateSlot, StateSpec, page_pool_shape
+from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, TABLE, TIERED, StateSlot, StateSpec, page_pool_shape
 
 NEG_INF = float("-inf")
 
@@ -90,6 +90,7 @@ class Attention(nn.Cell):
         self.core = SinkAttention(self.scale, self.mdt)
         self.use_kernels = rt.custom_ops
         self.n_comp = rt.max_seq_len // self.ratio if self.ratio else 0
+        self.tiered = self.ratio == 4 and rt.kv_budget is not None   # entries in the tiered cache
         if self.use_kernels:
             from custom_ops import ms_ops
             from custom_ops.sparse_fp8_decode.binding import NO_EXTRA_CACHE
@@ -106,7 +107,9 @@ class Attention(nn.Cell):
     def spec_for(cfg: ModelConfig, rt: RuntimeConfig, layer_id: int) -> StateSpec:
         """window ring [W, hd]; if ratio: compressor partial block, compressed entries
         [max_seq/ratio, hd]; if ratio 4: the indexer's slots. With custom_ops the window and the
-        entries are MODEL1 FP8 page pools (layout model1_pages)."""
+        entries are MODEL1 FP8 page pools (layout model1_pages). With a kv_budget the ratio-4 entries
+        are the device tier (model1_tiered) with their page table and the pages the last call
+        selected (`entries_used` [pages] int32, read by the tier manager)."""
         ratio, hd, paged = cfg.compress_ratios[layer_id], cfg.head_dim, rt.custom_ops
         spec = StateSpec()
         layout, dt = (PAGES, np.uint8) if paged else (DENSE, np_dtype(rt))
@@ -114,7 +117,14 @@ class Attention(nn.Cell):
         if ratio:
             n = rt.max_seq_len // ratio
             spec.include("compressor.", Compressor.spec_for(ratio, hd, np_dtype(rt)))
-            spec.add(StateSlot("entries", (n,) if paged else (n, hd), dt, 0.0, layout, per_tokens=ratio))
+            if ratio == 4 and rt.kv_budget is not None:
+                from ascend_v4.kv_tiers.budget import tier_plan
+                plan = tier_plan(cfg, rt)
+                spec.add(StateSlot("entries", (n,), np.uint8, 0.0, TIERED, blocks=plan.device_pages))
+                spec.add(StateSlot("entries_table", (plan.max_pages,), np.int32, -1.0, TABLE))
+                spec.add(StateSlot("entries_used", (plan.max_pages,), np.int32, 0.0))
+            else:
+                spec.add(StateSlot("entries", (n,) if paged else (n, hd), dt, 0.0, layout, per_tokens=ratio))
         if ratio == 4:
             spec.include("indexer.", Indexer.spec_for(cfg, rt))
         return spec
@@ -270,17 +280,57 @@ class Attention(nn.Cell):
             nb = entries.shape[1]
             jb = ops.arange(nb).astype(i32).reshape(1, nb)
             block = (start.astype(i32) // m).reshape(b, 1) + jb
-            cslots = mint.where(complete, r * n_comp + block, none)
-            extra = self.kv_pack(state[st["entries"]], entries.reshape(b * nb, hd).astype(f32),
-                                 cslots.reshape(b * nb))
-            comp = comp + (("entries", extra),)
-            e = ops.arange(n_comp).astype(i32).reshape(1, 1, n_comp)
-            extra_idx = mint.where(sel, r.reshape(b, 1, 1) * n_comp + e, none)                 # [b, n, N]
+            if self.tiered:
+                extra, extra_idx, tier = self._tiered_entries(r, k < cnt, block, sel, entries, complete, state)
+                comp = comp + tier
+            else:
+                cslots = mint.where(complete, r * n_comp + block, none)
+                extra = self.kv_pack(state[st["entries"]], entries.reshape(b * nb, hd).astype(f32),
+                                     cslots.reshape(b * nb))
+                comp = comp + (("entries", extra),)
+                e = ops.arange(n_comp).astype(i32).reshape(1, 1, n_comp)
+                extra_idx = mint.where(sel, r.reshape(b, 1, 1) * n_comp + e, none)             # [b, n, N]
         out, _ = self.sparse_attn(q.reshape(b * n, self.n_heads, hd).astype(f32), read_pool,
                                   idx.reshape(b * n, -1), extra, extra_idx.reshape(b * n, -1),
                                   self.attn_sink.astype(f32))
         o = out.reshape(b, n, self.n_heads, hd).astype(self.mdt)
         return self._output(o, cos, sin), self._assemble(comp)
+
+    def _tiered_entries(self, r, valid, block, sel, entries, complete, state):
+        """The compressed entries in the device tier: entry e of row r sits at pool slot
+        table[r, e // 64] * 64 + e % 64 (-1: the page is not resident, nothing is written or read).
+        r [b, 1] rows, valid [b, n] real queries, block [b, nb] entry index of each candidate,
+        sel [b, n, N] the indexer's top-k -> (pool, compact indices [b, n, K] ascending as the
+        mask order, so the kernel folds the same entries in the same order, (name, value) pairs:
+        the pool, the table passed through, `entries_used` [b, pages] = pages the queries selected)."""
+        b, n, N = sel.shape
+        nb, hd = entries.shape[1], self.head_dim
+        i32, none, st = ms.int32, Tensor(-1, ms.int32), self.slot
+        table = state[st["entries_table"]]                                        # [B, pages]
+        pages = table.shape[1]
+        flat = table.reshape(-1)
+
+        def device_slot(row, e):
+            """row, e (entry, >= 0) broadcastable int32 -> pool slot or -1 (page not resident)."""
+            page = ops.clamp(e // PAGE_BLOCK, 0, pages - 1)
+            blk = ops.gather(flat, row * pages + page, 0)
+            return mint.where(blk >= 0, blk * PAGE_BLOCK + e % PAGE_BLOCK, none)
+
+        cslots = mint.where(complete, device_slot(r, block), none)                 # [b, nb]
+        pool = self.kv_pack(state[st["entries"]], entries.reshape(b * nb, hd).astype(ms.float32),
+                            cslots.reshape(b * nb))
+        # top-k mask -> compact ascending entry indices: N - e is largest for the lowest e
+        K = min(self.cfg.index_topk, N)
+        e = ops.arange(N).astype(i32).reshape(1, 1, N)
+        key = mint.where(ops.logical_and(sel, valid.expand_dims(-1)), (N - e).astype(ms.float32), 0.0)
+        top, _ = ops.topk(key, K)                                                  # [b, n, K] descending
+        chosen = top > 0
+        idx_e = mint.where(chosen, N - top.astype(i32), none)                      # entry ids, -1 = none
+        slots = mint.where(chosen, device_slot(r.reshape(b, 1, 1), ops.maximum(idx_e, 0)), none)
+        page_of = mint.where(chosen, idx_e // PAGE_BLOCK, none)
+        hit = page_of.reshape(b, n * K, 1) == ops.arange(pages).astype(i32).reshape(1, 1, pages)
+        used = hit.astype(i32).max(1)                                              # [b, pages]
+        return pool, slots, (("entries", pool), ("entries_table", table), ("entries_used", used))
 
 
 class TensorParallelOutput(nn.Cell):

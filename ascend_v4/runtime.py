@@ -8,18 +8,21 @@ primitives for the elementwise chains (ascend_v4/kernels); parallel is this rank
 parallel layout (not a config-file key: `load(tensor_parallel=, expert_parallel=)` sets it). A config file or preset may carry
 defaults for the first four (the reference's ModelArgs has max_batch_size / max_seq_len);
 `ModelConfig.runtime_defaults` keeps them and `RuntimeConfig.for_model` applies them.
+kv_budget ('device=64MiB,host=1GiB[,disk=...]') tiers the CSA layers' FP8 KV cache over device,
+host and disk (ascend_v4/kv_tiers; needs custom_ops, the MODEL1 page path); kv_spill_dir is the
+folder of the disk tier's file (default: a temporary folder removed at close).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ascend_v4.config import ConfigError, ModelConfig
 from ascend_v4.parallel.layout import SINGLE, ParallelLayout
 
 RUNTIME_KEYS = ("max_seq_len", "max_batch_size", "compute_dtype", "custom_ops", "prefill_chunk",
-                "weight_storage", "kernels")
+                "weight_storage", "kernels", "kv_budget", "kv_spill_dir")
 COMPUTE_DTYPES = ("float32", "float64")
 WEIGHT_STORAGE = ("checkpoint", "float")
 KERNELS = ("fused", "composite")
@@ -37,6 +40,8 @@ class RuntimeConfig:
     weight_storage: str = "checkpoint"     # 'float': every weight dequantised at load (verification)
     kernels: str = "fused"                 # 'composite': elementwise chains as primitives (ascend_v4/kernels)
     parallel: ParallelLayout = SINGLE      # this rank's TP x EP layout (ascend_v4/parallel), set by load()
+    kv_budget: Optional[str] = None        # tiered KV cache budget, e.g. 'device=64MiB,host=1GiB'
+    kv_spill_dir: Optional[str] = None     # folder of the disk tier's file (default: a temp folder)
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, **overrides) -> "RuntimeConfig":
@@ -79,3 +84,11 @@ class RuntimeConfig:
         ratio = max([r for r in cfg.compress_ratios if r] or [1])
         if self.max_seq_len % ratio:
             raise ConfigError(f"max_seq_len ({self.max_seq_len}) must be a multiple of every compress ratio")
+        if self.kv_budget is not None:
+            if not self.custom_ops:
+                raise ConfigError("kv_budget: the tiered KV cache is the FP8 MODEL1 page cache of the AscendC "
+                                  "decode kernel; turn custom_ops on (the CLI's --kv-budget does)")
+            if self.parallel.distributed:
+                raise ConfigError("kv_budget with tensor or expert parallel is not built")
+            from ascend_v4.kv_tiers.budget import tier_plan
+            tier_plan(cfg, self)                 # parses, and refuses a device budget below the hot state

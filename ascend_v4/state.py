@@ -10,6 +10,12 @@ Layouts:
   model1_pages  an FP8 MODEL1 page pool shared by the batch (custom_ops): uint8
                 [ceil(batch * tokens / PAGE_BLOCK), PAGE_BLOCK * TOKEN_BYTES]; row r's token j sits
                 at pool slot r * tokens + j (`shape` is (tokens,)).
+  model1_tiered the device tier of a tiered MODEL1 cache (ascend_v4/kv_tiers): uint8 [blocks,
+                PAGE_BLOCK * TOKEN_BYTES], a fixed number of page blocks set by the device budget and
+                shared by the batch; entry e of row r sits at slot table[r, e // PAGE_BLOCK] * PAGE_BLOCK
+                + e % PAGE_BLOCK (`shape` is (tokens,) per sequence, counted over all tiers).
+  page_table    [batch, pages] int32 owned by the host (the tier manager): logical page -> device page
+                block, -1 = not resident; graphs pass it through unchanged.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import numpy as np
 
 PAGE_BLOCK = 64        # tokens per page block of the kernel-path caches (FlashMLA's block size)
 TOKEN_BYTES = 584      # MODEL1: 448 e4m3 + 64 bf16 + 7 ue8m0 + 1 pad
-DENSE, PAGES = "dense", "model1_pages"
+DENSE, PAGES, TIERED, TABLE = "dense", "model1_pages", "model1_tiered", "page_table"
 
 
 DATA_BYTES = 576      # a token's data row in a page block (448 e4m3 + 64 bf16); its 8 scale bytes follow all data rows
@@ -58,6 +64,7 @@ class StateSlot:
     layout: str = DENSE
     per_tokens: int = 0        # > 0: a position-indexed cache, one leading row per `per_tokens` positions
                                # (rows past the sequence hold `fill`); 0: fixed-size state
+    blocks: int = 0            # model1_tiered: page blocks of the device tier
 
     def rows_for(self, length: int) -> int:
         """Leading rows (dense) or pool tokens (model1_pages) a sequence of `length` positions uses."""
@@ -68,14 +75,20 @@ class StateSlot:
     def batch_shape(self, batch: int) -> Tuple[int, ...]:
         if self.layout == PAGES:
             return page_pool_shape(batch, self.shape[0])
+        if self.layout == TIERED:
+            return (self.blocks, PAGE_BLOCK * TOKEN_BYTES)
         return (batch,) + tuple(self.shape)
+
+    def batch_bytes(self, batch: int) -> int:
+        """Bytes this slot holds on the device for `batch` rows."""
+        return int(np.prod(self.batch_shape(batch))) * np.dtype(self.dtype).itemsize
 
     def initial(self, batch: int) -> np.ndarray:
         return np.full(self.batch_shape(batch), self.fill, self.dtype)
 
     @property
     def bytes_per_sequence(self) -> int:
-        if self.layout == PAGES:
+        if self.layout in (PAGES, TIERED):
             return self.shape[0] * TOKEN_BYTES
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
@@ -121,10 +134,11 @@ class StateSpec:
         """Rows for manifests and reports: name, layout, per-sequence shape, dtype, fill, bytes per
         sequence (`from_table` reads them back)."""
         return [{"name": s.name, "layout": s.layout, "shape": list(s.shape), "dtype": np.dtype(s.dtype).name,
-                 "fill": s.fill, "per_tokens": s.per_tokens, "bytes_per_sequence": s.bytes_per_sequence}
+                 "fill": s.fill, "per_tokens": s.per_tokens, "bytes_per_sequence": s.bytes_per_sequence,
+                 "blocks": s.blocks}
                 for s in self.slots]
 
     @classmethod
     def from_table(cls, rows: Sequence[Dict[str, object]]) -> "StateSpec":
         return cls([StateSlot(r["name"], tuple(r["shape"]), np.dtype(r["dtype"]).type, float(r["fill"]),
-                              r["layout"], int(r.get("per_tokens", 0))) for r in rows])
+                              r["layout"], int(r.get("per_tokens", 0)), int(r.get("blocks", 0))) for r in rows])

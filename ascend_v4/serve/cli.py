@@ -10,6 +10,7 @@ import time
 import click
 
 from ascend_v4.errors import user_errors
+from ascend_v4.kv_tiers.options import kv_options, kv_overrides
 from ascend_v4.parallel.options import parallel_options, resolve
 
 log = logging.getLogger("ascend_v4.serve")
@@ -58,11 +59,12 @@ def check_port(host: str, port: int) -> None:
               show_default=True, help="the plan's instance role (one process serves both phases)")
 @click.option("--parallel-config", type=click.Path(), help="parallel_<role>_<i>.json from `ascend-v4 plan --out` "
               "(its attention_tp and expert_parallel; instead of the two flags)")
+@kv_options
 @parallel_options
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, prefill_budget,
-            speculative, prefix_cache_size, served_model_name, compute_dtype, seed, drain_timeout, warmup, role, parallel_config,
-            tensor_parallel, expert_parallel, log_level):
+            speculative, prefix_cache_size, served_model_name, compute_dtype, seed, drain_timeout, warmup, role,
+            parallel_config, kv_budget, kv_spill_dir, tensor_parallel, expert_parallel, log_level):
     """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching.
     Under `ascend-v4 launch`, rank 0 answers HTTP and every rank steps the same batch."""
     if bool(preset) == bool(checkpoint):
@@ -70,6 +72,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
     if checkpoint and not os.path.isdir(checkpoint):
         raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
     tp, ep, placement = resolve(tensor_parallel, expert_parallel, parallel_config)
+    kv = kv_overrides(kv_budget, kv_spill_dir)
     with user_errors():
         from ascend_v4.parallel.layout import layout_for
         from ascend_v4.sizes import parse_bytes
@@ -86,7 +89,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
         t0 = time.perf_counter()
         model = ascend_v4.load(checkpoint or preset, seed=seed, prefill_chunk=prefill_chunk,
                                max_batch_size=max_batch, max_seq_len=max_seq_len, compute_dtype=compute_dtype,
-                               tensor_parallel=tp, expert_parallel=ep, expert_placement=placement)
+                               tensor_parallel=tp, expert_parallel=ep, expert_placement=placement, **kv)
         log.info("loaded %s in %.1f s: %d slots x %d tokens, buckets %s, tokenizer %s, role %s, %s", name,
                  time.perf_counter() - t0, model.max_batch, model.max_seq_len, model.buckets,
                  "yes" if model.tokenizer else "no (token ids only)", role, layout.describe())
@@ -98,6 +101,10 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
             from ascend_v4.engine.prefix_cache import PrefixCache
             if prefix_bytes and layout.distributed:
                 log.info("prefix cache off: under launch each rank would need its own copy (not built)")
+                prefix_bytes = 0
+            if prefix_bytes and model.runtime.kv_budget is not None:
+                log.info("prefix cache off: it copies dense and model1_pages state rows; the tiered "
+                         "KV cache's pages move between tiers (not built)")
                 prefix_bytes = 0
             cache = PrefixCache(model.spec, prefix_bytes) if prefix_bytes else None
             engine = Engine(driver, max_queue=max_queue, speculative=speculative, prefill_budget=prefill_budget,
