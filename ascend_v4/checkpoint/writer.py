@@ -160,6 +160,14 @@ def _write_part(files: List[StreamWriter], name: str, spec: TensorSpec, row: int
         f.write(name, np.take(arr, np.arange(r * part, (r + 1) * part), axis=dim), row)
 
 
+def _write_engram_tables(cfg: ModelConfig, folder: str, seed: int) -> None:
+    """One random table file per Engram layer, streamed in row blocks (never a float copy)."""
+    from ascend_v4.engram import geometry, table_file, write_table
+    geo = geometry(cfg)
+    for layer in (geo.layer_ids if geo else ()):
+        write_table(table_file(folder, layer), geo, layer, seed)
+
+
 def write_random_checkpoint(cfg: ModelConfig, out_dir: str, weight_format: str = "fp8",
                             seed: int = 0, mp: int = 1, overwrite: bool = False) -> str:
     """Write a random checkpoint of `cfg` to `out_dir` (created; must be absent or empty).
@@ -197,6 +205,7 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str, weight_format: str =
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as fh:
             json.dump(ckpt_cfg.to_dict(), fh, indent=2)
         copy_builtin(tmp, ckpt_cfg.vocab_size)     # text prompts and chat for random checkpoints
+        _write_engram_tables(ckpt_cfg, tmp, seed)
         old = None
         if os.path.exists(out_dir):
             old = f"{out_dir}.old-{os.getpid()}"
