@@ -189,6 +189,20 @@ def test_disk_table_equals_host_and_chunking(model, ckpt):
         assert np.array_equal(host_state[name], disk_state[name]), name
 
 
+def test_step_matches_oracle(model, oracle_weights):
+    """StepNet (MTP verification, the speculative engine): 2 tokens on row 0, 1 on row 1."""
+    ids = np.random.default_rng(6).integers(0, model.cfg.vocab_size, (2, 12))
+    with precision("float64"):
+        expected, _ = forward_all(model.cfg, oracle_weights, ids)
+    model.reset()
+    for r in range(2):
+        model.prefill(ids[r, :10], r)
+    logits, _ = model.step(ids[:, 10:12], np.array([10, 10]), np.array([2, 1]))
+    assert rel_err(logits[0], expected[0, 10:12]) <= REL_TOL
+    assert rel_err(logits[1, 0], expected[1, 10]) <= REL_TOL
+    assert np.array_equal(model.state_arrays()["engram.history"], [ids[0, 10:12], ids[1, 9:11]])
+
+
 def test_generate_runs_with_engram(model):
     out = model.generate([[1, 2, 3], [4, 5, 6, 7]], max_new_tokens=3)
     assert [len(o) for o in out] == [3, 3]
@@ -214,3 +228,10 @@ def test_wrong_size_table_file_is_a_clear_error(ckpt, tmp_path):
         open_checkpoint(str(folder))
     with pytest.raises(ConfigError, match=r"uint8 \[4062, 33\]"):
         E.EngramTable(np.zeros((4062, 33), np.float32), geo)
+
+
+def test_inspect_shows_table_sizes():
+    from tools.cmd_inspect import render, report
+    rep = report("tiny-engram")
+    assert rep["engram"]["total_bytes"] == 2 * 4062 * 33 and rep["engram"]["table_rows"] == [1009, 1013, 1019, 1021]
+    assert "engram tables" in render(rep) and report("tiny")["engram"] is None

@@ -10,7 +10,9 @@ order, so mp does not change the merged weights) are chosen for a numerically sa
 linears and mHC `fn` N(0, 1/in), embed N(0, 1), norm weights 1 + 0.05 N, hc scale U(.5, 1),
 hc base / ape 0.1 N, gate bias 0.05 N, attn_sink N(0, 1), tid2eid rows of distinct experts.
 FP8 / FP4 tensors are quantised from the draws with block scales (ascend_v4.quant); wo_a is
-stored as bf16 of its FP8 quant-dequant, as the release's converter does.
+stored as bf16 of its FP8 quant-dequant, as the release's converter does. Engram models also get
+one table file per Engram layer (`engram.layers.{i}.table.bin`, ascend_v4/engram.py), drawn as
+bytes in row blocks.
 """
 from __future__ import annotations
 
