@@ -118,6 +118,16 @@ def test_gate_and_value_match_oracle(model, oracle_weights):
     assert rel_err(got - X, expected - X) <= 1e-12
 
 
+def test_writer_keeps_the_other_weights(ckpt, tmp_path):
+    """tiny-engram = tiny + Engram: with one seed every other tensor is tiny's (the bench's off run)."""
+    from ascend_v4.checkpoint import open_checkpoint, write_random_checkpoint
+    plain = open_checkpoint(write_random_checkpoint(ckpt.config.replace(engram_layer_ids=[]),
+                                                    str(tmp_path / "plain"), seed=11))
+    assert set(plain.schema) == {n for n in ckpt.schema if ".engram." not in n}
+    for name in ("layers.3.attn.wq_b.weight", "layers.2.ffn.experts.5.w1.weight", "head.weight"):
+        assert np.array_equal(np.asarray(plain.raw(name)), np.asarray(ckpt.raw(name)))
+
+
 def test_cell_paths_equal_schema(model, ckpt):
     assert set(model.transformer.checkpoint_weights()) == set(ckpt.formats)
     assert {f"layers.{i}.engram.key_proj.weight" for i in (1, 2)} <= set(ckpt.formats)

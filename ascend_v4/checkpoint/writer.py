@@ -81,10 +81,12 @@ def _random_parts(cfg: ModelConfig, weight_format: str, seed: int,
     as consecutive row blocks, everything else whole (first row 0)."""
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     schema = checkpoint_schema(cfg, weight_format)
-    rng = np.random.default_rng(seed)
-    for name, spec in schema.items():
+    main = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 0xE9])   # Engram tensors: the other draws stay those of
+    for name, spec in schema.items():             # the same config without Engram
         if spec.is_scale:
             continue
+        rng = extra if ".engram." in name else main
         if spec.kind == "int":
             yield name, 0, _tid2eid(rng, cfg)
             continue
