@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import time
 import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -321,6 +322,7 @@ class Prefetcher:
         self.pending: List[Tuple[bytes, Future]] = []
         self.lock = threading.Lock()
         self.hits = self.misses = 0
+        self.wait_s = 0.0                  # time `take` spent waiting for or doing gathers
 
     @staticmethod
     def _key(history, ids) -> bytes:
@@ -334,6 +336,13 @@ class Prefetcher:
             del self.pending[:-4]                           # stale requests are dropped
 
     def take(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self._take(history, ids)
+        finally:
+            self.wait_s += time.perf_counter() - t0
+
+    def _take(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
         key = self._key(history, ids)
         with self.lock:
             found = next((k for k, (kk, _) in enumerate(self.pending) if kk == key), None)
@@ -353,3 +362,4 @@ class Prefetcher:
 
     def reset_counters(self) -> None:
         self.hits = self.misses = 0
+        self.wait_s = 0.0
