@@ -187,7 +187,9 @@ class Model:
         from ascend_v4.engram import Prefetcher
         if self.prefetcher is None or engram.geo != self.engram.geo:
             raise ConfigError("use_engram_tables: the model has no Engram, or the geometry differs")
-        self.engram, self.prefetcher = engram, Prefetcher(engram)
+        self._prefetchers = getattr(self, "_prefetchers", {id(self.engram): self.prefetcher})
+        self.engram = engram
+        self.prefetcher = self._prefetchers.setdefault(id(engram), Prefetcher(engram))   # one thread each
 
     def prefetch(self, token_ids, positions) -> None:
         """Start gathering the Engram rows of the next `decode(token_ids, positions)` on the

@@ -1,8 +1,9 @@
 """Engram cost (tiny-engram with a big table, float32, batch 2): decode tokens/s with Engram off
 (the same checkpoint weights without the Engram tensors), on with the tables in host memory, and on with the tables
 memory-mapped from disk (>= 1 GiB of table files, written to a temp dir, evicted from the page
-cache before the first disk run, deleted after). Variants alternate in rounds on one compiled
-model per architecture (the Engram model swaps host / disk tables: same graphs). Reports the cost
+cache before the first disk run, deleted after). Variants alternate step by step on one compiled
+model per architecture (the Engram model swaps host / disk tables and replays each step from a
+snapshot: same graphs, same inputs), so load drift on a shared machine hits all three alike. Reports the cost
 per variant vs off, the prefetch hit rate of the decode steps, and the process's peak RSS before
 and after the host tables are read (the disk tables must stay mapped, not loaded), and the time
 `decode` waited for the Engram rows per step (the part of the cost on the host)."""
@@ -41,25 +42,20 @@ def _evict(folder: str) -> None:
                 os.close(fd)
 
 
-def _decode_round(model, steps: int, seed: int) -> list:
-    """Prefill both rows, then `steps` decode steps of seeded token ids, the same for every variant
-    (each step's tokens prefetched as soon as they are known, as generate does) -> per-step seconds
-    (the Engram fetch wait plus the graph call)."""
+def _prefill(model, seed: int) -> None:
     rng = np.random.default_rng(seed)
     model.reset()
     for r, n in enumerate(PROMPTS):
         model.prefill(rng.integers(0, 512, n), slot=r)
-    if model.prefetcher:
-        model.prefetcher.reset_counters()
-    pos = np.array(PROMPTS)
-    times = []
-    for tok in rng.integers(0, 512, (steps, BATCH)):
-        t0 = time.perf_counter()
-        model.prefetch(tok, pos)
-        model.decode(tok, pos)
-        times.append(time.perf_counter() - t0)
-        pos += 1
-    return times
+
+
+def _timed_decode(model, tok, pos):
+    """One decode step with its tokens prefetched as soon as they are known (as generate does)
+    -> (seconds: the Engram fetch wait plus the graph call, logits)."""
+    t0 = time.perf_counter()
+    model.prefetch(tok, pos)
+    logits = model.decode(tok, pos)
+    return time.perf_counter() - t0, logits
 
 
 def run(quick: bool = False) -> dict:
@@ -70,8 +66,9 @@ def run(quick: bool = False) -> dict:
     # per layer 4 tables of ~4.5M rows x 33 bytes: 2 x 0.55 GiB (quick: 2 x 16 MB)
     cfg = load_config("tiny-engram").replace(engram_vocab_size=120_000 if quick else 4_500_000)
     geo = geometry(cfg)
-    steps, rounds = (8, 3) if quick else (48, 6)
+    steps, rounds = (8, 2) if quick else (48, 5)
     opts = {"max_batch_size": BATCH, "compute_dtype": "float32"}
+    variants = ("off", "host", "disk")
     with tempfile.TemporaryDirectory(prefix="ascend_v4_bench_engram_") as tmp:
         t0 = time.perf_counter()
         on_path = write_random_checkpoint(cfg, os.path.join(tmp, "engram"), seed=0)
@@ -79,46 +76,59 @@ def run(quick: bool = False) -> dict:
         off_path = write_random_checkpoint(cfg.replace(engram_layer_ids=[]), os.path.join(tmp, "plain"), seed=0)
         _evict(on_path)
         ckpt = open_checkpoint(on_path, overrides={**opts, "engram_table": "disk"})
-        models = {"off": build_model(open_checkpoint(off_path, overrides=opts)), "disk": build_model(ckpt)}
-        disk_tables = models["disk"].engram
-        assert all(t.on_disk for t in disk_tables.tables)
-        for m in models.values():                      # compile prefill + decode graphs
-            _decode_round(m, 2, 99)
-        times = {"off": [], "host": [], "disk": []}
-        hits = {"host": [0, 0], "disk": [0, 0]}
-        wait = {"host": 0.0, "disk": 0.0}
-        rss = {}
-        host_tables = None
-        order = ("off", "disk", "host")
+        off, eng = build_model(open_checkpoint(off_path, overrides=opts)), build_model(ckpt)
+        tables = {"disk": eng.engram}
+        assert all(t.on_disk for t in tables["disk"].tables)
+        for m in (off, eng):                             # compile the prefill and decode graphs
+            _prefill(m, 99)
+            _timed_decode(m, np.array([1, 2]), np.array(PROMPTS))
+        rss = {"before_host_tables": _rss()}             # disk tables mapped, warm-up pages touched
+        tables["host"] = ckpt.engram_host("host")
+        rss["with_host_tables"] = _rss()
+        times = {v: [] for v in variants}
+        hits = {v: [0, 0, 0.0] for v in variants[1:]}   # hits, takes, wait seconds
+        identical = True
         for r in range(rounds):
-            for variant in order[r % 3:] + order[:r % 3]:      # each variant first in turn
-                if variant == "host" and host_tables is None:
-                    rss["before_host_tables"] = _rss()          # disk tables mapped, pages touched
-                    host_tables = ckpt.engram_host("host")
-                    rss["with_host_tables"] = _rss()
-                model = models["off"] if variant == "off" else models["disk"]
-                if variant != "off":
-                    model.use_engram_tables(host_tables if variant == "host" else disk_tables)
-                times[variant] += _decode_round(model, steps, r)
-                if variant != "off":
-                    hits[variant][0] += model.prefetcher.hits
-                    hits[variant][1] += model.prefetcher.hits + model.prefetcher.misses
-                    wait[variant] += model.prefetcher.wait_s
-        del host_tables
+            _prefill(off, r)
+            _prefill(eng, r)
+            for v in variants[1:]:
+                eng.use_engram_tables(tables[v])
+                eng.prefetcher.reset_counters()
+            pos = np.array(PROMPTS)
+            for s, tok in enumerate(np.random.default_rng(100 + r).integers(0, 512, (steps, BATCH))):
+                snap, out = eng.snapshot(), {}
+                for v in variants[s % 3:] + variants[:s % 3]:     # paired, each variant first in turn
+                    if v == "off":
+                        dt, _ = _timed_decode(off, tok, pos)
+                    else:
+                        eng.restore(snap)                      # host and disk run the same step
+                        eng.use_engram_tables(tables[v])
+                        dt, out[v] = _timed_decode(eng, tok, pos)
+                    times[v].append(dt)
+                identical &= bool(np.array_equal(out["host"], out["disk"]))
+                pos += 1
+            for v in variants[1:]:
+                eng.use_engram_tables(tables[v])
+                p = eng.prefetcher
+                hits[v] = [hits[v][0] + p.hits, hits[v][1] + p.hits + p.misses, hits[v][2] + p.wait_s]
+        del tables
     step = {k: float(np.median(v)) for k, v in times.items()}
-    tps = {k: BATCH / s for k, s in step.items()}
+    paired = {v: float(np.median(np.array(times[v]) / np.array(times["off"]))) for v in variants[1:]}
     table_bytes = len(geo.layer_ids) * geo.table_bytes
     return dict(
         config="tiny-engram", batch=BATCH, compute_dtype="float32", decode_steps=steps * rounds,
         table_bytes=table_bytes, table_gib=table_bytes / 2**30, table_rows_per_layer=geo.rows,
-        write_table_s=write_s, step_s=step, tokens_per_s=tps,
-        cost_pct={k: 100.0 * (1.0 - tps[k] / tps["off"]) for k in ("host", "disk")},
-        prefetch_hit_rate={k: (h / n if n else 0.0) for k, (h, n) in hits.items()},
-        fetch_wait_ms_per_step={k: 1e3 * w / (steps * rounds) for k, w in wait.items()},
+        write_table_s=write_s, step_s=step, tokens_per_s={k: BATCH / t for k, t in step.items()},
+        cost_pct={v: 100.0 * (step[v] / step["off"] - 1.0) for v in variants[1:]},
+        cost_pct_paired_median={v: 100.0 * (paired[v] - 1.0) for v in variants[1:]},
+        prefetch_hit_rate={v: h / n if n else 0.0 for v, (h, n, _) in hits.items()},
+        fetch_wait_ms_per_step={v: 1e3 * w / n if n else 0.0 for v, (_, n, w) in hits.items()},
+        host_equals_disk_logits=identical,
         memory={**rss, "host_tables_added_rss_bytes": rss["with_host_tables"]["rss_bytes"]
                 - rss["before_host_tables"]["rss_bytes"]},
-        note="disk: page cache evicted once after writing; later rounds may read cached pages. "
-             "A hit: the rows were gathered when the graph call took them.")
+        note="each decode step runs off, host and disk back to back (host and disk from the same "
+             "snapshot); cost = median step time vs off. disk: page cache evicted after writing, rows "
+             "read once stay cached. A hit: the rows were gathered when the graph call took them.")
 
 
 def plot(result: dict, fig) -> None:
