@@ -254,3 +254,9 @@ def test_inspect_shows_table_sizes():
     rep = report("tiny-engram")
     assert rep["engram"]["total_bytes"] == 2 * 4062 * 33 and rep["engram"]["table_rows"] == [1009, 1013, 1019, 1021]
     assert "engram tables" in render(rep) and report("tiny")["engram"] is None
+
+
+def test_graph_export_refuses_engram(tmp_path):
+    from graph_compile.compiler import CompileError, compile_model
+    with pytest.raises(CompileError, match="Engram models"):
+        compile_model(str(tmp_path / "out"), "1x16", "onnx", preset="tiny-engram", log=lambda *a: None)
