@@ -174,7 +174,7 @@ class Model:
         return self.state[self._history_slot].asnumpy()
 
     def _engram_input(self, history, ids) -> tuple:
-        """() without Engram, else (rows [b, n, L, T, row_bytes],) for the graph (prefetched or
+        """() without Engram, else (e_t [b, n, L, T * head_dim],) for the graph (prefetched or
         gathered now: Prefetcher counts which)."""
         if self.prefetcher is None:
             return ()

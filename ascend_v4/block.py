@@ -39,7 +39,7 @@ class Block(nn.Cell):
 
     def extend(self, X, ids, rows, start, count, state, engram_rows=None):
         """X [b, n, hc, d] of new tokens ids [b, n] (see Attention.extend) -> (X', new state).
-        engram_rows [b, n, T, row_bytes]: this block's Engram rows (Engram blocks only)."""
+        engram_rows [b, n, T * head_dim]: this block's e_t (Engram blocks only)."""
         if self.has_engram:
             X = self.engram(X, engram_rows)
         u, post, comb = self.hc_attn.pre(X)

@@ -7,10 +7,11 @@ Pure numpy (no MindSpore import: the planner uses the geometry). This module own
   multipliers(layer, N)  odd 64-bit multipliers m_0..m_{N-1} of a layer (SplitMix64 of SEED, layer)
   table_rows(...)        the hashing: global row index of every (token, table), exact uint64
   EngramTable            one layer's rows: a host array or a read-only memmap of the file
-  EngramHost             all layers' tables + the map: ids -> stored rows [b, n, L, T, row_bytes]
+  EngramHost             all layers' tables + the map: ids -> e_t [b, n, L, T * head_dim] (dequantised)
   Prefetcher             a worker thread that gathers rows for ids known ahead, hit/miss counts
 A table row is stored as head_dim e4m3 codes followed by ceil(head_dim / 128) ue8m0 exponent
-bytes (one power-of-two scale per 128 values); the graph dequantises it (ascend_v4/engram_layer.py).
+bytes (one power-of-two scale per 128 values); rows are dequantised on the host (exact) and e_t
+enters the graph (ascend_v4/engram_layer.py).
 """
 from __future__ import annotations
 
@@ -285,27 +286,53 @@ class EngramTable:
         return out.reshape(rows.shape + (self.data.shape[1],))
 
 
-class EngramHost:
-    """The host side of every Engram layer: ids -> stored rows for the graph."""
+def _e4m3_values() -> np.ndarray:
+    """float64 value of every e4m3 byte [256] (the NaN codes 0x7f / 0xff, never stored, as 0)."""
+    import ml_dtypes
+    v = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    return np.where(np.isnan(v), 0.0, v)
 
-    def __init__(self, cfg: ModelConfig, tables: Sequence[EngramTable], cmap: np.ndarray):
+
+E4M3_VALUES = _e4m3_values()
+E8M0_VALUES = np.exp2(np.arange(256, dtype=np.float64) - 127.0)      # 2^(e - 127); 255 is never a scale
+
+
+def dequantize_rows(stored: np.ndarray, head_dim: int, dtype) -> np.ndarray:
+    """Stored rows [..., T, row_bytes] uint8 -> e [..., T * head_dim] in `dtype`: code value x its
+    block's power-of-two scale, each product exact in float32 and float64 (a 4-bit significand
+    times a power of two), so this equals dequantising in the graph bit for bit."""
+    codes = E4M3_VALUES.astype(dtype)[stored[..., :head_dim]]
+    scale = E8M0_VALUES.astype(dtype)[stored[..., head_dim:]]
+    values = codes * np.repeat(scale, SCALE_BLOCK, -1)[..., :head_dim]
+    return values.reshape(stored.shape[:-2] + (-1,))
+
+
+class EngramHost:
+    """The host side of every Engram layer: ids -> e_t of every Engram layer for the graph."""
+
+    def __init__(self, cfg: ModelConfig, tables: Sequence[EngramTable], cmap: np.ndarray, dtype=np.float32):
         self.geo = geometry(cfg)
-        self.tables, self.cmap = list(tables), cmap
+        self.tables, self.cmap, self.dtype = list(tables), cmap, np.dtype(dtype)
 
     @classmethod
-    def open(cls, cfg: ModelConfig, folder: str, mode: str = "host") -> "EngramHost":
+    def open(cls, cfg: ModelConfig, folder: str, mode: str = "host", dtype=np.float32) -> "EngramHost":
         geo = geometry(cfg)
         tables = [EngramTable.open(table_file(folder, i), geo, mode) for i in geo.layer_ids]
-        return cls(cfg, tables, compressed_map(cfg, folder))
+        return cls(cfg, tables, compressed_map(cfg, folder), dtype)
 
     def initial_history(self, batch: int) -> np.ndarray:
         return np.full((batch, self.geo.max_ngram - 1), self.geo.pad_id, np.int32)
 
-    def rows(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def stored_rows(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """history [b, N-1], ids [b, n] -> stored rows [b, n, L, T, row_bytes] uint8."""
         out = [t.gather(table_rows(self.geo, layer, self.cmap, history, ids))
                for layer, t in zip(self.geo.layer_ids, self.tables)]
         return np.stack(out, 2)
+
+    def rows(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """history [b, N-1], ids [b, n] -> e_t [b, n, L, T * head_dim] in the compute dtype (the
+        graph input; dequantised here, on the prefetch thread)."""
+        return dequantize_rows(self.stored_rows(history, ids), self.geo.head_dim, self.dtype)
 
     @property
     def bytes(self) -> int:

@@ -1,8 +1,7 @@
 """The Engram module of a block as a MindSpore cell (V4_SPEC 7; hashing and tables: engram.py).
 
-Input: the stored rows of the block's tables for every token, rows [b, n, T, row_bytes] uint8
-(head_dim e4m3 codes + one ue8m0 exponent byte per 128 values), fetched on the host. In the graph:
-  e_t   = concat_T(codes * 2^(scale - 127))                          [b, n, T * head_dim]
+Input: e_t [b, n, T * head_dim], the token's rows of the block's T tables concatenated, fetched and
+dequantised on the host (exactly: e4m3 code x 2^(scale - 127), ascend_v4/engram.py). In the graph:
   k_i   = RMSNorm_i(W_K,i e_t) (key_norm),  q_i = RMSNorm_i(X_i) (query_norm)   per stream i
   a_i   = sigmoid(signed_sqrt(q_i . k_i / sqrt(d))),  signed_sqrt(z) = sign(z) sqrt(max(|z|, 1e-6))
   X_i  += a_i * W_V e_t
@@ -15,12 +14,11 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ascend_v4.config import ModelConfig
-from ascend_v4.engram import SCALE_BLOCK, geometry
+from ascend_v4.engram import geometry
 from ascend_v4.linear import Linear
 from ascend_v4.numerics import RMSNorm
 from ascend_v4.precision import np_dtype
 from ascend_v4.runtime import RuntimeConfig
-from ascend_v4.weights import _table, e8m0_values, fp8_code_values
 
 GATE_EPS = 1e-6
 
@@ -37,31 +35,19 @@ def history_update(history, ids, count):
 class Engram(nn.Cell):
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig):
         super().__init__()
-        geo = geometry(cfg)
         dt = np_dtype(rt)
-        self.head_dim, self.hc, self.dim = geo.head_dim, cfg.hc_mult, cfg.dim
-        self.key_proj = Linear(geo.emb_dim, cfg.hc_mult * cfg.dim, "bf16", rt)
-        self.value_proj = Linear(geo.emb_dim, cfg.dim, "bf16", rt)
+        self.hc, self.dim = cfg.hc_mult, cfg.dim
+        emb = geometry(cfg).emb_dim
+        self.key_proj = Linear(emb, cfg.hc_mult * cfg.dim, "bf16", rt)
+        self.value_proj = Linear(emb, cfg.dim, "bf16", rt)
         self.key_norm = RMSNorm((cfg.hc_mult, cfg.dim), cfg.norm_eps, dt)
         self.query_norm = RMSNorm((cfg.hc_mult, cfg.dim), cfg.norm_eps, dt)
-        self.codes = _table(fp8_code_values, dt)
-        self.scales = _table(e8m0_values, dt)
-        self.col_block = Tensor(np.arange(geo.head_dim, dtype=np.int32) // SCALE_BLOCK)
         self.inv_sqrt_d = Tensor(np.array(cfg.dim ** -0.5, dt))          # compute-dtype constant
         self.eps = Tensor(np.array(GATE_EPS, dt))
 
-    def embedding(self, rows):
-        """rows [b, n, T, row_bytes] uint8 -> e [b, n, T * head_dim] (exact dequantisation)."""
-        b, n, t, _ = rows.shape
-        codes = rows[..., :self.head_dim].astype(ms.int32)
-        exps = rows[..., self.head_dim:].astype(ms.int32)
-        scale = ops.gather(ops.gather(self.scales, exps, 0), self.col_block, 3)   # [b, n, T, hd]
-        return (ops.gather(self.codes, codes, 0) * scale).reshape(b, n, t * self.head_dim)
-
-    def construct(self, X, rows):
-        """X [b, n, hc, d], rows [b, n, T, row_bytes] -> X + a * v."""
+    def construct(self, X, e):
+        """X [b, n, hc, d], e [b, n, T * head_dim] (the token's rows, dequantised) -> X + a * v."""
         b, n = X.shape[0], X.shape[1]
-        e = self.embedding(rows)
         k = self.key_norm(self.key_proj(e).reshape(b, n, self.hc, self.dim))
         q = self.query_norm(X)
         z = (q * k).sum(-1) * self.inv_sqrt_d                                # [b, n, hc]

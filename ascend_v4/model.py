@@ -86,8 +86,8 @@ class Transformer(nn.Cell):
     def extend(self, ids, rows, start, count, states, all_logits: bool = False, engram_rows=None):
         """Append tokens ids [b, n] to the sequences in batch rows `rows` [b] (start [b]: position
         of ids[:, 0]; count [b]: real tokens per row, 0 = idle). `states` is the state of those b
-        rows (see row_view) in state_spec() order. engram_rows [b, n, L, T, row_bytes] uint8: the
-        Engram rows of every token (Engram models only; ascend_v4/engram.py fetches them).
+        rows (see row_view) in state_spec() order. engram_rows [b, n, L, T * head_dim]: e_t of every
+        token and Engram layer (Engram models only; ascend_v4/engram.py fetches them).
         -> (logits, H [b, n, hc, d], new states, per-block outputs H_k)."""
         H = self.widen(ids)
         new_states = ()
@@ -193,7 +193,7 @@ class VocabParallel(nn.Cell):
 
 
 def split_engram(engram: bool, inputs):
-    """The graph inputs after the fixed ones: (engram_rows [b, n, L, T, row_bytes], *state) when
+    """The graph inputs after the fixed ones: (engram_rows [b, n, L, T * head_dim], *state) when
     the model has Engram, else (*state) -> (engram_rows or None, state tuple)."""
     if engram:
         return inputs[0], inputs[1:]

@@ -163,7 +163,8 @@ class Checkpoint:
         if not self.config.has_engram:
             return None
         from ascend_v4.engram import EngramHost
-        return EngramHost.open(self.config, self.folder, mode or self.runtime.engram_table)
+        dtype = np.float64 if self.runtime.compute_dtype == "float64" else np.float32
+        return EngramHost.open(self.config, self.folder, mode or self.runtime.engram_table, dtype)
 
     def names(self) -> List[str]:
         """Logical tensor names (scales excluded), in schema order."""
