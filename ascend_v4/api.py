@@ -75,8 +75,9 @@ class Model:
     Logits are float32 numpy.
     """
 
-    def __init__(self, cfg: ModelConfig, runtime, transformer, weight_format: str, tokenizer=None):
-        from ascend_v4.model import DecodeNet, ExtendNet, MtpNet, StepNet
+    def __init__(self, cfg: ModelConfig, runtime, transformer, weight_format: str, tokenizer=None,
+                 engram=None):
+        from ascend_v4.model import ENGRAM_HISTORY, DecodeNet, ExtendNet, MtpNet, StepNet
         self.cfg = cfg                   # the model (config.json)
         self.tokenizer = tokenizer       # TextTokenizer of the checkpoint, or None (ids only)
         self.runtime = runtime           # how it runs (RuntimeConfig)
@@ -97,6 +98,15 @@ class Model:
             from ascend_v4.kv_tiers.manager import TierManager
             self.tiers = TierManager(self.spec, tier_plan(cfg, runtime), parse_kv_budget(runtime.kv_budget),
                                      self.max_batch, runtime.kv_spill_dir)
+        # Engram: host tables (EngramHost) and the prefetch thread; rows enter each graph call
+        self.engram = engram
+        self.prefetcher = None
+        if cfg.has_engram:
+            if engram is None:
+                raise ConfigError("this model has Engram layers (engram_layer_ids): pass its tables")
+            from ascend_v4.engram import Prefetcher
+            self.prefetcher = Prefetcher(engram)
+            self._history_slot = self.spec.positions()[ENGRAM_HISTORY]
         self.reset()
 
     def set_prefill_chunk(self, prefill_chunk: int, buckets: Optional[Sequence[int]] = None) -> None:
@@ -239,6 +249,37 @@ class Model:
             raise InputError(f"slot {slot}: {n} tokens from position {start_pos} run past max_seq_len "
                              f"{self.max_seq_len}")
 
+    # ---- Engram rows ---------------------------------------------------------------------
+    def _history(self) -> np.ndarray:
+        """The engram.history slot [B, N-1] (last N-1 token ids of every row), read from the state."""
+        return self.state[self._history_slot].asnumpy()
+
+    def _engram_input(self, history, ids) -> tuple:
+        """() without Engram, else (e_t [b, n, L, T * head_dim],) for the graph (prefetched or
+        gathered now: Prefetcher counts which)."""
+        if self.prefetcher is None:
+            return ()
+        from mindspore import Tensor
+        return (Tensor(self.prefetcher.take(history, ids)),)
+
+    def use_engram_tables(self, engram) -> None:
+        """Serve the Engram rows from `engram` (an EngramHost of the same geometry, e.g. the
+        memory-mapped tables instead of the host copies); the compiled graphs are unchanged."""
+        from ascend_v4.engram import Prefetcher
+        if self.prefetcher is None or engram.geo != self.engram.geo:
+            raise ConfigError("use_engram_tables: the model has no Engram, or the geometry differs")
+        self._prefetchers = getattr(self, "_prefetchers", {id(self.engram): self.prefetcher})
+        self.engram = engram
+        self.prefetcher = self._prefetchers.setdefault(id(engram), Prefetcher(engram))   # one thread each
+
+    def prefetch(self, token_ids, positions) -> None:
+        """Start gathering the Engram rows of the next `decode(token_ids, positions)` on the
+        worker thread (no-op without Engram); call it as soon as the tokens are sampled."""
+        if self.prefetcher is None:
+            return
+        ids = np.where(np.asarray(positions) >= 0, np.asarray(token_ids), 0).astype(np.int32).reshape(-1, 1)
+        self.prefetcher.request(self._history(), ids)
+
     # ---- engine API --------------------------------------------------------------------
     def extend(self, slot: int, token_ids, start_pos: int, all_logits: bool = False,
                keep_hidden: bool = False) -> np.ndarray:
@@ -257,14 +298,24 @@ class Model:
         n = ids.shape[1]
         self._check_continues(slot, int(start_pos), n)
         net = self._extend_all if all_logits else self._extend
-        pieces, hidden, pos = [], [], int(start_pos)
+        chunks, pos = [], int(start_pos)
         for c, bucket in chunk_plan(n, self.buckets):
             padded = np.zeros((1, bucket), np.int32)
             padded[:, :c] = ids[:, pos - start_pos:pos - start_pos + c]
+            chunks.append((c, padded))
+            pos += c
+        keys = self._engram_chunk_keys(slot, int(start_pos), chunks)
+        pieces, hidden, pos = [], [], int(start_pos)
+        for k, (c, padded) in enumerate(chunks):
+            engram = ()
+            if keys:                       # chunk k's rows; chunk k+1's gather while k runs
+                engram = self._engram_input(*keys[k])
+                if k + 1 < len(keys):
+                    self.prefetcher.request(*keys[k + 1])
             if pos == 0 and self.tiers is not None:
                 self.tiers.release(slot)
             args = (Tensor(padded), Tensor(np.array([slot], np.int32)), Tensor(np.array([pos], np.int32)),
-                    Tensor(np.array([c], np.int32)))
+                    Tensor(np.array([c], np.int32))) + tuple(engram)
             out = self._call(lambda state: _split(net(*args, *state), 2), [(slot, pos, c)])
             pieces.append(out[0].asnumpy()[0, :c] if all_logits else out[0].asnumpy()[0])
             if keep_hidden:
@@ -274,6 +325,20 @@ class Model:
         if keep_hidden:
             self.hidden = np.concatenate(hidden, 1)
         return np.concatenate(pieces, 0) if all_logits else pieces[-1]
+
+    def _engram_chunk_keys(self, slot: int, start_pos: int, chunks) -> list:
+        """(history [1, N-1], ids [1, bucket]) of every chunk (empty without Engram): the slot's
+        history from the state (pad ids for a new sequence), then advanced over each chunk."""
+        if self.prefetcher is None:
+            return []
+        history = self.engram.initial_history(1) if start_pos == 0 else self._history()[slot:slot + 1]
+        keys = []
+        from ascend_v4.engram import next_history
+        for c, padded in chunks:
+            keys.append((history, padded))
+            history = next_history(history, padded, np.array([c]))
+        self.prefetcher.request(*keys[0])
+        return keys
 
     def prefill(self, prompt_ids, slot: int = 0) -> np.ndarray:
         """Run a prompt [s] into row `slot` (its previous sequence is dropped) -> logits [vocab]."""
@@ -299,9 +364,10 @@ class Model:
         if (pos < -1).any():
             raise InputError(f"slot {int(np.flatnonzero(pos < -1)[0])}: position must be >= 0 or -1 (idle)")
         ids = np.where(active, ids, 0).astype(np.int32).reshape(-1, 1)
+        engram = self._engram_input(self._history(), ids) if self.prefetcher else ()
         calls = [(int(r), int(pos[r]), 1) for r in np.flatnonzero(active)]
-        out = self._call(lambda state: _split(self._decode(Tensor(ids), Tensor(pos.astype(np.int32)), *state), 1),
-                         calls)
+        out = self._call(lambda state: _split(self._decode(Tensor(ids), Tensor(pos.astype(np.int32)), *engram,
+                                                           *state), 1), calls)
         self.lengths[active] += 1
         return out[0].asnumpy()
 
@@ -326,9 +392,10 @@ class Model:
             self._check_continues(int(slot), int(pos[slot]), c, "position")
         ids = np.where(cnt[:, None] > 0, ids, 0).astype(np.int32)
         start = np.where(cnt > 0, pos, 0).astype(np.int32)
+        engram = self._engram_input(self._history(), ids) if self.prefetcher else ()
         calls = [(int(r), int(start[r]), int(cnt[r])) for r in np.flatnonzero(cnt > 0)]
         out = self._call(lambda state: _split(self._step(Tensor(ids), Tensor(start), Tensor(cnt.astype(np.int32)),
-                                                         *state), 2), calls)
+                                                         *engram, *state), 2), calls)
         self.lengths[cnt > 0] += cnt[cnt > 0]
         return out[0].asnumpy(), out[1].asnumpy()
 
@@ -427,6 +494,7 @@ class Model:
                 break
             pos[:b] = self.lengths[:b]
             tok[:b] = nxt
+            self.prefetch(tok, pos)         # Engram rows of the sampled tokens (no-op without)
             t0 = time.perf_counter()
             logits = self.decode(tok, pos)[:b]
             self.timings["decode_s"].append(time.perf_counter() - t0)
@@ -499,7 +567,8 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
     for target, weight, scale in stacks.values():
         target.set_arrays(weight, scale)
     from ascend_v4.tokenizer import TextTokenizer
-    return Model(cfg, rt, transformer, checkpoint.weight_format, TextTokenizer.from_dir(checkpoint.folder))
+    return Model(cfg, rt, transformer, checkpoint.weight_format, TextTokenizer.from_dir(checkpoint.folder),
+                 engram=checkpoint.engram_host(rt.engram_table))
 
 
 def load(path_or_preset: str = "tiny", weight_format: Optional[str] = None, seed: int = 0,

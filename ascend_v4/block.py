@@ -7,6 +7,7 @@ from mindspore import nn, ops
 from ascend_v4.attention import Attention
 from ascend_v4.checkpoint.schema import weight_kinds
 from ascend_v4.config import ModelConfig
+from ascend_v4.engram_layer import Engram
 from ascend_v4.linear import Linear
 from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.moe import MoE
@@ -27,13 +28,20 @@ class Block(nn.Cell):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt))
         self.hc_attn = HyperConnection(cfg, rt, "hc_attn")
         self.hc_ffn = HyperConnection(cfg, rt, "hc_ffn")
+        # Engram (V4_SPEC 7) adds to the streams before the attention sublayer, as the Engram demo
+        self.has_engram = layer_id in cfg.engram_layer_ids
+        if self.has_engram:
+            self.engram = Engram(cfg, rt)
 
     def _ffn(self, X, ids):
         u, post, comb = self.hc_ffn.pre(X)
         return self.hc_ffn.post(self.ffn(self.ffn_norm(u), ids), X, post, comb)
 
-    def extend(self, X, ids, rows, start, count, state):
-        """X [b, n, hc, d] of new tokens ids [b, n] (see Attention.extend) -> (X', new state)."""
+    def extend(self, X, ids, rows, start, count, state, engram_rows=None):
+        """X [b, n, hc, d] of new tokens ids [b, n] (see Attention.extend) -> (X', new state).
+        engram_rows [b, n, T * head_dim]: this block's e_t (Engram blocks only)."""
+        if self.has_engram:
+            X = self.engram(X, engram_rows)
         u, post, comb = self.hc_attn.pre(X)
         f, state = self.attn.extend(self.attn_norm(u), rows, start, count, state)
         X = self.hc_attn.post(f, X, post, comb)

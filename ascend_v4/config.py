@@ -25,17 +25,6 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class EngramConfig:
-    """Engram conditional memory (V4_SPEC section 7); off unless `layers` is non-empty."""
-    layers: Tuple[int, ...] = ()
-    max_ngram: int = 4
-    n_heads: int = 8
-    table_size: int = 4099          # rows per head table (a prime)
-    row_dim: int = 32               # per head; e_t has n_heads * (max_ngram - 1) * row_dim dims
-    compressed_vocab: int = 0       # 0: no compression table (identity)
-
-
-@dataclass
 class ModelConfig:
     """Model hyperparameters; names match the official inference config.json."""
     vocab_size: int = 129280
@@ -74,7 +63,15 @@ class ModelConfig:
     dtype: str = "fp8"              # non-expert linear weights: bf16 | fp8
     scale_fmt: Optional[str] = "ue8m0"
     expert_dtype: Optional[str] = "fp4"  # routed experts: None (= dtype) | fp4 | fp8 | bf16
-    engram: EngramConfig = field(default_factory=EngramConfig)
+    # Engram conditional memory (V4_SPEC 7, V4.1 names); off while engram_layer_ids is empty.
+    # Geometry and hashing: ascend_v4/engram.py.
+    engram_layer_ids: Tuple[int, ...] = ()
+    engram_max_ngram_size: int = 4          # n-gram orders 2..N
+    engram_n_heads: int = 8                 # hash heads (tables) per order
+    engram_head_dim: int = 256              # row width of one table (FP8, ue8m0 scale per 128)
+    engram_vocab_size: int = 646400         # table rows: the tables are distinct primes >= this
+    engram_pad_token_id: int = 0            # token id standing before the sequence start
+    engram_compressed_vocab_size: int = 0   # compressed ids (0: whatever the map yields)
     name: str = "custom"
     # runtime hints a config file may carry (max_seq_len, max_batch_size, ...): defaults for
     # RuntimeConfig (ascend_v4/runtime.py), not part of the model
@@ -91,6 +88,10 @@ class ModelConfig:
         return self.head_dim - self.rope_head_dim
 
     @property
+    def has_engram(self) -> bool:
+        return bool(self.engram_layer_ids)
+
+    @property
     def routed_expert_dtype(self) -> str:
         return self.expert_dtype or self.dtype
 
@@ -98,7 +99,7 @@ class ModelConfig:
         """The config.json keys (the runtime hints included, flat)."""
         d = dataclasses.asdict(self)
         d["compress_ratios"] = list(self.compress_ratios)
-        d["engram"]["layers"] = list(self.engram.layers)
+        d["engram_layer_ids"] = list(self.engram_layer_ids)
         d.update(d.pop("runtime_defaults"))
         return d
 
@@ -165,18 +166,16 @@ def from_dict(raw: Dict[str, Any], name: str = "custom") -> ModelConfig:
     runtime = {k: data.pop(k) for k in RUNTIME_KEYS if k in data}
     known -= {"runtime_defaults"}
     kwargs = {k: v for k, v in data.items() if k in known}
-    engram = kwargs.pop("engram", None) or {}
-    if isinstance(engram, dict):
-        bad = sorted(set(engram) - {f.name for f in dataclasses.fields(EngramConfig)})
-        if bad:
-            raise ConfigError(f"unknown engram key(s): {', '.join(bad)}")
-        engram = EngramConfig(**{**engram, "layers": tuple(engram.get("layers", ()))})
     kwargs.setdefault("name", name)
     try:
-        cfg = ModelConfig(**kwargs, engram=engram, runtime_defaults=runtime)
+        cfg = ModelConfig(**kwargs, runtime_defaults=runtime)
     except TypeError as exc:  # pragma: no cover - guarded by the key check above
         raise ConfigError(str(exc)) from None
     cfg.compress_ratios = tuple(int(r) for r in (cfg.compress_ratios or ()))
+    layer_ids = cfg.engram_layer_ids
+    if not isinstance(layer_ids, (list, tuple)):
+        raise ConfigError(f"engram_layer_ids must be a list of block indices, got {layer_ids!r}")
+    cfg.engram_layer_ids = tuple(layer_ids)
     validate(cfg)
     from ascend_v4.runtime import RuntimeConfig
     RuntimeConfig.for_model(cfg)            # the runtime hints must be valid too
@@ -250,8 +249,30 @@ def validate(cfg: ModelConfig) -> None:
                                        "weights (activation tiles of 128)")
     for key in ("norm_eps", "hc_eps"):
         _require(float(getattr(cfg, key)) > 0, f"{key} must be > 0")
-    for layer in cfg.engram.layers:
-        _require(0 <= layer < cfg.n_layers, f"engram layer {layer} is not a block index")
+    _validate_engram(cfg)
+
+
+def _validate_engram(cfg: ModelConfig) -> None:
+    """The Engram keys (checked only when engram_layer_ids is non-empty)."""
+    ids = cfg.engram_layer_ids
+    for layer in ids:
+        _require(isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < cfg.n_layers,
+                 f"engram_layer_ids: {layer!r} is not a block index in 0..{cfg.n_layers - 1}")
+    _require(len(set(ids)) == len(ids), f"engram_layer_ids lists a layer twice: {list(ids)}")
+    if not ids:
+        return
+    for key, low in (("engram_max_ngram_size", 2), ("engram_n_heads", 1), ("engram_head_dim", 1),
+                     ("engram_vocab_size", 2), ("engram_pad_token_id", 0),
+                     ("engram_compressed_vocab_size", 0)):
+        value = getattr(cfg, key)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                 f"{key} must be an integer >= {low}, got {value!r}")
+    _require(cfg.engram_pad_token_id < cfg.vocab_size,
+             f"engram_pad_token_id ({cfg.engram_pad_token_id}) must be a token id < vocab_size "
+             f"({cfg.vocab_size})")
+    _require(cfg.engram_compressed_vocab_size <= cfg.vocab_size,
+             f"engram_compressed_vocab_size ({cfg.engram_compressed_vocab_size}) exceeds vocab_size "
+             f"({cfg.vocab_size})")
 
 
 def preset_names() -> List[str]:

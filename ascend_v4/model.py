@@ -29,7 +29,10 @@ from ascend_v4.numerics import RMSNorm
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
-from ascend_v4.state import DENSE, StateSpec
+from ascend_v4.engram_layer import history_update
+from ascend_v4.state import DENSE, StateSlot, StateSpec
+
+ENGRAM_HISTORY = "engram.history"     # state slot: last N-1 token ids per row (Engram models)
 from ascend_v4.weights import StoredWeight
 
 
@@ -48,6 +51,7 @@ class Transformer(nn.Cell):
         self.vocab_parallel = VocabParallel(vocab, par) if par.tp > 1 else None
         self.hc_head = HcHead(cfg, rt, "hc_head")
         self.mtp = nn.CellList([MTPBlock(cfg, rt, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
+        self.engram_state = cfg.has_engram
 
     # ---- pieces shared by the graphs ---------------------------------------------------------
     def widen(self, ids):
@@ -79,21 +83,30 @@ class Transformer(nn.Cell):
         last = ops.clamp(count.reshape(b, 1) - 1, 0, y.shape[1] - 1)
         return self.vocab_logits(gather_rows(y, last)[:, 0])
 
-    def extend(self, ids, rows, start, count, states, all_logits: bool = False):
+    def extend(self, ids, rows, start, count, states, all_logits: bool = False, engram_rows=None):
         """Append tokens ids [b, n] to the sequences in batch rows `rows` [b] (start [b]: position
         of ids[:, 0]; count [b]: real tokens per row, 0 = idle). `states` is the state of those b
-        rows (see row_view) in state_spec() order.
+        rows (see row_view) in state_spec() order. engram_rows [b, n, L, T * head_dim]: e_t of every
+        token and Engram layer (Engram models only; ascend_v4/engram.py fetches them).
         -> (logits, H [b, n, hc, d], new states, per-block outputs H_k)."""
         H = self.widen(ids)
         new_states = ()
         hidden = ()
         offset = 0
+        k = 0
         for layer in self.layers:
             n = layer.attn.n_state
-            H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n])
+            if layer.has_engram:
+                H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n],
+                                        engram_rows[:, :, k])
+                k += 1
+            else:
+                H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n])
             new_states = new_states + state
             hidden = hidden + (H,)
             offset += n
+        if self.engram_state:   # the n-gram history slot (the spec's last; RowView resets fresh rows)
+            new_states = new_states + (history_update(states[offset], ids, count),)
         return self.logits(H, count, all_logits), H, new_states, hidden
 
     def mtp_logits(self, H, ids):
@@ -109,6 +122,9 @@ class Transformer(nn.Cell):
         spec = StateSpec()
         for i in range(cfg.n_layers):
             spec.include(f"layers.{i}.attn.", Attention.spec_for(cfg, rt, i))
+        if cfg.has_engram:        # the last N-1 token ids of each row (hashing the next tokens)
+            spec.add(StateSlot(ENGRAM_HISTORY, (cfg.engram_max_ngram_size - 1,), np.int32,
+                               float(cfg.engram_pad_token_id)))
         return spec
 
     def state_spec(self) -> StateSpec:
@@ -176,6 +192,14 @@ class VocabParallel(nn.Cell):
         return ops.concat([parts[i] for i in range(self.tp)], -1)
 
 
+def split_engram(engram: bool, inputs):
+    """The graph inputs after the fixed ones: (engram_rows [b, n, L, T * head_dim], *state) when
+    the model has Engram, else (*state) -> (engram_rows or None, state tuple)."""
+    if engram:
+        return inputs[0], inputs[1:]
+    return None, inputs
+
+
 class RowView(nn.Cell):
     """Reads and writes the rows of one sequence in the full-batch state, slot by slot from the
     spec: dense slots are gathered / merged by row; page pools are shared and pass through (the
@@ -220,10 +244,13 @@ class ExtendNet(nn.Cell):
         self.model = model
         self.all_logits, self.layer_outputs = all_logits, layer_outputs
         self.view = RowView(model.state_spec())
+        self.engram = model.engram_state
 
-    def construct(self, ids, row, start, count, *states):
+    def construct(self, ids, row, start, count, *inputs):
+        engram_rows, states = split_engram(self.engram, inputs)
         rows = self.view.read(states, row, start)
-        logits, H, new_rows, hidden = self.model.extend(ids, row, start, count, rows, self.all_logits)
+        logits, H, new_rows, hidden = self.model.extend(ids, row, start, count, rows, self.all_logits,
+                                                        engram_rows)
         out = (logits, H) + self.view.write(states, new_rows, row)
         if self.layer_outputs:
             return out + hidden
@@ -238,13 +265,15 @@ class DecodeNet(nn.Cell):
         super().__init__()
         self.model = model
         self.layer_outputs = layer_outputs
+        self.engram = model.engram_state
 
-    def construct(self, ids, positions, *states):
+    def construct(self, ids, positions, *inputs):
+        engram_rows, states = split_engram(self.engram, inputs)
         b = ids.shape[0]
         start = ops.maximum(positions, 0)
         count = (positions >= 0).astype(ms.int32)
         logits, _, new_states, hidden = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count,
-                                                          states)
+                                                          states, False, engram_rows)
         if self.layer_outputs:
             return (logits,) + new_states + hidden
         return (logits,) + new_states
@@ -257,11 +286,13 @@ class StepNet(nn.Cell):
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
+        self.engram = model.engram_state
 
-    def construct(self, ids, start, count, *states):
+    def construct(self, ids, start, count, *inputs):
+        engram_rows, states = split_engram(self.engram, inputs)
         b = ids.shape[0]
         logits, H, new_states, _ = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count, states,
-                                                     all_logits=True)
+                                                     True, engram_rows)
         return (logits, H) + new_states
 
 

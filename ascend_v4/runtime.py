@@ -4,7 +4,8 @@ max_seq_len and max_batch_size size the decode state; compute_dtype is float32 (
 verification runs); custom_ops runs the AscendC kernels' CPU twins; prefill_chunk is the most
 tokens one extend call takes (longer inputs run in chunks); weight_storage 'float' dequantises
 every weight at load (the verification layout); kernels picks fused CPU kernels or composite
-primitives for the elementwise chains (ascend_v4/kernels); parallel is this rank's tensor x expert
+primitives for the elementwise chains (ascend_v4/kernels); engram_table 'host' reads Engram tables
+into memory, 'disk' memory-maps their files; parallel is this rank's tensor x expert
 parallel layout (not a config-file key: `load(tensor_parallel=, expert_parallel=)` sets it). A config file or preset may carry
 defaults for the first four (the reference's ModelArgs has max_batch_size / max_seq_len);
 `ModelConfig.runtime_defaults` keeps them and `RuntimeConfig.for_model` applies them.
@@ -22,10 +23,11 @@ from ascend_v4.config import ConfigError, ModelConfig
 from ascend_v4.parallel.layout import SINGLE, ParallelLayout
 
 RUNTIME_KEYS = ("max_seq_len", "max_batch_size", "compute_dtype", "custom_ops", "prefill_chunk",
-                "weight_storage", "kernels", "kv_budget", "kv_spill_dir")
+                "weight_storage", "kernels", "kv_budget", "kv_spill_dir", "engram_table")
 COMPUTE_DTYPES = ("float32", "float64")
 WEIGHT_STORAGE = ("checkpoint", "float")
 KERNELS = ("fused", "composite")
+ENGRAM_TABLES = ("host", "disk")       # Engram tables read into host memory, or memory-mapped
 # the AscendC kernels' fixed layout: MODEL1 KV entries of 448 fp8 + 64 rope dims (V4_SPEC 9)
 KERNEL_HEAD_DIM, KERNEL_ROPE_DIM = 512, 64
 
@@ -39,6 +41,7 @@ class RuntimeConfig:
     prefill_chunk: int = 256
     weight_storage: str = "checkpoint"     # 'float': every weight dequantised at load (verification)
     kernels: str = "fused"                 # 'composite': elementwise chains as primitives (ascend_v4/kernels)
+    engram_table: str = "host"             # Engram tables: 'host' (read into memory) | 'disk' (memmap)
     parallel: ParallelLayout = SINGLE      # this rank's TP x EP layout (ascend_v4/parallel), set by load()
     kv_budget: Optional[str] = None        # tiered KV cache budget, e.g. 'device=64MiB,host=1GiB'
     kv_spill_dir: Optional[str] = None     # folder of the disk tier's file (default: a temp folder)
@@ -75,6 +78,8 @@ class RuntimeConfig:
                               f"got {self.weight_storage!r}")
         if self.kernels not in KERNELS:
             raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.engram_table not in ENGRAM_TABLES:
+            raise ConfigError(f"engram_table must be one of {', '.join(ENGRAM_TABLES)}, got {self.engram_table!r}")
         if self.custom_ops and (cfg.head_dim, cfg.rope_head_dim) != (KERNEL_HEAD_DIM, KERNEL_ROPE_DIM):
             raise ConfigError(f"custom_ops: the AscendC attention kernels (kv_pack_fp8, sparse_fp8_decode) "
                               f"need head_dim {KERNEL_HEAD_DIM} with rope_head_dim {KERNEL_ROPE_DIM} (the "

@@ -144,6 +144,9 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
     with staging_folder(out, overwrite) as tmp:
         ckpt_dir = prepare_checkpoint(preset, checkpoint, tmp, weight_format, seed)
         ckpt = open_checkpoint(ckpt_dir, overrides={"compute_dtype": precision, **EXPORT_RUNTIME})
+        if ckpt.config.has_engram:
+            raise CompileError("graph export of Engram models (engram_layer_ids) is not built: their "
+                               "graphs take host-fetched table rows (ascend_v4/engram.py)")
         buckets = parse_buckets(buckets_spec, ckpt.runtime)
         model = build_model(ckpt)
         graphs: Dict[str, dict] = {}

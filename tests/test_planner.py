@@ -261,15 +261,16 @@ def test_prefill_instances_cover_requested_throughput():
 
 def test_engram_tables_counted_in_host_memory(tmp_path):
     raw = yaml.safe_load(open("ascend_v4/presets/flash.yaml"))
-    raw["engram"] = {"layers": [1, 14], "max_ngram": 4, "n_heads": 8, "table_size": 1000003,
-                     "row_dim": 256}
+    raw.update(engram_layer_ids=[1, 14], engram_max_ngram_size=4, engram_n_heads=8, engram_head_dim=256,
+               engram_vocab_size=1000000)
     path = tmp_path / "engram.yaml"
     path.write_text(yaml.safe_dump(raw))
-    rows = 2 * 8 * 3 * 1000003                        # layers x heads x orders (2..4) x rows
+    primes = [n for n in range(1000000, 1000500) if all(n % f for f in range(2, 1001))][:24]
+    rows = 2 * sum(primes)          # layers x (24 tables: 3 orders x 8 heads, distinct primes >= 1e6)
     expect = rows * (256 + 2)                         # fp8 row + one ue8m0 scale per 128
     p = plan(Request(str(path), "cloudmatrix384", 131072, 0.05))
     assert p["engram_host_bytes"] == expect
-    raw["engram"]["table_size"] = 2_000_000_011       # ~25 TB of tables per node
+    raw["engram_vocab_size"] = 2_000_000_000          # ~25 TB of tables per node
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(PlanError, match="Engram tables need .* of host memory"):
         plan(Request(str(path), "cloudmatrix384", 131072, 0.05))

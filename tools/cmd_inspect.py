@@ -1,4 +1,4 @@
-"""`ascend-v4 inspect PRESET|CONFIG|CHECKPOINT`: parameters, layer types, weight memory."""
+"""`ascend-v4 inspect PRESET|CONFIG|CHECKPOINT`: parameters, layer types, weight memory, Engram tables."""
 from __future__ import annotations
 
 import glob
@@ -51,7 +51,20 @@ def report(target: str) -> Dict[str, Any]:
         "parameters": {**counts.to_dict(), "total_note": TOTAL_NOTE, "active_note": ACTIVE_NOTE},
         "layers": [{"block": b, "attention": a, "moe": m} for b, a, m in layer_rows(cfg)],
         "weight_memory_bytes": weight_memory(cfg, fmt),
+        "engram": engram_report(cfg),
     }
+
+
+def engram_report(cfg: ModelConfig):
+    """Engram tables per layer (host memory or a memory-mapped file; not in weight memory), or None."""
+    from ascend_v4.engram import geometry
+    geo = geometry(cfg)
+    if geo is None:
+        return None
+    return {"layers": list(geo.layer_ids), "orders": list(range(2, geo.max_ngram + 1)),
+            "heads_per_order": geo.n_heads, "head_dim": geo.head_dim, "table_rows": list(geo.primes),
+            "row_bytes": geo.row_bytes, "bytes_per_layer": geo.table_bytes,
+            "total_bytes": len(geo.layer_ids) * geo.table_bytes}
 
 
 def _b(n: float) -> str:
@@ -75,6 +88,12 @@ def render(rep: Dict[str, Any]) -> str:
         if mem[k]:
             lines.append(f"  {k.upper() if k != 'int' else 'INT32':6s}{_gb(mem[k])}")
     lines.append(f"  total {_gb(mem['total'])} ({mem['total'] / 2**30:.2f} GiB)")
+    e = rep.get("engram")
+    if e:
+        lines.append(f"engram tables (host memory or memory-mapped; FP8 rows + ue8m0 scales): "
+                     f"{_gb(e['total_bytes']).strip()} = {len(e['layers'])} layers x {_gb(e['bytes_per_layer']).strip()}")
+        lines.append(f"  layers {e['layers']}, orders {e['orders']}, {e['heads_per_order']} heads per order, "
+                     f"rows of {e['head_dim']} values ({e['row_bytes']} bytes), table rows {e['table_rows']}")
     lines.append("layers:")
     for row in rep["layers"]:
         lines.append(f"  {row['block']:>6s}  {row['attention']:22s} {row['moe']}")

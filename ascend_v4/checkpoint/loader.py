@@ -157,6 +157,15 @@ class Checkpoint:
         self.formats: Dict[str, str] = {n: s.kind for n, s in self.schema.items() if not s.is_scale}
         self._parts = parts
 
+    def engram_host(self, mode: Optional[str] = None):
+        """The Engram tables (one file per layer, `mode` host | disk, default the runtime's
+        engram_table) and compressed-id map, or None without Engram."""
+        if not self.config.has_engram:
+            return None
+        from ascend_v4.engram import EngramHost
+        dtype = np.float64 if self.runtime.compute_dtype == "float64" else np.float32
+        return EngramHost.open(self.config, self.folder, mode or self.runtime.engram_table, dtype)
+
     def names(self) -> List[str]:
         """Logical tensor names (scales excluded), in schema order."""
         return list(self.formats)
@@ -296,4 +305,20 @@ def open_checkpoint(path_or_dir: str, cfg: Optional[ModelConfig] = None,
         layout, parts = "hf", _hf_parts(folder)
         expected = _hf_schema(checkpoint_schema(ckpt_cfg, ckpt_cfg.dtype), ckpt_cfg.dtype)
     _validate(expected, parts, folder)
+    _validate_engram_files(ckpt_cfg, folder)
     return Checkpoint(folder, layout, ckpt_cfg, parts, runtime)
+
+
+def _validate_engram_files(cfg: ModelConfig, folder: str) -> None:
+    """Every Engram layer's table file exists with the geometry's size (read nothing yet)."""
+    from ascend_v4.engram import geometry, table_file
+    geo = geometry(cfg)
+    problems = []
+    for layer in (geo.layer_ids if geo else ()):
+        path = table_file(folder, layer)
+        size = os.path.getsize(path) if os.path.exists(path) else None
+        if size != geo.table_bytes:
+            problems.append(f"{path}: {'missing' if size is None else f'{size} bytes'}; expected "
+                            f"{geo.table_bytes} bytes = {geo.rows} rows x {geo.row_bytes} bytes")
+    if problems:
+        raise _err(problems, f"{folder}: Engram table files do not match the config")

@@ -10,6 +10,9 @@ merged over ranks, as the release's `inference/model.py` declares it:
   compressor wkv/wgate, indexer weights_proj, gate.weight;
 - F32: hc_* (mHC), attn_sink, compressor ape, gate.bias;  I32: gate.tid2eid (hash layers).
 weight_format 'bf16' stores every linear as BF16 without scales.
+Engram blocks (engram_layer_ids) add `layers.{i}.engram.{key_proj,value_proj}.weight` and
+`.{key_norm,query_norm}.weight` (BF16); their tables are not safetensors tensors but one raw file
+per layer, `engram.layers.{i}.table.bin` (geometry and byte layout: ascend_v4/engram.py).
 The MTP block `mtp.{j}` is block n_layers + j: never hash-routed, and it shares embed and head.
 """
 from __future__ import annotations
@@ -131,6 +134,8 @@ class _Builder:
             self.linear(f"{a}.indexer.wq_b", c.q_lora_rank, c.index_n_heads * c.index_head_dim)
             self.bf16(f"{a}.indexer.weights_proj.weight", c.index_n_heads, c.dim)
             self.compressor(f"{a}.indexer.compressor", ratio, c.index_head_dim)
+        if layer_id in c.engram_layer_ids:
+            self.engram(f"{p}.engram")
         f = f"{p}.ffn"
         self.bf16(f"{f}.gate.weight", c.n_routed_experts, c.dim)
         if layer_id < c.n_hash_layers:          # MTP blocks (layer_id >= n_layers) never hash
@@ -140,6 +145,15 @@ class _Builder:
         for e in range(c.n_routed_experts):
             self.ffn(f"{f}.experts.{e}", self.expert_kind)
         self.ffn(f"{f}.shared_experts", None)
+
+    def engram(self, p: str) -> None:
+        """An Engram block's projections and norms (its table is a file of its own: engram.py)."""
+        c = self.cfg
+        emb = (c.engram_max_ngram_size - 1) * c.engram_n_heads * c.engram_head_dim
+        self.bf16(f"{p}.key_proj.weight", c.hc_mult * c.dim, emb)
+        self.bf16(f"{p}.value_proj.weight", c.dim, emb)
+        self.bf16(f"{p}.key_norm.weight", c.hc_mult, c.dim)
+        self.bf16(f"{p}.query_norm.weight", c.hc_mult, c.dim)
 
     def ffn(self, p: str, kind: Optional[str]) -> None:
         c = self.cfg

@@ -10,7 +10,9 @@ order, so mp does not change the merged weights) are chosen for a numerically sa
 linears and mHC `fn` N(0, 1/in), embed N(0, 1), norm weights 1 + 0.05 N, hc scale U(.5, 1),
 hc base / ape 0.1 N, gate bias 0.05 N, attn_sink N(0, 1), tid2eid rows of distinct experts.
 FP8 / FP4 tensors are quantised from the draws with block scales (ascend_v4.quant); wo_a is
-stored as bf16 of its FP8 quant-dequant, as the release's converter does.
+stored as bf16 of its FP8 quant-dequant, as the release's converter does. Engram models also get
+one table file per Engram layer (`engram.layers.{i}.table.bin`, ascend_v4/engram.py), drawn as
+bytes in row blocks.
 """
 from __future__ import annotations
 
@@ -79,10 +81,12 @@ def _random_parts(cfg: ModelConfig, weight_format: str, seed: int,
     as consecutive row blocks, everything else whole (first row 0)."""
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     schema = checkpoint_schema(cfg, weight_format)
-    rng = np.random.default_rng(seed)
-    for name, spec in schema.items():
+    main = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 0xE9])   # Engram tensors: the other draws stay those of
+    for name, spec in schema.items():             # the same config without Engram
         if spec.is_scale:
             continue
+        rng = extra if ".engram." in name else main
         if spec.kind == "int":
             yield name, 0, _tid2eid(rng, cfg)
             continue
@@ -160,6 +164,14 @@ def _write_part(files: List[StreamWriter], name: str, spec: TensorSpec, row: int
         f.write(name, np.take(arr, np.arange(r * part, (r + 1) * part), axis=dim), row)
 
 
+def _write_engram_tables(cfg: ModelConfig, folder: str, seed: int) -> None:
+    """One random table file per Engram layer, streamed in row blocks (never a float copy)."""
+    from ascend_v4.engram import geometry, table_file, write_table
+    geo = geometry(cfg)
+    for layer in (geo.layer_ids if geo else ()):
+        write_table(table_file(folder, layer), geo, layer, seed)
+
+
 def write_random_checkpoint(cfg: ModelConfig, out_dir: str, weight_format: str = "fp8",
                             seed: int = 0, mp: int = 1, overwrite: bool = False) -> str:
     """Write a random checkpoint of `cfg` to `out_dir` (created; must be absent or empty).
@@ -197,6 +209,7 @@ def write_random_checkpoint(cfg: ModelConfig, out_dir: str, weight_format: str =
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as fh:
             json.dump(ckpt_cfg.to_dict(), fh, indent=2)
         copy_builtin(tmp, ckpt_cfg.vocab_size)     # text prompts and chat for random checkpoints
+        _write_engram_tables(ckpt_cfg, tmp, seed)
         old = None
         if os.path.exists(out_dir):
             old = f"{out_dir}.old-{os.getpid()}"

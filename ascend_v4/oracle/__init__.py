@@ -6,6 +6,7 @@ file reading), to check the MindSpore cells layer by layer and end to end.
     W = dequantize(tensors, cfg)                  # stored checkpoint arrays -> float32 + formats
     logits, H = forward_all(cfg, W, ids)          # ids [b, s] -> [b, s, vocab], [b, s, n, dim]
     mtp_logits = mtp_forward_all(cfg, W, H, ids)  # [b, s, vocab]
+    engram.attach(W, cfg, folder, cmap)           # Engram models: tables + compressed-id map first
 
 Numerics: float32 everywhere (float64 in softmax, attention, RoPE angles, norms' mean); the
 reference's bf16 rounding of activations between operators is NOT emulated. Quantisation
@@ -23,6 +24,7 @@ layers and decode steps. Compare sublayers/blocks on identical inputs (`attentio
 `moe_layer`, `block_forward`) for tight tolerances; end to end, expect rare such outliers.
 """
 from .attention import attention_layer, block_prefix, sparse_attention, window_mask
+from . import engram
 from .compressor import compressor_entries, indexer_topk, pool_blocks, visible_mask
 from .hc import hc_head, hc_post, hc_pre, sinkhorn
 from .model import block_forward, forward_all, forward_layers, mtp_forward_all
@@ -37,5 +39,5 @@ __all__ = [
     "block_forward", "forward_all", "forward_layers", "mtp_forward_all", "expert", "gate", "moe_layer",
     "e2m1_round", "fp4_quant_dequant", "fp8_quant_dequant", "hadamard", "hadamard_matrix",
     "pow2_ceil", "rms_norm", "rope", "rope_frequencies", "WeightError", "dequantize", "linear",
-    "unpack_fp4", "precision", "real",
+    "unpack_fp4", "precision", "real", "engram",
 ]

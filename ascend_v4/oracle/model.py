@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import attention_layer, block_prefix
+from .engram import engram_layer
 from .hc import hc_head, hc_post, hc_pre
 from .moe import moe_layer
 from .numerics import rms_norm, real
@@ -21,6 +22,8 @@ from .weights import get, linear
 def block_forward(cfg, W, layer_id: int, X: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """One block with its two mHC-wrapped sublayers: X [b, s, n, dim] -> [b, s, n, dim]."""
     p = block_prefix(cfg, layer_id)
+    if layer_id in cfg.engram_layer_ids and layer_id < cfg.n_layers:   # before attention (V4_SPEC 7)
+        X = engram_layer(cfg, W, layer_id, X, ids)
     u, post, comb = hc_pre(X, get(W, p + "hc_attn_fn"), get(W, p + "hc_attn_scale"),
                            get(W, p + "hc_attn_base"), cfg)
     u = rms_norm(u, get(W, p + "attn_norm.weight"), cfg.norm_eps)

@@ -321,11 +321,9 @@ def v4_stats(cfg) -> ModelStats:
         g, a = _v4_block(cfg, i, mtp=i >= cfg.n_layers)
         groups += g
         attn.append(a)
-    e = cfg.engram
-    engram = 0
-    if e.layers:   # FP8 rows, one ue8m0 scale per 128 values (V4_SPEC 7)
-        rows = len(e.layers) * e.n_heads * (e.max_ngram - 1) * e.table_size
-        engram = rows * (e.row_dim + math.ceil(e.row_dim / 128))
+    from ascend_v4.engram import geometry      # FP8 rows + one ue8m0 scale per 128 values (V4_SPEC 7)
+    geo = geometry(cfg)
+    engram = len(geo.layer_ids) * geo.table_bytes if geo else 0
     return ModelStats(name=cfg.name, dim=cfg.dim, vocab=cfg.vocab_size, n_layers=cfg.n_layers,
                       n_moe_layers=cfg.n_layers, n_mtp_layers=cfg.n_mtp_layers,
                       n_routed=cfg.n_routed_experts, top_k=cfg.n_activated_experts,
