@@ -30,7 +30,7 @@ from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 from ascend_v4.state import DENSE, StateSpec
-from ascend_v4.weights import StoredWeight
+from ascend_v4.weights import SCALED, StoredWeight
 
 
 class Transformer(nn.Cell):
@@ -145,7 +145,7 @@ class Transformer(nn.Cell):
         for name, (target, slot) in self.checkpoint_weights().items():
             if isinstance(target, StoredWeight):
                 table[name] = (target.weight, slot)
-                if target.kind in ("fp8", "fp4"):
+                if target.kind in SCALED:
                     table[name[: -len(".weight")] + ".scale"] = (target.scale, slot)
             else:
                 table[name] = (target, slot)
