@@ -248,7 +248,7 @@ def test_wrong_conversion_is_flagged(sources, converted, tiny_streams, tmp_path)
     os.remove(wrong / OUT_FILE)
     save(tensors, str(wrong / OUT_FILE))
     r = _runs(["parity", str(wrong), "--against", sources["tiny"]])
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
     assert "FAIL: layers.1 over tolerance" in r.output
     report = json.load(open(wrong / "verify_report.json"))
     assert report["first_failure"] == "layers.1" and report["steps"]["layers.0"] <= TOLERANCES["w8a8"]["step"]

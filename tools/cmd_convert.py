@@ -54,7 +54,7 @@ def run_verify(converted: str, reference: str, scheme: str, precision: str) -> b
     """Verify, print the table, write `verify_report.json` into the converted folder; -> passed."""
     with user_errors():
         from tools.convert.verify import verify
-        report = verify(converted, reference, scheme, precision)
+        report, _ = verify(converted, reference, scheme, precision)
     click.echo(report.table())
     path = os.path.join(converted, "verify_report.json")
     with open(path + ".tmp", "w") as fh:
