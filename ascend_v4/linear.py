@@ -31,14 +31,36 @@ def batched_dense(x, weights):
 
 
 def dynamic_quant_int8(x):
-    """Per-token symmetric INT8 (npu_dynamic_quant): x [..., in] -> (q int32 [..., in] in
-    [-127, 127], scale [..., 1] = rowmax|x| / 127 in x's dtype). q = clamp(round_half_even(x /
+    """Per-token symmetric INT8 (npu_dynamic_quant): x [..., in] -> (q [..., in] integer values in
+    [-127, 127] in x's dtype, scale [..., 1] = rowmax|x| / 127 in x's dtype). q = clamp(round_half_even(x /
     scale)); an all-zero row gets scale 1 (its q and product are 0 either way)."""
     amax = ops.abs(x).max(axis=-1, keepdims=True)
     scale = amax / INT8_MAX
     scale = ops.where(amax > 0, scale, ops.ones_like(scale))
     q = ops.clamp(ops.round(x / scale), -INT8_MAX, INT8_MAX)
-    return q.astype(ms.int32), scale
+    return q, scale
+
+
+# INT8 x INT8 products summed in float32 are exact integers while the sum stays below 2^24:
+# k * 127^2 < 2^24 for k <= 1040, so float32 products run in chunks of 1024 input dims, each chunk's
+# exact sum converted to int32 and the chunks added in int32 (the cube unit's INT32 accumulator);
+# float64 sums are exact to 2^53 (k < 5.5e11): one product. Same result as an int32 matmul, at BLAS speed.
+EXACT_CHUNK_F32 = 1024
+
+
+def int8_accumulate(q, weight, batched: bool):
+    """q [.., m, in] integer-valued (|q| <= 127, compute dtype) @ int8 weight^T [.., out, in] ->
+    exact INT32 sums [.., m, out]."""
+    k = q.shape[-1]
+    step = EXACT_CHUNK_F32 if q.dtype == ms.float32 else k
+    w = weight.astype(q.dtype)
+    acc = None
+    for lo in range(0, k, step):
+        hi = min(k, lo + step)
+        qa, wa = (q, w) if (lo, hi) == (0, k) else (q[..., lo:hi], w[..., lo:hi])
+        part = (batched_dense(qa, wa) if batched else dense(qa, wa)).astype(ms.int32)
+        acc = part if acc is None else acc + part
+    return acc
 
 
 def w8a8_product(x, weight, scale):
@@ -47,14 +69,9 @@ def w8a8_product(x, weight, scale):
     x [..., m, in] with weight int8 [out, in], scale [out] -> [..., m, out]; or batched: x [n, m, in]
     with weight [n, out, in], scale [n, out] -> [n, m, out]."""
     q, x_scale = dynamic_quant_int8(x)
-    w = weight.astype(ms.int32)
-    if weight.ndim == 2:
-        shape = q.shape
-        acc = _MATMUL_T(q.reshape(-1, shape[-1]), w).reshape(shape[:-1] + (weight.shape[0],))
-        w_scale = scale
-    else:
-        acc = _BATCH_MATMUL_T(q, w)                                              # [n, m, out] int32
-        w_scale = scale.expand_dims(1)                                           # [n, 1, out]
+    batched = weight.ndim == 3
+    acc = int8_accumulate(q.astype(x.dtype), weight, batched)
+    w_scale = scale.expand_dims(1) if batched else scale                         # [n, 1, out] | [out]
     return acc.astype(x.dtype) * w_scale.astype(x.dtype) * x_scale
 
 

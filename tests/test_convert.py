@@ -62,7 +62,7 @@ def test_plan_follows_the_soc_profiles():
     with pytest.raises(ConvertError, match="ascend910b cannot run it.*mxfp8"):
         make_plan(cfg, "ascend910b", "mxfp8")
     with pytest.raises(ConvertError, match="not built"):
-        make_plan(cfg, "ascend950", "mxfp8")
+        make_plan(cfg, "ascend950", "mxfp8-mxfp4")
     with pytest.raises(ConvertError, match="unknown SoC"):
         make_plan(cfg, "ascend310")
     with pytest.raises(ConvertError, match="expected one of"):
@@ -97,8 +97,10 @@ def test_int8_rows_quantiser():
     np.testing.assert_array_equal(q, [[64, -127, 32], [0, 0, 0], [127, 0, -2]])
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_w8a8_linear_equals_numpy_int8_reference(batched):
+@pytest.mark.parametrize("batched,dtype,k", [(False, np.float64, 256), (True, np.float64, 256),
+                                             (False, np.float32, 2304), (True, np.float32, 2304)])
+def test_w8a8_linear_equals_numpy_int8_reference(batched, dtype, k):
+    """Bit for bit; float32 with k = 2304 crosses the exact-sum chunks (1024) and 2^24."""
     import mindspore as ms
     from mindspore import Tensor, nn
     from ascend_v4.linear import w8a8_product
@@ -110,17 +112,19 @@ def test_w8a8_linear_equals_numpy_int8_reference(batched):
 
     rng = np.random.default_rng(1)
     n = 3 if batched else 1
-    x = rng.standard_normal((n, 7, 256)) * rng.uniform(0.1, 10, (n, 7, 1))
+    x = (rng.standard_normal((n, 7, k)) * rng.uniform(0.1, 10, (n, 7, 1))).astype(dtype)
+    x[0, 2] = np.sign(x[0, 2]) * 3.0                          # every |q| = 127: sums past 2^24
     x[0, 0] = 0.0                                             # an all-zero token
     x[0, 1, :4] = [0.5, 1.5, -2.5, 127.0]                     # ties at 0.5 steps
-    w, s = zip(*(quant.quantize_int8_rows(rng.standard_normal((48, 256)).astype(np.float32)) for _ in range(n)))
+    w, s = zip(*(quant.quantize_int8_rows(rng.standard_normal((48, k)).astype(np.float32)) for _ in range(n)))
     w, s = np.stack(w), np.stack(s)
+    w[0, 0] = np.where(x[0, 2] > 0, 127, -127)                # row 0 . token 2 = 127^2 k > 2^24
     if not batched:
         x, w, s = x[0], w[0], s[0]
     y = Net()(Tensor(x), Tensor(w), Tensor(s)).asnumpy()
     ref = (np.stack([quant.w8a8_matmul(x[i], w[i], s[i]) for i in range(n)]) if batched
            else quant.w8a8_matmul(x, w, s))
-    assert y.dtype == np.float64
+    assert y.dtype == ref.dtype == dtype
     np.testing.assert_array_equal(y, ref)                     # bit for bit
 
 

@@ -157,6 +157,10 @@ class Checkpoint:
         self.formats: Dict[str, str] = {n: s.kind for n, s in self.schema.items() if not s.is_scale}
         self._parts = parts
 
+    def files(self) -> List[str]:
+        """Paths of the safetensors files holding this checkpoint's tensors."""
+        return sorted({p.file.path for parts in self._parts.values() for p in parts})
+
     def names(self) -> List[str]:
         """Logical tensor names (scales excluded), in schema order."""
         return list(self.formats)

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 
+import ml_dtypes
 import numpy as np
 
 SCHEMES = ("w8a8", "bf16")
@@ -38,7 +39,7 @@ def _linear_cells(inp: int, out: int, seed: int = 0):
             q, s = quant.quantize_fp8(w)
             cell.set_arrays(*cell.stored_arrays("fp8", q, s))
         else:
-            cell.set_arrays(*cell.stored_arrays("fp32", w, None))
+            cell.set_arrays(*cell.stored_arrays("bf16", w.astype(ml_dtypes.bfloat16), None))
         cells[kind] = cell
     return cells
 

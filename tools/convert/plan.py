@@ -18,6 +18,7 @@ from ascend_v4.config import ModelConfig
 from . import ConvertError
 
 BUILT = ("native", "bf16", "w8a8")
+ALIASES = {"mxfp8-mxfp4": "mxfp8"}     # the issue's / recipe's spelling of the 950 hybrid scheme
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def make_plan(source: ModelConfig, soc: str, scheme: Optional[str] = None,
     from tools.deploy import PlanError
     from tools.deploy.formats import pick
     from tools.deploy.model_stats import SCHEMES
+    scheme = ALIASES.get(scheme, scheme)
     try:
         formats = pick(get_profile(soc), scheme, kv_cache)
     except (SocError, PlanError) as exc:

@@ -72,7 +72,7 @@ def convert_tensors(ckpt: Checkpoint, schema: Dict[str, TensorSpec]) -> Iterator
 def _source_id(ckpt: Checkpoint) -> Dict[str, object]:
     """Size and a hash of the headers (names, dtypes, shapes, offsets) of the source files: cheap
     on a terabyte checkpoint, and it changes when any tensor's layout does."""
-    files = sorted({p.file.path for parts in ckpt._parts.values() for p in parts})
+    files = ckpt.files()
     h, size = hashlib.sha256(), 0
     for path in files:
         size += os.path.getsize(path)
