@@ -1,10 +1,11 @@
 """Converted formats: W8A8 INT8 vs BF16 vs FP8 linear throughput, and the conversion accuracy table.
 
 - linear: one `Linear` [out, in] per format on the same [m, in] float32 input, graph mode, one run
-  (ratios, since absolute times vary with the machine and its load). On this CPU twin INT8 is an
-  int32 matmul plus the per-token quantisation, BF16 a table-free cast + float matmul, FP8 a
-  dequantisation by table lookup plus the activation quant-dequant: the figures say what the twin
-  costs, not what the Ascend cube unit does (910B: INT8 at twice the BF16 rate).
+  (ratios, since absolute times vary with the machine and its load). On this CPU twin INT8 is the
+  per-token quantisation, an int8 -> float cast of the weight and exact float32 products in 1,024-dim
+  chunks added in int32 (linear.int8_accumulate); BF16 a bf16 -> float32 cast of the weight and one
+  product; FP8 a table-lookup dequantisation plus the activation quant-dequant. The figures say what
+  the twin costs, not what the Ascend cube unit does (910B: INT8 at twice the BF16 rate).
 - accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert for ascend910b,
   verify against the official-format source (tools/convert/verify): worst per-layer rel err, worst
   step, logits rel err, top-1 agreement. --quick: tiny only.
