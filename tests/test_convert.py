@@ -258,20 +258,25 @@ def test_wrong_conversion_is_flagged(sources, converted, tiny_streams, tmp_path)
     assert report["first_failure"] == "layers.1" and report["steps"]["layers.0"] <= TOLERANCES["w8a8"]["step"]
 
 
-def test_reference_tiny_bf16_w8a8_verifies(sources, converted):
-    r = _runs(["parity", converted["ref-bf16", "w8a8"], "--against", sources["ref-bf16"]])
+def test_convert_verifies_by_default(sources, tmp_path):
+    """`convert` on the reference-tiny bf16 checkpoint: W8A8 for the 910C, verified within tolerance."""
+    out = str(tmp_path / "ref-bf16-w8a8")
+    r = _runs(["convert", sources["ref-bf16"], "--soc", "ascend910_93", "--out", out])
     assert r.exit_code == 0, r.output
-    assert "w8a8: PASS" in r.output
+    assert "ascend910_93 w8a8" in r.output and "w8a8: PASS" in r.output
+    report = json.load(open(os.path.join(out, "verify_report.json")))
+    assert report["passed"] and 0 < report["logits_rel_err"] <= TOLERANCES["w8a8"]["logits"]
+    assert open_checkpoint(out).config.quantization == W8A8_ROLES
 
 
 def test_cli_convert_and_help(sources, tmp_path):
     r = _runs(["convert", "--help"])
     assert r.exit_code == 0 and "--quant" in r.output and "ascend910b: w8a8" in r.output
     out = str(tmp_path / "c")
-    r = _runs(["convert", sources["ref-bf16"], "--soc", "ascend910_93", "--out", out, "--no-verify"])
+    r = _runs(["convert", sources["ref-fp8"], "--soc", "ascend910b", "--quant", "bf16", "--out", out, "--no-verify"])
     assert r.exit_code == 0, r.output
-    assert "ascend910_93 w8a8" in r.output and os.path.exists(os.path.join(out, OUT_FILE))
-    assert open_checkpoint(out).config.quantization == W8A8_ROLES
+    assert "ascend910b bf16" in r.output and "PASS" not in r.output and os.path.exists(os.path.join(out, OUT_FILE))
+    assert open_checkpoint(out).config.quantization == {}
 
 
 def test_streams_compare_counts_positions():
