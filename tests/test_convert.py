@@ -242,20 +242,42 @@ def test_verification_within_tolerance(tiny_streams):
         assert 0 < report.logits and report.top1 > 0
 
 
-def test_wrong_conversion_is_flagged(sources, converted, tiny_streams, tmp_path):
-    """One tensor's per-channel scales doubled: the CLI verification fails, naming its layer."""
-    wrong = tmp_path / "wrong"
-    shutil.copytree(converted["tiny", "w8a8"], wrong)
-    f = SafeFile(str(wrong / OUT_FILE))
+def _broken_copy(folder, to, change):
+    shutil.copytree(folder, to)
+    f = SafeFile(str(to / OUT_FILE))
     tensors = {k: np.array(f.get(k)) for k in f.keys()}
-    tensors["layers.1.ffn.shared_experts.w2.scale"] *= 2
-    os.remove(wrong / OUT_FILE)
-    save(tensors, str(wrong / OUT_FILE))
-    r = _runs(["parity", str(wrong), "--against", sources["tiny"]])
+    change(tensors)
+    os.remove(to / OUT_FILE)
+    save(tensors, str(to / OUT_FILE))
+    return str(to)
+
+
+def _double_scales(t):
+    t["layers.1.ffn.shared_experts.w2.scale"] *= 2
+
+
+def _permute_rows(t):
+    rows = np.random.default_rng(0).permutation(t["layers.2.attn.wq_b.weight"].shape[0])
+    for k in ("layers.2.attn.wq_b.weight", "layers.2.attn.wq_b.scale"):
+        t[k] = t[k][rows]
+
+
+def test_wrong_conversion_is_flagged(sources, converted, tmp_path):
+    """One tensor's per-channel scales doubled: the CLI verification fails, naming its layer."""
+    wrong = _broken_copy(converted["tiny", "w8a8"], tmp_path / "wrong", _double_scales)
+    r = _runs(["parity", wrong, "--against", sources["tiny"]])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
     assert "FAIL: layers.1 over tolerance" in r.output
-    report = json.load(open(wrong / "verify_report.json"))
+    report = json.load(open(os.path.join(wrong, "verify_report.json")))
     assert report["first_failure"] == "layers.1" and report["steps"]["layers.0"] <= TOLERANCES["w8a8"]["step"]
+
+
+def test_permuted_rows_are_flagged(converted, tiny_streams, tmp_path):
+    wrong = _broken_copy(converted["tiny", "w8a8"], tmp_path / "perm", _permute_rows)
+    report = compare(run_streams(wrong, prompt(512)), tiny_streams["src"], "w8a8",
+                     [f"layers.{i}" for i in range(4)])
+    assert report.first_failure == "layers.2", report.table()
+    assert report.logits > TOLERANCES["w8a8"]["logits"] and report.top1 < TOLERANCES["w8a8"]["top1"]
 
 
 def test_convert_verifies_by_default(sources, tmp_path):

@@ -18,12 +18,14 @@ PROMPT_LEN = 48
 # scheme -> tolerances: `step` the most a block may add to the stream's relative error (e_i - e_{i-1},
 # e_-1 = 0), `logits` the logits' relative error, `top1` the least top-1 agreement. Errors accumulate
 # and jump where routing or the indexer's top-k flips, so a block is judged by what it adds. Measured
-# (float32, 48-token prompt; docs/DESIGN.md 'Converted formats'): steps <= 0.11, logits <= 0.26,
-# top-1 >= 0.64 on tiny and the reference-tiny configs; one tensor's scales doubled adds >= 0.35.
+# (float32, 48-token prompt; docs/DESIGN.md 'Converted formats') on tiny and the reference-tiny
+# configs: steps <= 0.101, logits <= 0.252, top-1 >= 0.646; set with margin (1.5x, 1.4x, -0.1).
+# Deliberately wrong conversions measured: one tensor's scales x2 adds 0.37 at its block, one wq_b's
+# rows permuted 0.197 (logits 0.41, top-1 0.42).
 TOLERANCES: Dict[str, Dict[str, float]] = {
     "native": {"step": 0.0, "logits": 0.0, "top1": 1.0},
-    "bf16": {"step": 0.2, "logits": 0.4, "top1": 0.5},
-    "w8a8": {"step": 0.2, "logits": 0.4, "top1": 0.5},
+    "bf16": {"step": 0.15, "logits": 0.35, "top1": 0.55},
+    "w8a8": {"step": 0.15, "logits": 0.35, "top1": 0.55},
 }
 
 
