@@ -516,7 +516,7 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
     from ascend_v4.parallel.layout import SINGLE
     from ascend_v4.parallel.shard import read_tensor
     from ascend_v4.precision import np_dtype
-    from ascend_v4.weights import StoredWeight
+    from ascend_v4.weights import SCALED, StoredWeight
     _set_graph_mode()
     cfg, rt = checkpoint.config, checkpoint.runtime
     if prefill_chunk is not None:
@@ -525,6 +525,9 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
     rt = rt.replace(parallel=layout)
     rt.validate(cfg)
     if layout.distributed:
+        if cfg.quantization:
+            raise ConfigError("a converted INT8 checkpoint runs on one rank here (its sharded W8A8 "
+                              "product is not built): drop --tensor-parallel / --expert-parallel")
         if rt.custom_ops:
             raise ConfigError("custom_ops with tensor or expert parallel is not built: run the "
                               "AscendC twins on one rank")
@@ -547,7 +550,7 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
             dtype = np.int32 if kind == "int" else np_dtype(rt)
             target.set_data(Tensor(np.array(array, dtype=dtype)))
             continue
-        scale = read_tensor(checkpoint, name[: -len(".weight")] + ".scale", layout) if kind in ("fp8", "fp4") \
+        scale = read_tensor(checkpoint, name[: -len(".weight")] + ".scale", layout) if kind in SCALED \
             else None
         try:
             weight, scale = target.stored_arrays(kind, read_tensor(checkpoint, name, layout), scale)

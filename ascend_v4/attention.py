@@ -17,7 +17,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.compressor import Compressor, gather_rows, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
-from ascend_v4.checkpoint.schema import weight_kinds
+from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.linear import ACT_BLOCK, Linear, batched_dense, dense, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import QuantDequant
@@ -70,13 +70,13 @@ class Attention(nn.Cell):
         self.window, self.eps = cfg.window_size, cfg.norm_eps
         self.groups, self.o_rank = cfg.o_groups // par.tp, cfg.o_lora_rank
         self.scale = cfg.head_dim ** -0.5
-        lin = weight_kinds(cfg)[0]
+        lin_a, lin = linear_kind(cfg, "attn_a"), linear_kind(cfg, "attn")
         self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         dt = self.dt
-        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, lin, rt)
+        self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, lin_a, rt)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt)
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, lin, rt)
-        self.wkv = Linear(cfg.dim, cfg.head_dim, lin, rt)
+        self.wkv = Linear(cfg.dim, cfg.head_dim, lin_a, rt)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt)
         self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.groups * cfg.o_lora_rank, "bf16", rt)
         self.wo_b = Linear(self.groups * cfg.o_lora_rank, cfg.dim, lin, rt)

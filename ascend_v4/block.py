@@ -5,7 +5,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ascend_v4.attention import Attention
-from ascend_v4.checkpoint.schema import weight_kinds
+from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.config import ModelConfig
 from ascend_v4.engram_layer import Engram
 from ascend_v4.linear import Linear
@@ -53,7 +53,7 @@ class MTPBlock(Block):
 
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
         super().__init__(cfg, rt, layer_id)
-        lin, dt = weight_kinds(cfg)[0], np_dtype(rt)
+        lin, dt = linear_kind(cfg, "attn"), np_dtype(rt)
         self.e_proj = Linear(cfg.dim, cfg.dim, lin, rt)
         self.h_proj = Linear(cfg.dim, cfg.dim, lin, rt)
         self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)

@@ -72,6 +72,9 @@ class ModelConfig:
     engram_vocab_size: int = 646400         # table rows: the tables are distinct primes >= this
     engram_pad_token_id: int = 0            # token id standing before the sequence start
     engram_compressed_vocab_size: int = 0   # compressed ids (0: whatever the map yields)
+    # converted checkpoints (`ascend-v4 convert`): weight role -> format overriding dtype /
+    # expert_dtype for that role's linears, e.g. {"attn": "int8", "expert": "int8", "shared": "int8"}
+    quantization: Dict[str, str] = field(default_factory=dict)
     name: str = "custom"
     # runtime hints a config file may carry (max_seq_len, max_batch_size, ...): defaults for
     # RuntimeConfig (ascend_v4/runtime.py), not part of the model
@@ -247,6 +250,11 @@ def validate(cfg: ModelConfig) -> None:
                            ("moe_inter_dim", cfg.moe_inter_dim)):
             _require(value % 128 == 0, f"{key} ({value}) must be a multiple of 128 for FP8 "
                                        "weights (activation tiles of 128)")
+    from ascend_v4.checkpoint.schema import QUANT_FORMATS, ROLES
+    _require(isinstance(cfg.quantization, dict), f"quantization must be a mapping, got {cfg.quantization!r}")
+    for role, fmt in cfg.quantization.items():
+        _require(role in ROLES and fmt in QUANT_FORMATS,
+                 f"quantization {role}: {fmt}: expected a role of {ROLES} -> one of {QUANT_FORMATS}")
     for key in ("norm_eps", "hc_eps"):
         _require(float(getattr(cfg, key)) > 0, f"{key} must be > 0")
     _validate_engram(cfg)

@@ -31,9 +31,9 @@ from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 from ascend_v4.engram_layer import history_update
 from ascend_v4.state import DENSE, StateSlot, StateSpec
+from ascend_v4.weights import SCALED, StoredWeight
 
 ENGRAM_HISTORY = "engram.history"     # state slot: last N-1 token ids per row (Engram models)
-from ascend_v4.weights import StoredWeight
 
 
 class Transformer(nn.Cell):
@@ -161,7 +161,7 @@ class Transformer(nn.Cell):
         for name, (target, slot) in self.checkpoint_weights().items():
             if isinstance(target, StoredWeight):
                 table[name] = (target.weight, slot)
-                if target.kind in ("fp8", "fp4"):
+                if target.kind in SCALED:
                     table[name[: -len(".weight")] + ".scale"] = (target.scale, slot)
             else:
                 table[name] = (target, slot)

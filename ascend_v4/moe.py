@@ -14,9 +14,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
-from ascend_v4.checkpoint.schema import weight_kinds
+from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.config import ModelConfig
-from ascend_v4.linear import ACT_BLOCK, Linear, batched_dense, storage_kind, zeros_param
+from ascend_v4.linear import ACT_BLOCK, Linear, stacked_product, storage_kind, zeros_param
 from ascend_v4.kernels import QuantDequant
 from ascend_v4.parallel.comm import AllToAll, GroupGather
 from ascend_v4.runtime import RuntimeConfig
@@ -105,7 +105,7 @@ class RoutedExperts(nn.Cell):
         E = len(ids)
         d, inter = cfg.dim, cfg.moe_inter_dim
         self.n_experts, self.limit = E, cfg.swiglu_limit
-        kind = weight_kinds(cfg)[1]
+        kind = linear_kind(cfg, "expert")
         self.act_quant = kind in ("fp4", "fp8")
         if self.act_quant:
             self.quant = QuantDequant(rt, "fp8", ACT_BLOCK)
@@ -127,15 +127,15 @@ class RoutedExperts(nn.Cell):
         tile_expert [n_tiles] -> weighted expert outputs [n_tiles * m, dim]."""
         n_tiles = tile_expert.shape[0]
         x = xs.reshape(n_tiles, m, -1)
-        gate = batched_dense(x, self.w1.take(tile_expert))                             # [n_tiles, m, inter]
-        up = batched_dense(x, self.w3.take(tile_expert))
+        gate = stacked_product(x, self.w1, tile_expert)                                # [n_tiles, m, inter]
+        up = stacked_product(x, self.w3, tile_expert)
         if self.limit > 0:
             gate = ops.minimum(gate, self.limit)
             up = ops.clamp(up, -self.limit, self.limit)
         h = ops.silu(gate) * up * ws.reshape(n_tiles, m, 1)
         if self.act_quant:
             h = self.quant(h)
-        return batched_dense(h, self.w2.take(tile_expert)).reshape(n_tiles * m, -1)
+        return stacked_product(h, self.w2, tile_expert).reshape(n_tiles * m, -1)
 
     def _pairs_forward(self, rows, row_of_pair, pair_w, expert, rank, counts):
         """Run P (row, expert) pairs through their experts in tiles.
@@ -311,7 +311,7 @@ class MoE(nn.Cell):
         self.hash = layer_id < cfg.n_hash_layers
         self.gate = Gate(cfg, rt, self.hash)
         self.experts = RoutedExperts(cfg, rt)
-        self.shared_experts = SharedExpert(cfg.dim, cfg.moe_inter_dim, weight_kinds(cfg)[0], rt)
+        self.shared_experts = SharedExpert(cfg.dim, cfg.moe_inter_dim, linear_kind(cfg, "shared"), rt)
 
     def route(self, x, ids):
         """x [T, dim], ids [T] -> weights [T, k], indices [T, k] int32."""

@@ -142,3 +142,35 @@ def fp4_to_fp8(packed: np.ndarray, scale: np.ndarray) -> Tuple[np.ndarray, np.nd
     offset = s / np.repeat(np.repeat(block_scale, 128, 0), 4, 1)                # [out, in/32]
     x = FP4_VALUES[unpack_fp4(packed)] * np.repeat(offset, FP4_BLOCK, axis=1)
     return x.astype(E4M3), block_scale.astype(E8M0)
+
+
+# ---- INT8 (W8A8, converted checkpoints; docs/DESIGN.md 'Converted formats') ---------------------
+INT8_MAX = 127
+
+
+def quantize_int8_rows(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row (output channel) INT8: w [out, in] float -> (q int8 [out, in], scale
+    float32 [out]) with scale = amax / 127 (float32; 1 for an all-zero row),
+    q = clip(round_half_even(w / scale), -127, 127), the division in float32."""
+    _check_2d(w, "an int8 weight")
+    w = np.asarray(w, np.float32)
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / np.float32(INT8_MAX), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+def dynamic_quant_int8(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-token INT8 of activations (npu_dynamic_quant), in x's dtype: x [..., in] ->
+    (q [..., in] integer-valued, scale [..., 1] = rowmax|x| / 127, 1 for a zero row)."""
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1).astype(x.dtype)
+    return np.clip(np.rint(x / scale), -INT8_MAX, INT8_MAX), scale
+
+
+def w8a8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Reference W8A8 product in x's dtype: x [..., in], q int8 [out, in], scale [out] ->
+    (q_x @ q^T accumulated exactly in int64) * scale * x_scale [..., out]."""
+    qx, xs = dynamic_quant_int8(x)
+    acc = qx.astype(np.int64) @ q.astype(np.int64).T
+    return acc.astype(x.dtype) * scale.astype(x.dtype) * xs

@@ -7,6 +7,9 @@ checkpoint's formats (`kind`, from `checkpoint.schema.weight_kinds`):
         + scale uint8 ue8m0 [.., out, in/32]
   bf16  weight bfloat16 [.., out, in]; for gathered weights (embedding, stacked experts) the bit
         patterns as uint16, since MindSpore's CPU Gather has no bf16 kernel
+  int8  weight int8 [.., out, in] + scale float32 [.., out]: symmetric per-output-channel INT8
+        (W8A8, converted checkpoints); `Linear` multiplies it as an integer matmul
+        (`linear.w8a8_product`), `dequantized()` = weight * scale is for inspection only
   float weight in the compute dtype (fp32 checkpoint tensors, and every weight when the
         runtime option weight_storage is 'float', the verification layout)
 The scales are ue8m0 (powers of two), kept as their exponent byte as stored (FP4's 1x32 scales
@@ -26,7 +29,8 @@ from mindspore import Tensor, nn, ops
 
 from ascend_v4 import quant
 
-KINDS = ("fp8", "fp4", "bf16", "float")
+KINDS = ("fp8", "fp4", "bf16", "int8", "float")
+SCALED = ("fp8", "fp4", "int8")       # kinds with a `.scale` tensor
 FP8_BLOCK = quant.FP8_BLOCK
 FP4_BLOCK = quant.FP4_BLOCK
 
@@ -115,6 +119,9 @@ class StoredWeight(nn.Cell):
             self.scale = _param(np.zeros((*lead, out, inp // FP4_BLOCK), np.uint8), "scale")
             self.table = _table(fp4_pair_values, dtype)
             self.scale_table = _table(e8m0_values, dtype)
+        elif kind == "int8":
+            self.weight = _param(np.zeros(shape, np.int8), "weight")              # [*lead, out, in]
+            self.scale = _param(np.zeros((*lead, out), np.float32), "scale")      # [*lead, out]
         elif kind == "bf16":
             # gathered weights (an embedding, stacked experts) keep the bit patterns as uint16,
             # since the CPU Gather has no bf16 kernel; gathered rows are decoded by a lookup
@@ -137,20 +144,22 @@ class StoredWeight(nn.Cell):
             lead, out, half = codes.shape[:-2], codes.shape[-2], codes.shape[-1]
             blocks = pairs.reshape(lead + (out, 2 * half // FP4_BLOCK, FP4_BLOCK))
             return (blocks * self._scale_value(scale).expand_dims(-1)).reshape(lead + (out, 2 * half))
+        if self.kind == "int8":
+            return codes.astype(self.compute) * scale.astype(self.compute).expand_dims(-1)
         if self.bits:
             return self._bf16_bits_value(codes)
         return codes.astype(self.compute)
 
     def dequantized(self):
         """The whole weight [*lead, out, in] in the compute dtype."""
-        if self.kind in ("fp8", "fp4"):
+        if self.kind in SCALED:
             return self._dequant(self.weight, self.scale)
         return self._dequant(self.weight, None)
 
     def take(self, index):
         """Experts `index` [n] of a stacked weight -> [n, out, in] (only those are dequantised)."""
         codes = ops.gather(self.weight, index, 0)
-        if self.kind in ("fp8", "fp4"):
+        if self.kind in SCALED:
             return self._dequant(codes, ops.gather(self.scale, index, 0))
         return self._dequant(codes, None)
 
@@ -176,6 +185,11 @@ class StoredWeight(nn.Cell):
         for this cell's parameters (one expert's when stacked; scale None without one)."""
         if self.kind == ckpt_kind and ckpt_kind in ("fp8", "fp4"):
             return np.asarray(weight).view(np.uint8), e8m0_bytes(scale)
+        if self.kind == ckpt_kind == "int8":
+            return np.asarray(weight).view(np.int8), np.asarray(scale, np.float32)
+        if "int8" in (self.kind, ckpt_kind):
+            raise ValueError(f"an int8 weight holds only an int8 checkpoint tensor, got {ckpt_kind} "
+                             f"for {self.kind}")
         if ckpt_kind == "fp8":
             value = quant.dequantize_fp8(np.asarray(weight).view(quant.E4M3), scale)
         elif ckpt_kind == "fp4":

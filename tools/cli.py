@@ -16,6 +16,7 @@ COMMANDS = {
     "socs": "tools.cmd_socs",
     "bench": "tools.cmd_bench",
     "compile": "tools.cmd_compile",
+    "convert": "tools.cmd_convert",
     "parity": "tools.cmd_parity",
     "serve": "tools.cmd_serve",
     "launch": "tools.cmd_launch",

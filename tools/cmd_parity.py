@@ -1,4 +1,5 @@
-"""`ascend-v4 parity`: MindSpore vs onnxruntime vs the numpy oracle on a compiled artifact folder."""
+"""`ascend-v4 parity`: MindSpore vs onnxruntime vs the numpy oracle on a compiled artifact folder;
+with `--against CHECKPOINT`, a converted checkpoint folder vs its official-format source (tools/convert/verify)."""
 from __future__ import annotations
 
 import json
@@ -20,8 +21,23 @@ from tools.errors import user_errors
 @click.option("--tolerances", default=None, help="Tolerance YAML (default graph_compile/tolerances.yaml).")
 @click.option("--report", "report_path", default=None,
               help="JSON report path (default FOLDER/parity_report.json).")
-def command(folder, steps, bucket, seed, custom_ops, tolerances, report_path):
-    """Check a compiled folder; exit code 1 names the first diverging layer."""
+@click.option("--against", default=None,
+              help="FOLDER is an `ascend-v4 convert` output: verify it against this official-format checkpoint.")
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Compute dtype of the --against runs.")
+def command(folder, steps, bucket, seed, custom_ops, tolerances, report_path, against, precision):
+    """Check a compiled folder (or a converted one, --against); exit code 1 names the first diverging layer."""
+    if against:
+        from tools.cmd_convert import run_verify
+        from tools.convert.writer import DESCRIPTION
+        try:
+            with open(os.path.join(folder, DESCRIPTION), encoding="utf-8") as fh:
+                scheme = json.load(fh)["scheme"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise click.ClickException(f"{folder}: not an `ascend-v4 convert` output ({DESCRIPTION}: {exc})")
+        if not run_verify(folder, against, scheme, precision):
+            sys.exit(1)
+        return
     with user_errors():
         from graph_compile.artifacts import ArtifactError
         from graph_compile.metrics import load_tolerances

@@ -166,6 +166,10 @@ class Checkpoint:
         dtype = np.float64 if self.runtime.compute_dtype == "float64" else np.float32
         return EngramHost.open(self.config, self.folder, mode or self.runtime.engram_table, dtype)
 
+    def files(self) -> List[str]:
+        """Paths of the safetensors files holding this checkpoint's tensors."""
+        return sorted({p.file.path for parts in self._parts.values() for p in parts})
+
     def names(self) -> List[str]:
         """Logical tensor names (scales excluded), in schema order."""
         return list(self.formats)
@@ -200,8 +204,10 @@ class Checkpoint:
         kind = self.formats[name]
         if kind == "int":                        # copies: never a view into the mapped file
             return np.array(self.raw(name), np.int32)
-        if kind in ("fp8", "fp4"):
+        if kind in ("fp8", "fp4", "int8"):
             scale = self.raw(name[: -len(".weight")] + ".scale")
+            if kind == "int8":                   # [out, in] * per-channel scale [out]
+                return np.asarray(self.raw(name), np.float32) * np.asarray(scale, np.float32)[:, None]
             if kind == "fp8":
                 return quant.dequantize_fp8(self.raw(name), scale)
             return quant.dequantize_fp4(self.raw(name), scale)

@@ -13,6 +13,9 @@ weight_format 'bf16' stores every linear as BF16 without scales.
 Engram blocks (engram_layer_ids) add `layers.{i}.engram.{key_proj,value_proj}.weight` and
 `.{key_norm,query_norm}.weight` (BF16); their tables are not safetensors tensors but one raw file
 per layer, `engram.layers.{i}.table.bin` (geometry and byte layout: ascend_v4/engram.py).
+A converted checkpoint (`ascend-v4 convert`) names per-role formats in `cfg.quantization`
+(role -> 'int8', roles as `weight_role`): those linears are I8 [out, in] + `.scale` F32 [out]
+(symmetric per-output-channel INT8, W8A8); the other linears follow `weight_format`.
 The MTP block `mtp.{j}` is block n_layers + j: never hash-routed, and it shares embed and head.
 """
 from __future__ import annotations
@@ -23,7 +26,12 @@ from typing import Dict, Optional, Tuple
 from ascend_v4.config import ModelConfig
 
 WEIGHT_FORMATS = ("fp8", "bf16")
-KINDS = ("fp8", "fp4", "bf16", "fp32", "int")
+KINDS = ("fp8", "fp4", "bf16", "fp32", "int", "int8")
+# Weight roles (the planner's SCHEMES keys, tools/deploy/model_stats): `attn_a` wq_a + wkv, `attn`
+# wq_b + wo_b + indexer wq_b + MTP e_proj/h_proj, `attn_o` wo_a, `attn_bf16` compressor wkv/wgate +
+# indexer weights_proj, `expert` routed, `shared` shared expert, `gate`, `embed`, `head`.
+ROLES = ("attn_a", "attn", "attn_o", "attn_bf16", "expert", "shared", "gate", "embed", "head")
+QUANT_FORMATS = ("int8",)      # role formats a converted checkpoint may name in cfg.quantization
 # module leaf -> dim split across tensor-parallel ranks (as the release's convert.py)
 SPLIT_DIMS = {"embed": 0, "head": 0, "wq_b": 0, "wo_a": 0, "attn_sink": 0, "weights_proj": 0,
               "wo_b": 1}
@@ -37,7 +45,8 @@ class TensorSpec:
 
     @property
     def is_scale(self) -> bool:
-        return self.dtype == "F8_E8M0"
+        """ue8m0 block scales, or the float32 per-channel scales of an int8 weight."""
+        return self.dtype == "F8_E8M0" or (self.kind == "int8" and self.dtype == "F32")
 
     @property
     def numel(self) -> int:
@@ -89,8 +98,11 @@ class _Builder:
 
     def linear(self, stem: str, in_f: int, out_f: int, kind: Optional[str] = None) -> None:
         """`stem.weight` [out, in] (+ `stem.scale`) in format `kind`."""
-        kind = kind or self.linear_kind
-        if kind == "fp8":
+        kind = self.cfg.quantization.get(weight_role(stem + ".weight")) or kind or self.linear_kind
+        if kind == "int8":
+            self.add(f"{stem}.weight", "I8", (out_f, in_f), "int8")
+            self.add(f"{stem}.scale", "F32", (out_f,), "int8")
+        elif kind == "fp8":
             self.add(f"{stem}.weight", "F8_E4M3", (out_f, in_f), "fp8")
             self.add(f"{stem}.scale", "F8_E8M0", (_cdiv(out_f, 128), _cdiv(in_f, 128)), "fp8")
         elif kind == "fp4":
@@ -183,6 +195,37 @@ class _Builder:
 def checkpoint_schema(cfg: ModelConfig, weight_format: str = "fp8") -> Dict[str, TensorSpec]:
     """name -> TensorSpec for every tensor of the converted checkpoint (all ranks merged)."""
     return _Builder(cfg, weight_format).build()
+
+
+def weight_role(name: str) -> Optional[str]:
+    """Role (ROLES) of a matrix weight `....weight` / its `.scale`; None for norms, mHC, tables."""
+    parts = name.split(".")
+    if parts[-1] not in ("weight", "scale") or len(parts) < 2:
+        return None
+    leaf, path = parts[-2], parts[:-2]
+    if leaf in ("embed", "head") and not path:
+        return leaf
+    if "experts" in path:
+        return "expert"
+    if "shared_experts" in path:
+        return "shared"
+    if leaf == "gate" and path[-1:] == ["ffn"]:
+        return "gate"
+    if "compressor" in path or leaf == "weights_proj":
+        return "attn_bf16"
+    if leaf in ("wq_a", "wkv"):
+        return "attn_a"
+    if leaf == "wo_a":
+        return "attn_o"
+    if leaf in ("wq_b", "wo_b", "e_proj", "h_proj"):
+        return "attn"
+    return None
+
+
+def linear_kind(cfg: ModelConfig, role: str) -> str:
+    """Checkpoint kind of the linears of `role`: the converted format cfg.quantization names,
+    else the release's (weight_kinds: routed experts their own, the rest the linear kind)."""
+    return cfg.quantization.get(role) or weight_kinds(cfg)[1 if role == "expert" else 0]
 
 
 def weight_name(name: str) -> str:
