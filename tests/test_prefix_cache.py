@@ -185,3 +185,14 @@ def test_model1_pool_token_rows_round_trip():
     assert np.array_equal(pool_token_rows(copy[1:], 70, 100), rows)
     assert np.array_equal(rows[99, :576], pool[2, 41 * 576:42 * 576])
     assert not copy[0].any()                              # nothing outside the slots is written
+
+
+def test_budget_sizes_parse_binary_and_decimal_units():
+    from ascend_v4.config import ConfigError
+    from ascend_v4.sizes import parse_bytes
+    assert parse_bytes("512MiB", "--prefix-cache") == 512 << 20
+    assert parse_bytes("2G", "--prefix-cache") == 2 << 30
+    assert parse_bytes("500MB", "--prefix-cache") == 500_000_000
+    assert parse_bytes("0", "--prefix-cache") == 0
+    with pytest.raises(ConfigError, match="--prefix-cache 'lots': expected a size"):
+        parse_bytes("lots", "--prefix-cache")

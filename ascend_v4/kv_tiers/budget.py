@@ -7,19 +7,15 @@ serves all CSA layers). host / disk omitted: unbounded; `inf` says so explicitly
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
 from ascend_v4.config import ConfigError, ModelConfig
+from ascend_v4.sizes import size_bytes
 from ascend_v4.state import PAGE_BLOCK, TOKEN_BYTES
 
-UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024 ** 2, "mib": 1024 ** 2, "g": 1024 ** 3,
-         "gib": 1024 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9,
-         "tb": 10 ** 12}
 TIERS = ("device", "host", "disk")
 UNBOUNDED = None
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -31,13 +27,12 @@ class KvBudget:
 
 def parse_size(text: str, what: str) -> Optional[int]:
     """'64MiB', '1.5G', '4096', 'inf' -> bytes (None for inf)."""
-    t = text.strip().lower()
-    if t in ("inf", "unlimited", "unbounded"):
+    if text.strip().lower() in ("inf", "unlimited", "unbounded"):
         return UNBOUNDED
-    m = _SIZE.match(t)
-    if not m or m.group(2) not in UNITS:
+    n = size_bytes(text)
+    if n is None:
         raise ConfigError(f"kv_budget: {what}={text!r} is not a size (e.g. 64MiB, 1GiB, 500MB, 4096, inf)")
-    return int(float(m.group(1)) * UNITS[m.group(2)])
+    return n
 
 
 def parse_kv_budget(text: str) -> KvBudget:
