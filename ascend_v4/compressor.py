@@ -120,9 +120,13 @@ class Compressor(nn.Cell):
 
 
 def gather_rows(x, idx):
-    """x [b, t, c], idx [b, l] (int) -> x[i, idx[i, j]] as [b, l, c]."""
-    b, l = idx.shape
-    return ops.gather_elements(x, 1, idx.expand_dims(-1).broadcast_to((b, l, x.shape[-1])))
+    """x [b, t, c], idx [b, l] (int, in [0, t)) -> x[i, idx[i, j]] as [b, l, c]: one row Gather
+    over the flattened [b*t, c] (row copies: 3-6x faster on the CPU than an element-wise GatherD
+    of the broadcast index, measured at [2, 256, 128] and [2, 32, 512])."""
+    b, t, c = x.shape
+    l = idx.shape[1]
+    flat = idx + (ops.arange(b) * t).reshape(b, 1).astype(idx.dtype)              # [b, l]
+    return ops.gather(x.reshape(b * t, c), flat.reshape(-1), 0).reshape(b, l, c)
 
 
 def write_entries(cache, entries, complete, first_block):

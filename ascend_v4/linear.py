@@ -6,7 +6,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from ascend_v4.kernels import QuantDequant
+from ascend_v4.kernels import FUSED_MAX_ROWS, QuantDequant
 from ascend_v4.precision import np_dtype
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.weights import StoredWeight
@@ -77,10 +77,26 @@ def w8a8_product(x, weight, scale):
 
 def stacked_product(x, stored, index):
     """x [n, m, in] through experts `index` [n] of a stacked StoredWeight -> [n, m, out]: the
-    gathered experts' int8 product, else their dequantised weights."""
+    gathered experts' int8 product; the fused weight-quant matmul on the stored bytes for tiles of
+    at most FUSED_MAX_ROWS rows; else the gathered experts dequantised and multiplied."""
     if stored.kind == "int8":
         return w8a8_product(x, ops.gather(stored.weight, index, 0), ops.gather(stored.scale, index, 0))
+    if stored.matmul is not None and x.shape[1] <= FUSED_MAX_ROWS:
+        return stored.matmul(x, stored.weight, stored.scale_or_none(), index)
     return batched_dense(x, stored.take(index))
+
+
+def stored_product(x, stored):
+    """x [..., in] @ W^T for a 2-D StoredWeight -> [..., out]: the fused weight-quant matmul for at
+    most FUSED_MAX_ROWS rows (decode), else the dequantised weight through the BLAS matmul."""
+    shape = x.shape
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    if stored.matmul is not None and rows <= FUSED_MAX_ROWS:
+        y = stored.matmul(x.reshape(rows, shape[-1]), stored.weight, stored.scale_or_none())
+        return y.reshape(shape[:-1] + (stored.shape[0],))
+    return dense(x, stored.dequantized())
 
 
 def zeros_param(shape, name: str, dtype=np.float32) -> ms.Parameter:
@@ -107,7 +123,8 @@ class Linear(StoredWeight):
     """
 
     def __init__(self, in_features: int, out_features: int, ckpt_kind: str, rt: RuntimeConfig):
-        super().__init__((out_features, in_features), storage_kind(ckpt_kind, rt), np_dtype(rt))
+        super().__init__((out_features, in_features), storage_kind(ckpt_kind, rt), np_dtype(rt),
+                         kernels=rt.kernels)
         self.act_quant = ckpt_kind in ("fp8", "fp4")
         if self.act_quant:
             self.quant = QuantDequant(rt, "fp8", ACT_BLOCK)
@@ -117,4 +134,4 @@ class Linear(StoredWeight):
             return w8a8_product(x, self.weight, self.scale)
         if self.act_quant:
             x = self.quant(x)
-        return dense(x, self.dequantized())
+        return stored_product(x, self)

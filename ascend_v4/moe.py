@@ -110,9 +110,9 @@ class RoutedExperts(nn.Cell):
         if self.act_quant:
             self.quant = QuantDequant(rt, "fp8", ACT_BLOCK)
         held, dt = storage_kind(kind, rt), np_dtype(rt)
-        self.w1 = StoredWeight((E, inter, d), held, dt)
-        self.w2 = StoredWeight((E, d, inter), held, dt)
-        self.w3 = StoredWeight((E, inter, d), held, dt)
+        self.w1 = StoredWeight((E, inter, d), held, dt, kernels=rt.kernels)
+        self.w2 = StoredWeight((E, d, inter), held, dt, kernels=rt.kernels)
+        self.w3 = StoredWeight((E, inter, d), held, dt, kernels=rt.kernels)
         for w in (self.w1, self.w2, self.w3):
             w.expert_ids = ids
         self.exchange = ExpertExchange(par, cfg.n_routed_experts) if par.ep > 1 else None

@@ -28,6 +28,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ascend_v4 import quant
+from ascend_v4.kernels import weight_matmul
 
 KINDS = ("fp8", "fp4", "bf16", "int8", "float")
 SCALED = ("fp8", "fp4", "int8")       # kinds with a `.scale` tensor
@@ -95,7 +96,8 @@ def _zeros(shape, dtype) -> np.ndarray:
 class StoredWeight(nn.Cell):
     """A weight [*lead, out, in] in checkpoint format `kind`; `dequantized()` -> compute dtype."""
 
-    def __init__(self, shape: Tuple[int, ...], kind: str, dtype, row_lookup: bool = False):
+    def __init__(self, shape: Tuple[int, ...], kind: str, dtype, row_lookup: bool = False,
+                 kernels: str = "composite"):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"weight kind must be one of {KINDS}, got {kind!r}")
@@ -130,6 +132,8 @@ class StoredWeight(nn.Cell):
                 self.table = _table(bf16_values, dtype)
         else:
             self.weight = _param(np.zeros(shape, dtype), "weight")
+        # the fused weight-quant matmul over the stored bytes (kernels 'fused'), else None
+        self.matmul = weight_matmul(kernels, kind, out, bool(lead)) if not row_lookup else None
 
     # ---- graph side -------------------------------------------------------------------------
     def _dequant(self, codes, scale):
@@ -155,6 +159,10 @@ class StoredWeight(nn.Cell):
         if self.kind in SCALED:
             return self._dequant(self.weight, self.scale)
         return self._dequant(self.weight, None)
+
+    def scale_or_none(self):
+        """The scale parameter of a scaled kind, else None (the fused matmul's scale input)."""
+        return self.scale if self.kind in SCALED else None
 
     def take(self, index):
         """Experts `index` [n] of a stacked weight -> [n, out, in] (only those are dequantised)."""

@@ -68,3 +68,54 @@ def test_unknown_kernels_option_is_refused():
     from ascend_v4.config import ConfigError
     with pytest.raises(ConfigError, match="kernels must be one of fused, composite, got 'fast'"):
         RuntimeConfig.for_model(load_config("tiny"), kernels="fast")
+
+
+def _stored(kind: str, w: np.ndarray):
+    """One float matrix [out, in] in checkpoint format `kind` -> (stored weight, scale | None, its
+    exact value by the numpy dequantisers of ascend_v4.quant, float64)."""
+    import ml_dtypes
+    from ascend_v4 import quant
+    if kind == "fp8":
+        q, s = quant.quantize_fp8(w)
+        return q, s, quant.dequantize_fp8(q, s).astype(np.float64)
+    if kind == "fp4":
+        q, s = quant.quantize_fp4(w)
+        return q, s, quant.dequantize_fp4(q, s).astype(np.float64)
+    b = w.astype(ml_dtypes.bfloat16)
+    return b, None, b.astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-13), ("float32", 3e-6)])
+@pytest.mark.parametrize("kind", ["bf16", "fp8", "fp4"])
+def test_fused_weight_matmul_matches_numpy(kind, dtype, tol):
+    """The weight-quant matmul on the stored bytes (fused_cpu.cpp WeightMatmulAot), for a plain
+    weight (decode rows: fused; 40 rows: dequantise + BLAS) and for gathered experts (repeated,
+    out-of-order ids), against x @ W^T with W from the numpy dequantisers. Out dim 130 and (not
+    FP4) in dim 200 leave partial 128x128 blocks."""
+    from ascend_v4.kernels import FUSED_MAX_ROWS
+    from ascend_v4.linear import stacked_product, stored_product
+    from ascend_v4.weights import StoredWeight
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.default_rng(7)
+    out, inp, E = 130, 256 if kind == "fp4" else 200, 3
+    mats = [rng.normal(size=(out, inp)) * np.exp2(rng.integers(-6, 6, size=(out, 1))) for _ in range(E)]
+    stored = [_stored(kind, m) for m in mats]
+    plain = StoredWeight((out, inp), kind, DTYPES[dtype], kernels="fused")
+    plain.set_arrays(*plain.stored_arrays(kind, stored[0][0], stored[0][1]))
+    stack = StoredWeight((E, out, inp), kind, DTYPES[dtype], kernels="fused")
+    parts = [stack.stored_arrays(kind, q, s) for q, s, _ in stored]
+    stack.set_arrays(np.stack([p[0] for p in parts]), None if parts[0][1] is None else np.stack([p[1] for p in parts]))
+    assert plain.matmul is not None and stack.matmul is not None
+    got, want = [], []
+    for rows in (1, 3, FUSED_MAX_ROWS, 40):                       # fused up to FUSED_MAX_ROWS
+        x = rng.normal(size=(rows, inp)).astype(DTYPES[dtype])
+        got.append(stored_product(Tensor(x), plain).asnumpy())
+        want.append(x.astype(np.float64) @ stored[0][2].T)
+    index = np.array([2, 0, 2, 1], np.int32)
+    x = rng.normal(size=(4, 2, inp)).astype(DTYPES[dtype])
+    got.append(stacked_product(Tensor(x), stack, Tensor(index)).asnumpy())
+    want.append(np.stack([x[t].astype(np.float64) @ stored[e][2].T for t, e in enumerate(index)]))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    for g, w in zip(got, want):
+        assert g.dtype == DTYPES[dtype] and g.shape == w.shape
+        assert np.abs(g - w).max() <= tol * np.abs(w).max()

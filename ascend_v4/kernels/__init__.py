@@ -2,13 +2,14 @@
 
 RuntimeConfig.kernels picks, for the whole model:
   'fused'      one C++ CPU kernel per call (fused_cpu.cpp via ops.Custom aot) for the block
-               quant-dequant chain and the Sinkhorn split: float32 and float64, bit-identical
-               to the composite where it is exact (the default for running)
+               quant-dequant chain, the Sinkhorn split and the weight-quant matmul of few-row
+               products (decode): float32 and float64, bit-identical to the composite where it
+               is exact (the default for running)
   'composite'  the chains as MindSpore primitives (ascend_v4/numerics.py, mhc.py): what graph
                export lowers to MindIR / ONNX, and the reference the fused kernels are tested on
 custom_ops=True additionally routes the operator boundaries to the AscendC kernels' CPU twins
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
-Cells ask here (`QuantDequant(rt, fmt, block)`, `sinkhorn_kind(rt)`) instead of branching themselves.
+Cells ask here (`QuantDequant(rt, fmt, block)`, `sinkhorn_kind(rt)`, `weight_matmul(...)`) instead of branching themselves.
 """
 from __future__ import annotations
 
@@ -67,6 +68,47 @@ class FusedSinkhorn(nn.Cell):
         lead, n = mixes.shape[:-1], self.n
         pre, post, comb = self.op(mixes.reshape(-1, mixes.shape[-1]), scale, base, self.attrs)
         return pre.reshape(lead + (n,)), post.reshape(lead + (n,)), comb.reshape(lead + (n, n))
+
+
+# checkpoint formats the fused weight-quant matmul reads (fused_cpu.cpp WeightKind)
+WEIGHT_KINDS = {"bf16": 0, "fp8": 1, "fp4": 2}
+# activation rows per weight matrix up to which the fused product runs (decode, small expert
+# tiles): it reads each weight once, as stored; more rows go to dequantise + BLAS matmul
+FUSED_MAX_ROWS = 16
+
+
+class WeightMatmul(nn.Cell):
+    """x @ dequant(W)^T as one kernel (fused_cpu.cpp WeightMatmulAot), W as stored (bf16 bits, FP8
+    codes + ue8m0 128x128 bytes, FP4 pairs + 1x32 bytes): the CPU counterpart of Ascend's
+    weight-quant matmul. plain: x [M, K], codes [N, Kc], scale -> [M, N]; experts: x [T, M, K],
+    index [T], codes [E, N, Kc], scale [E, ..] -> [T, M, N]. Dequantised values are exact (as
+    StoredWeight._dequant); products are summed in the compute dtype in 8 fixed lanes."""
+
+    def __init__(self, kind: str, out_features: int, experts: bool):
+        super().__init__()
+        self.experts = experts
+        self.attrs = Tensor(np.array([WEIGHT_KINDS[kind]], np.float64))
+        self.no_scale = Tensor(np.zeros(1, np.uint8))             # bf16 has no scale tensor
+        if experts:
+            self.op = _aot("WeightMatmulAot", lambda x, i, c, s, a: [x[0], x[1], out_features],
+                           lambda x, i, c, s, a: x)
+        else:
+            self.op = _aot("WeightMatmulAot", lambda x, c, s, a: [x[0], out_features], lambda x, c, s, a: x)
+
+    def construct(self, x, codes, scale=None, index=None):
+        if scale is None:
+            scale = self.no_scale
+        if self.experts:
+            return self.op(x, index, codes, scale, self.attrs)
+        return self.op(x, codes, scale, self.attrs)
+
+
+def weight_matmul(kernels: str, kind: str, out_features: int, experts: bool):
+    """The fused weight-quant matmul for a weight held as `kind`, or None (composite kernels, or
+    a kind it does not read: int8 keeps its integer product, float weights use BLAS directly)."""
+    if kernels != "fused" or kind not in WEIGHT_KINDS:
+        return None
+    return WeightMatmul(kind, out_features, experts)
 
 
 def sinkhorn_kind(rt: RuntimeConfig) -> str:

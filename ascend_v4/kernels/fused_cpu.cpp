@@ -91,6 +91,108 @@ void Sinkhorn(const T* mixes, const T* scale, const T* base, T* pre, T* post, T*
     }
 }
 
+// ---- weight-quant matmul: y = x @ dequant(W)^T with W in its checkpoint format -------------
+// The CPU counterpart of Ascend's weight-quant matmuls (WeightQuantBatchMatmul: bf16/fp8 weights
+// dequantised per tile inside the kernel; GroupedMatmul for expert tiles). Each weight row is
+// dequantised once into a buffer in the compute dtype (table value x ue8m0 block scale: the same
+// exact products as StoredWeight._dequant), then dotted with every activation row in 8 fixed lanes.
+enum WeightKind { kBf16 = 0, kFp8 = 1, kFp4 = 2 };
+constexpr int64_t kFp8Block = 128, kFp4Block = 32, kLanes = 8;
+
+template <class T> struct CodeTables {
+    T fp8[256];          // e4m3 code -> value (the two NaN codes -> 0, as weights.fp8_code_values)
+    T fp4[16];           // e2m1 nibble -> value
+    T e8m0[256];         // ue8m0 exponent byte -> 2^(e - 127) (255 -> 0)
+    CodeTables() {
+        for (int b = 0; b < 256; ++b) {
+            const int sign = b >> 7, e = (b >> 3) & 15, m = b & 7;
+            double v = e == 0 ? std::ldexp(double(m), -9) : std::ldexp(1.0 + m / 8.0, e - 7);
+            if (e == 15 && m == 7) v = 0.0;
+            fp8[b] = T(sign ? -v : v);
+            e8m0[b] = b < 255 ? T(std::ldexp(1.0, b - 127)) : T(0);
+        }
+        static const double kFp4[8] = {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0};
+        for (int b = 0; b < 16; ++b) fp4[b] = T(b & 8 ? -kFp4[b & 7] : kFp4[b & 7]);
+    }
+};
+
+template <class T> const CodeTables<T>& Tables() { static const CodeTables<T> t; return t; }
+
+template <class T> T Bf16Value(uint16_t bits) {
+    const uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return T(f);
+}
+
+// row n of one weight matrix [N, K] -> w [K] in T; codes/scale point at this matrix
+template <class T>
+void DequantRow(int kind, const void* codes, const uint8_t* scale, int64_t n, int64_t N, int64_t K, T* w) {
+    const CodeTables<T>& t = Tables<T>();
+    if (kind == kBf16) {
+        const uint16_t* c = static_cast<const uint16_t*>(codes) + n * K;
+        for (int64_t k = 0; k < K; ++k) w[k] = Bf16Value<T>(c[k]);
+    } else if (kind == kFp8) {
+        const uint8_t* c = static_cast<const uint8_t*>(codes) + n * K;
+        const int64_t kb = (K + kFp8Block - 1) / kFp8Block;
+        const uint8_t* s = scale + (n / kFp8Block) * kb;
+        for (int64_t k = 0; k < K; ++k) w[k] = t.fp8[c[k]] * t.e8m0[s[k / kFp8Block]];
+    } else {                                                  // two e2m1 per byte, low nibble first
+        const uint8_t* c = static_cast<const uint8_t*>(codes) + n * (K / 2);
+        const uint8_t* s = scale + n * (K / kFp4Block);
+        for (int64_t k = 0; k < K; k += 2) {
+            const T sc = t.e8m0[s[k / kFp4Block]];
+            w[k] = t.fp4[c[k / 2] & 15] * sc;
+            w[k + 1] = t.fp4[c[k / 2] >> 4] * sc;
+        }
+    }
+    (void)N;
+}
+
+// x [M, K] @ dequant(W [N, K])^T -> y [M, N]
+template <class T>
+void WeightProduct(int kind, const T* x, int64_t M, int64_t K, const void* codes, const uint8_t* scale,
+                   int64_t N, T* y, T* w) {
+    for (int64_t n = 0; n < N; ++n) {
+        DequantRow(kind, codes, scale, n, N, K, w);
+        for (int64_t m = 0; m < M; ++m) {
+            const T* xr = x + m * K;
+            T lane[kLanes] = {};
+            int64_t k = 0;
+            for (; k + kLanes <= K; k += kLanes)
+                for (int64_t l = 0; l < kLanes; ++l) lane[l] += xr[k + l] * w[k + l];
+            for (int64_t l = 0; k < K; ++k, ++l) lane[l] += xr[k] * w[k];
+            T sum = 0;
+            for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+            y[m * N + n] = sum;
+        }
+    }
+}
+
+// bytes of one [N, K] matrix's codes and scales in format `kind`
+int64_t CodeBytes(int kind, int64_t N, int64_t K) { return kind == kBf16 ? 2 * N * K : kind == kFp8 ? N * K : N * K / 2; }
+int64_t ScaleBytes(int kind, int64_t N, int64_t K) {
+    if (kind == kFp8) return ((N + kFp8Block - 1) / kFp8Block) * ((K + kFp8Block - 1) / kFp8Block);
+    return kind == kFp4 ? N * (K / kFp4Block) : 0;
+}
+
+// x [T, M, K]; matrix i of the stack for x[t] is index[t] (index null: one matrix for all t)
+template <class T>
+int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, const int32_t* index, int64_t E,
+                     const void* codes, const uint8_t* scale, int64_t N, T* y) {
+    T* w = new T[K];
+    const int64_t cb = CodeBytes(kind, N, K), sb = ScaleBytes(kind, N, K);
+    int rc = 0;
+    for (int64_t t = 0; t < tiles && rc == 0; ++t) {
+        const int64_t e = index ? index[t] : 0;
+        if (e < 0 || e >= E) { rc = 1; break; }
+        WeightProduct(kind, x + t * M * K, M, K, static_cast<const uint8_t*>(codes) + e * cb,
+                      sb ? scale + e * sb : nullptr, N, y + t * M * N, w);
+    }
+    delete[] w;
+    return rc;
+}
+
 int64_t Numel(int nd, const int64_t* shape) {
     int64_t k = 1;
     for (int d = 0; d < nd; ++d) k *= shape[d];
@@ -133,4 +235,32 @@ extern "C" __attribute__((visibility("default"))) int SinkhornSplitAot(int npara
                  static_cast<const float*>(params[2]), static_cast<float*>(params[4]), static_cast<float*>(params[5]),
                  static_cast<float*>(params[6]), tokens, attrs);
     return 0;
+}
+
+// Weight-quant matmul of one matrix or of gathered experts. params (attrs float64 [1] = kind):
+//   plain:   x [M, K], codes [N, Kc], scale, attrs, y [M, N]
+//   experts: x [T, M, K], index int32 [T], codes [E, N, Kc], scale [E, ..], attrs, y [T, M, N]
+// codes: bf16 bits (uint16 or bfloat16) [.., N, K] | fp8 uint8 [.., N, K] | fp4 uint8 [.., N, K/2];
+// scale: uint8 ue8m0 [.., ceil(N/128), ceil(K/128)] (fp8) | [.., N, K/32] (fp4) | any (bf16, unused)
+extern "C" __attribute__((visibility("default"))) int WeightMatmulAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                               void*, void*) {
+    const bool experts = nparam == 6;
+    if (nparam != 5 && !experts) return 1;
+    const int xi = 0, ci = experts ? 2 : 1, si = ci + 1, ai = ci + 2, yi = ci + 3;
+    if (std::strcmp(dtypes[ai], "float64") != 0) return 1;
+    const int kind = int(static_cast<const double*>(params[ai])[0]);
+    const int xd = ndims[xi], cd = ndims[ci];
+    if (xd != (experts ? 3 : 2) || cd != (experts ? 3 : 2)) return 1;
+    const int64_t K = shapes[xi][xd - 1], M = shapes[xi][xd - 2], tiles = experts ? shapes[xi][0] : 1;
+    const int64_t N = shapes[ci][cd - 2], E = experts ? shapes[ci][0] : 1;
+    const int64_t Kc = shapes[ci][cd - 1];
+    if (Kc != (kind == kFp4 ? K / 2 : K) || (kind == kFp4 && K % kFp4Block)) return 1;
+    const int32_t* index = experts ? static_cast<const int32_t*>(params[1]) : nullptr;
+    if (experts && std::strcmp(dtypes[1], "int32") != 0) return 1;
+    const uint8_t* scale = static_cast<const uint8_t*>(params[si]);
+    if (IsF64(dtypes[xi]))
+        return WeightProductAll(kind, static_cast<const double*>(params[xi]), tiles, M, K, index, E, params[ci], scale, N,
+                                static_cast<double*>(params[yi]));
+    return WeightProductAll(kind, static_cast<const float*>(params[xi]), tiles, M, K, index, E, params[ci], scale, N,
+                            static_cast<float*>(params[yi]));
 }

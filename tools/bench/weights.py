@@ -57,13 +57,31 @@ def _child(task: str, args: dict, queue) -> None:
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def _result(proc, queue, timeout_s: float) -> dict:
+    """The child's reply; a child that dies without one (a crash, the OOM killer) is an error
+    row instead of a parent waiting out the whole timeout."""
+    import queue as queue_mod
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=2)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                try:                    # a reply written just before the exit is in the pipe
+                    return queue.get(timeout=1)
+                except queue_mod.Empty:
+                    pass
+                return {"error": f"the benchmark process died (exit code {proc.exitcode}) without a result"}
+    return {"error": f"no result within {timeout_s:.0f} s"}
+
+
 def _isolated(task: str, **args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(task, args, queue))
     proc.start()
     try:
-        out = queue.get(timeout=1800)
+        out = _result(proc, queue, 1800)
     finally:
         proc.join(60)
         if proc.is_alive():
