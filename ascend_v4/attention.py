@@ -18,7 +18,7 @@ from ascend_v4.compressor import Compressor, gather_rows, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
-from ascend_v4.linear import ACT_BLOCK, Linear, batched_dense, dense, zeros_param
+from ascend_v4.linear import ACT_BLOCK, Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import QuantDequant
 from ascend_v4.numerics import RMSNorm, rms_normalize
@@ -150,8 +150,7 @@ class Attention(nn.Cell):
         rd = self.rd
         o = ops.concat((o[..., :-rd], apply_rope(o[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2), True)), -1)
         o = o.reshape(b * s, self.groups, -1).swapaxes(0, 1)              # [g, b*s, h*hd/g]
-        wo_a = self.wo_a.dequantized().reshape(self.groups, self.o_rank, -1)    # [g, r, h*hd/g]
-        o = batched_dense(o, wo_a)                                               # [g, b*s, r]
+        o = grouped_product(o, self.wo_a)                                        # [g, b*s, r]
         o = o.swapaxes(0, 1).reshape(b, s, self.groups * self.o_rank)
         return self.tp_out(o) if self.tp_out is not None else self.wo_b(o)
 

@@ -86,6 +86,15 @@ def stacked_product(x, stored, index):
     return batched_dense(x, stored.take(index))
 
 
+def grouped_product(x, stored):
+    """x [g, m, in] through row group i of a 2-D StoredWeight [g*r, in] for x[i] -> [g, m, r]
+    (the attention's grouped wo_a): fused for at most FUSED_MAX_ROWS rows, else dequantised."""
+    g, m = x.shape[0], x.shape[1]
+    if stored.matmul is not None and m <= FUSED_MAX_ROWS:
+        return stored.matmul(x, stored.weight, stored.scale_or_none())
+    return batched_dense(x, stored.dequantized().reshape(g, stored.shape[0] // g, -1))
+
+
 def stored_product(x, stored):
     """x [..., in] @ W^T for a 2-D StoredWeight -> [..., out]: the fused weight-quant matmul for at
     most FUSED_MAX_ROWS rows (decode), else the dequantised weight through the BLAS matmul."""

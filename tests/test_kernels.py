@@ -89,11 +89,11 @@ def _stored(kind: str, w: np.ndarray):
 @pytest.mark.parametrize("kind", ["bf16", "fp8", "fp4"])
 def test_fused_weight_matmul_matches_numpy(kind, dtype, tol):
     """The weight-quant matmul on the stored bytes (fused_cpu.cpp WeightMatmulAot), for a plain
-    weight (decode rows: fused; 40 rows: dequantise + BLAS) and for gathered experts (repeated,
-    out-of-order ids), against x @ W^T with W from the numpy dequantisers. Out dim 130 and (not
+    weight (decode rows: fused; 40 rows: dequantise + BLAS), its two row groups (wo_a) and
+    gathered experts (repeated, out-of-order ids), against x @ W^T with W from the numpy dequantisers. Out dim 130 and (not
     FP4) in dim 200 leave partial 128x128 blocks."""
     from ascend_v4.kernels import FUSED_MAX_ROWS
-    from ascend_v4.linear import stacked_product, stored_product
+    from ascend_v4.linear import grouped_product, stacked_product, stored_product
     from ascend_v4.weights import StoredWeight
     ms.set_context(mode=ms.PYNATIVE_MODE)
     rng = np.random.default_rng(7)
@@ -111,6 +111,9 @@ def test_fused_weight_matmul_matches_numpy(kind, dtype, tol):
         x = rng.normal(size=(rows, inp)).astype(DTYPES[dtype])
         got.append(stored_product(Tensor(x), plain).asnumpy())
         want.append(x.astype(np.float64) @ stored[0][2].T)
+    x = rng.normal(size=(2, 3, inp)).astype(DTYPES[dtype])      # 2 row groups of 65 (wo_a)
+    got.append(grouped_product(Tensor(x), plain).asnumpy())
+    want.append(np.stack([x[i].astype(np.float64) @ stored[0][2][65 * i:65 * (i + 1)].T for i in range(2)]))
     index = np.array([2, 0, 2, 1], np.int32)
     x = rng.normal(size=(4, 2, inp)).astype(DTYPES[dtype])
     got.append(stacked_product(Tensor(x), stack, Tensor(index)).asnumpy())

@@ -82,7 +82,9 @@ class WeightMatmul(nn.Cell):
     codes + ue8m0 128x128 bytes, FP4 pairs + 1x32 bytes): the CPU counterpart of Ascend's
     weight-quant matmul. plain: x [M, K], codes [N, Kc], scale -> [M, N]; experts: x [T, M, K],
     index [T], codes [E, N, Kc], scale [E, ..] -> [T, M, N]. Dequantised values are exact (as
-    StoredWeight._dequant); products are summed in the compute dtype in 8 fixed lanes."""
+    StoredWeight._dequant); products are summed in the compute dtype in 8 fixed lanes.
+    `grouped(x [G, M, K], codes [G*N, Kc], scale)` -> [G, M, N]: group g through rows g*N.. of
+    one matrix (the attention's grouped wo_a)."""
 
     def __init__(self, kind: str, out_features: int, experts: bool):
         super().__init__()
@@ -93,7 +95,8 @@ class WeightMatmul(nn.Cell):
             self.op = _aot("WeightMatmulAot", lambda x, i, c, s, a: [x[0], x[1], out_features],
                            lambda x, i, c, s, a: x)
         else:
-            self.op = _aot("WeightMatmulAot", lambda x, c, s, a: [x[0], out_features], lambda x, c, s, a: x)
+            self.op = _aot("WeightMatmulAot", lambda x, c, s, a: x[:-1] + [c[0] // x[0] if len(x) == 3 else c[0]],
+                           lambda x, c, s, a: x)
 
     def construct(self, x, codes, scale=None, index=None):
         if scale is None:

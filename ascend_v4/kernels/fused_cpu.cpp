@@ -149,12 +149,12 @@ void DequantRow(int kind, const void* codes, const uint8_t* scale, int64_t n, in
     (void)N;
 }
 
-// x [M, K] @ dequant(W [N, K])^T -> y [M, N]
+// x [M, K] @ dequant(rows n0 .. n0+N of W [., K])^T -> y [M, N]
 template <class T>
 void WeightProduct(int kind, const T* x, int64_t M, int64_t K, const void* codes, const uint8_t* scale,
-                   int64_t N, T* y, T* w) {
+                   int64_t n0, int64_t N, T* y, T* w) {
     for (int64_t n = 0; n < N; ++n) {
-        DequantRow(kind, codes, scale, n, N, K, w);
+        DequantRow(kind, codes, scale, n0 + n, N, K, w);
         for (int64_t m = 0; m < M; ++m) {
             const T* xr = x + m * K;
             T lane[kLanes] = {};
@@ -176,7 +176,8 @@ int64_t ScaleBytes(int kind, int64_t N, int64_t K) {
     return kind == kFp4 ? N * (K / kFp4Block) : 0;
 }
 
-// x [T, M, K]; matrix i of the stack for x[t] is index[t] (index null: one matrix for all t)
+// x [T, M, K] -> y [T, M, N]. experts (index set): x[t] through matrix index[t] of a stack [E, N, K];
+// grouped (index null, T > 1): x[t] through rows t*N .. (t+1)*N of one matrix [T*N, K]
 template <class T>
 int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, const int32_t* index, int64_t E,
                      const void* codes, const uint8_t* scale, int64_t N, T* y) {
@@ -187,7 +188,7 @@ int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, 
         const int64_t e = index ? index[t] : 0;
         if (e < 0 || e >= E) { rc = 1; break; }
         WeightProduct(kind, x + t * M * K, M, K, static_cast<const uint8_t*>(codes) + e * cb,
-                      sb ? scale + e * sb : nullptr, N, y + t * M * N, w);
+                      sb ? scale + e * sb : nullptr, index ? 0 : t * N, N, y + t * M * N, w);
     }
     delete[] w;
     return rc;
@@ -237,8 +238,10 @@ extern "C" __attribute__((visibility("default"))) int SinkhornSplitAot(int npara
     return 0;
 }
 
-// Weight-quant matmul of one matrix or of gathered experts. params (attrs float64 [1] = kind):
+// Weight-quant matmul of one matrix, of row groups of one matrix, or of gathered experts.
+// params (attrs float64 [1] = kind):
 //   plain:   x [M, K], codes [N, Kc], scale, attrs, y [M, N]
+//   grouped: x [G, M, K], codes [G*N, Kc], scale, attrs, y [G, M, N] (group g: rows g*N ..)
 //   experts: x [T, M, K], index int32 [T], codes [E, N, Kc], scale [E, ..], attrs, y [T, M, N]
 // codes: bf16 bits (uint16 or bfloat16) [.., N, K] | fp8 uint8 [.., N, K] | fp4 uint8 [.., N, K/2];
 // scale: uint8 ue8m0 [.., ceil(N/128), ceil(K/128)] (fp8) | [.., N, K/32] (fp4) | any (bf16, unused)
@@ -250,9 +253,11 @@ extern "C" __attribute__((visibility("default"))) int WeightMatmulAot(int nparam
     if (std::strcmp(dtypes[ai], "float64") != 0) return 1;
     const int kind = int(static_cast<const double*>(params[ai])[0]);
     const int xd = ndims[xi], cd = ndims[ci];
-    if (xd != (experts ? 3 : 2) || cd != (experts ? 3 : 2)) return 1;
-    const int64_t K = shapes[xi][xd - 1], M = shapes[xi][xd - 2], tiles = experts ? shapes[xi][0] : 1;
-    const int64_t N = shapes[ci][cd - 2], E = experts ? shapes[ci][0] : 1;
+    if (cd != (experts ? 3 : 2) || (experts && xd != 3) || xd < 2 || xd > 3) return 1;
+    const int64_t K = shapes[xi][xd - 1], M = shapes[xi][xd - 2], tiles = xd == 3 ? shapes[xi][0] : 1;
+    const int64_t rows = shapes[ci][cd - 2], E = experts ? shapes[ci][0] : 1;
+    if (!experts && rows % tiles) return 1;
+    const int64_t N = experts ? rows : rows / tiles;
     const int64_t Kc = shapes[ci][cd - 1];
     if (Kc != (kind == kFp4 ? K / 2 : K) || (kind == kFp4 && K % kFp4Block)) return 1;
     const int32_t* index = experts ? static_cast<const int32_t*>(params[1]) : nullptr;
