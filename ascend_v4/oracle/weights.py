@@ -5,8 +5,12 @@ Stored formats (converted reference checkpoint, section 10):
   fp4  `X.weight` int8/uint8 [out, in/2] (two e2m1 codes per byte, low nibble = element 2j)
        + `X.scale` float8_e8m0fnu [out, in/32]
   bf16 / fp32 tensors as they are; integer tables (tid2eid) stay integer.
+Converted for the 950 (cfg.quantization names the role 'mxfp8' / 'mxfp4'):
+  mxfp8 `X.weight` float8_e4m3fn [out, in] + `X.scale` float8_e8m0fnu [out, in/32]
+  mxfp4 the fp4 bytes; its activations are MXFP8 like mxfp8's.
 `dequantize` records each weight's stored format in W['__formats__'] so that `linear` applies
-the activation fp8 quant-dequant exactly where the reference's `linear` does (fp8/fp4 weights).
+the activation fp8 quant-dequant exactly where the reference's `linear` does (fp8/fp4 weights),
+and the MXFP8 one (1x32, OCP scales) for mxfp8/mxfp4 weights.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Dict
 import ml_dtypes
 import numpy as np
 
-from .numerics import E2M1_VALUES, fp8_quant_dequant, real
+from .numerics import E2M1_VALUES, fp8_quant_dequant, mxfp8_quant_dequant, real
 
 BLOCK = 128
 FP4_BLOCK = 32
@@ -33,6 +37,21 @@ def _fp8_weight(name, w, scale):
                           f"got {scale.shape}")
     s = np.repeat(np.repeat(scale.astype(real()), BLOCK, 0), BLOCK, 1)[:out, :inp]
     return w.astype(real()) * s
+
+
+def _mxfp8_weight(name, w, scale):
+    out, inp = w.shape
+    if inp % FP4_BLOCK or scale.shape != (out, inp // FP4_BLOCK):
+        raise WeightError(f"{name}: mxfp8 weight {w.shape} needs a scale of shape "
+                          f"{(out, inp // FP4_BLOCK)}, got {scale.shape}")
+    return w.astype(real()) * np.repeat(scale.astype(real()), FP4_BLOCK, 1)
+
+
+def _role_formats(cfg) -> Dict[str, str]:
+    """weight name -> 'mxfp8' / 'mxfp4' as cfg.quantization names its role (converted checkpoints)."""
+    from ascend_v4.checkpoint.schema import weight_role
+    q = {r: f for r, f in (getattr(cfg, "quantization", None) or {}).items() if f in ("mxfp8", "mxfp4")}
+    return (lambda name: q.get(weight_role(name))) if q else (lambda name: None)
 
 
 def unpack_fp4(packed: np.ndarray) -> np.ndarray:
@@ -61,6 +80,7 @@ def dequantize(tensors: Dict[str, np.ndarray], cfg) -> Dict[str, object]:
     """
     W: Dict[str, object] = {}
     formats: Dict[str, str] = {}
+    mx = _role_formats(cfg)
     for name, arr in tensors.items():
         arr = np.asarray(arr)
         if name.endswith(".scale"):
@@ -68,7 +88,11 @@ def dequantize(tensors: Dict[str, np.ndarray], cfg) -> Dict[str, object]:
                 raise WeightError(f"{name}: scale without a matching weight")
             continue
         scale_name = name[:-len(".weight")] + ".scale" if name.endswith(".weight") else None
-        if arr.dtype == ml_dtypes.float8_e4m3fn:
+        if mx(name) == "mxfp8":
+            if scale_name not in tensors or arr.dtype != ml_dtypes.float8_e4m3fn or arr.ndim != 2:
+                raise WeightError(f"{name}: an mxfp8 weight is 2-D float8_e4m3fn with a scale tensor")
+            W[name], formats[name] = _mxfp8_weight(name, arr, np.asarray(tensors[scale_name])), "mxfp8"
+        elif arr.dtype == ml_dtypes.float8_e4m3fn:
             if scale_name not in tensors:
                 raise WeightError(f"{name}: fp8 weight without its scale tensor {scale_name}")
             if arr.ndim != 2:
@@ -79,7 +103,7 @@ def dequantize(tensors: Dict[str, np.ndarray], cfg) -> Dict[str, object]:
                 raise WeightError(f"{name}: packed fp4 weight without its scale tensor {scale_name}")
             if arr.ndim != 2:
                 raise WeightError(f"{name}: packed fp4 weight must be 2-D, got shape {arr.shape}")
-            W[name], formats[name] = _fp4_weight(name, arr, np.asarray(tensors[scale_name])), "fp4"
+            W[name], formats[name] = _fp4_weight(name, arr, np.asarray(tensors[scale_name])), mx(name) or "fp4"
         elif arr.dtype == ml_dtypes.bfloat16:
             W[name], formats[name] = arr.astype(real()), "bf16"
         elif arr.dtype == np.float32:
@@ -114,6 +138,9 @@ def linear(x: np.ndarray, W, name: str) -> np.ndarray:
     w = get(W, wname)
     if x.shape[-1] != w.shape[1]:
         raise WeightError(f"{wname}: input has {x.shape[-1]} features, weight expects {w.shape[1]}")
-    if W.get("__formats__", {}).get(wname) in ("fp8", "fp4"):
+    fmt = W.get("__formats__", {}).get(wname)
+    if fmt in ("fp8", "fp4"):
         x = fp8_quant_dequant(x, BLOCK, W.get("__scale_fmt__", "ue8m0"))
+    elif fmt in ("mxfp8", "mxfp4"):
+        x = mxfp8_quant_dequant(x)
     return np.matmul(np.asarray(x, real()), w.T).astype(real())
