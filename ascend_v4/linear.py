@@ -102,9 +102,9 @@ def act_quant(ckpt_kind: str, rt: RuntimeConfig):
 
 def storage_kind(ckpt_kind: str, rt: RuntimeConfig) -> str:
     """How a weight stored as `ckpt_kind` is held: as stored, or in the compute dtype when the
-    runtime asks for the float layout (weight_storage 'float'). INT8 stays INT8 always: its
-    integer product is the format's semantics, not a storage choice."""
-    if ckpt_kind == "int8":
+    runtime asks for the float layout (weight_storage 'float'). INT8 / INT4 are held as INT8 always:
+    their integer product is the format's semantics, not a storage choice."""
+    if ckpt_kind in ("int8", "int4"):                               # INT4: unpacked at load
         return "int8"
     if rt.weight_storage == "float" or ckpt_kind not in ("fp8", "fp4", "mxfp8", "mxfp4", "bf16"):
         return "float"

@@ -211,3 +211,27 @@ def dequantize_mxfp8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     s = (s.view(E8M0) if s.dtype == np.uint8 else s).astype(np.float32)
     values = np.asarray(codes).view(np.uint8).view(E4M3).astype(np.float32)
     return values * np.repeat(s, MX_BLOCK, axis=1)
+
+
+# ---- INT4 (W4A8, converted checkpoints for 910B/910C; docs/DESIGN.md 'Converted formats') -------
+INT4_MAX = 7
+
+
+def quantize_int4_rows(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row INT4: w [out, in] (in even) -> (packed int8 [out, in/2], low nibble = even
+    column, two's complement nibbles; scale float32 [out] = amax / 7, 1 for an all-zero row), with
+    q = clip(round_half_even(w / scale), -7, 7), the division in float32."""
+    _check_2d(w, "an int4 weight")
+    w = np.asarray(w, np.float32)
+    if w.shape[1] % 2:
+        raise QuantError(f"an int4 weight needs an even input dim, got shape {w.shape}")
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / np.float32(INT4_MAX), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -INT4_MAX, INT4_MAX).astype(np.int8)
+    return pack_fp4(q.view(np.uint8)), scale
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """int8/uint8 [out, in/2] two's complement nibbles -> int8 values [out, in] in [-8, 7]."""
+    codes = unpack_fp4(packed).astype(np.int8)
+    return np.where(codes > 7, codes - 16, codes).astype(np.int8)

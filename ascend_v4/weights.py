@@ -11,7 +11,9 @@ checkpoint's formats (`kind`, from `checkpoint.schema.weight_kinds`):
         converted for the 950; an MXFP4 weight is held as fp4: the same bytes)
   int8  weight int8 [.., out, in] + scale float32 [.., out]: symmetric per-output-channel INT8
         (W8A8, converted checkpoints); `Linear` multiplies it as an integer matmul
-        (`linear.w8a8_product`), `dequantized()` = weight * scale is for inspection only
+        (`linear.w8a8_product`), `dequantized()` = weight * scale is for inspection only. An INT4
+        checkpoint weight (W4A8: [.., out, in/2] packed) is held unpacked as int8 (values in [-7, 7]):
+        the same integer product
   float weight in the compute dtype (fp32 checkpoint tensors, and every weight when the
         runtime option weight_storage is 'float', the verification layout)
 The scales are ue8m0 (powers of two), kept as their exponent byte as stored (FP4's 1x32 scales
@@ -33,7 +35,7 @@ from ascend_v4 import quant
 
 KINDS = ("fp8", "fp4", "mxfp8", "bf16", "int8", "float")
 SCALED = ("fp8", "fp4", "mxfp8", "int8")       # kinds with a `.scale` tensor
-CKPT_SCALED = SCALED + ("mxfp4",)             # checkpoint kinds with one (MXFP4 is held as fp4)
+CKPT_SCALED = SCALED + ("mxfp4", "int4")      # checkpoint kinds with one (MXFP4 held as fp4, INT4 as int8)
 FP8_BLOCK = quant.FP8_BLOCK
 FP4_BLOCK = quant.FP4_BLOCK
 
@@ -203,6 +205,8 @@ class StoredWeight(nn.Cell):
             return np.asarray(weight).view(np.uint8), e8m0_bytes(scale)
         if self.kind == ckpt_kind == "int8":
             return np.asarray(weight).view(np.int8), np.asarray(scale, np.float32)
+        if self.kind == "int8" and ckpt_kind == "int4":
+            return quant.unpack_int4(weight), np.asarray(scale, np.float32)
         if "int8" in (self.kind, ckpt_kind):
             raise ValueError(f"an int8 weight holds only an int8 checkpoint tensor, got {ckpt_kind} "
                              f"for {self.kind}")

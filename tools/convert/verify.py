@@ -26,6 +26,7 @@ TOLERANCES: Dict[str, Dict[str, float]] = {
     "native": {"step": 0.0, "logits": 0.0, "top1": 1.0},
     "bf16": {"step": 0.15, "logits": 0.35, "top1": 0.55},
     "w8a8": {"step": 0.15, "logits": 0.35, "top1": 0.55},
+    "w4a8": {"step": 0.15, "logits": 0.35, "top1": 0.55},
     "mxfp8": {"step": 0.15, "logits": 0.35, "top1": 0.55},
 }
 

@@ -43,6 +43,9 @@ WEIGHT_MXFP8 = ("MXFP8: e4m3 codes + one ue8m0 scale per 1x32 block along the in
 WEIGHT_MXFP4 = ("MXFP4: e2m1 codes two per byte + one ue8m0 scale per 1x32 block: the release's FP4 experts "
                 "are this format already (bytes copied); other sources quantised with scale "
                 "2^ceil(log2(amax / 6)), round half to even")
+WEIGHT_INT4 = ("static symmetric per-output-channel INT4 (W4A8): w_scale = amax(|w| of the row) / 7 "
+               "(float32), q_w = clamp(round_half_even(w / w_scale), -7, 7), two's complement nibbles two per "
+               "byte (low nibble = even input column); product as W8A8 with INT8 activations")
 WEIGHT_INT8 = ("static symmetric per-output-channel INT8: w_scale = amax(|w| of the row) / 127 (float32), "
                "q_w = clamp(round_half_even(w / w_scale), -127, 127), w = the exact dequantised source")
 
@@ -67,8 +70,9 @@ def convert_tensors(ckpt: Checkpoint, schema: Dict[str, TensorSpec],
         spec = schema[name]
         src = ckpt.formats[name]
         stem = name[: -len(".weight")]
-        if spec.kind == "int8":                          # [out, in] int8 + scale [out] float32
-            q, s = quant.quantize_int8_rows(ckpt.dequantized(name))
+        if spec.kind in ("int8", "int4"):                # [out, in] int8 | [out, in/2] int4 + scale [out]
+            rows = quant.quantize_int8_rows if spec.kind == "int8" else quant.quantize_int4_rows
+            q, s = rows(ckpt.dequantized(name))
             yield name, q
             yield stem + ".scale", s
         elif spec.kind == "mxfp4" and src == "fp4":      # the same bytes
@@ -125,18 +129,20 @@ def describe(plan: ConvertPlan, ckpt: Checkpoint, schema: Dict[str, TensorSpec],
         if scale in schema:
             s = schema[scale]
             entry["scale"] = {"name": scale, "dtype": s.dtype, "shape": list(s.shape),
-                              "granularity": {"int8": "per-output-channel", "fp8": "128x128 blocks",
+                              "granularity": {"int8": "per-output-channel", "int4": "per-output-channel",
+                                              "fp8": "128x128 blocks",
                                               "fp4": "1x32 blocks", "mxfp8": "1x32 blocks",
                                               "mxfp4": "1x32 blocks"}[spec.kind]}
         if name in changed:
             entry["changed"] = changed[name]
         tensors[name] = entry
-    int8 = any(f == "int8" for f in plan.roles.values()) and not plan.copy
+    int8 = any(f in ("int8", "int4") for f in plan.roles.values()) and not plan.copy
+    int4 = any(f == "int4" for f in plan.roles.values()) and not plan.copy
     mx = any(f in ("mxfp8", "mxfp4") for f in plan.roles.values()) and not plan.copy
     return {"format": "ascend-v4 converted", "soc": plan.soc, "scheme": plan.scheme,
             "role_formats": plan.roles, "kv_cache": plan.kv_cache, "indexer_cache": plan.indexer_cache,
             "kv_cache_note": "recorded for deployment; the MindSpore model keeps its own cache layout",
-            "weights_int8": WEIGHT_INT8 if int8 else None,
+            "weights_int8": WEIGHT_INT8 if int8 else None, "weights_int4": WEIGHT_INT4 if int4 else None,
             "activations_int8": ACTIVATION_INT8 if int8 else None,
             "product_int8": PRODUCT_INT8 if int8 else None,
             "weights_mxfp8": WEIGHT_MXFP8 if mx else None, "weights_mxfp4": WEIGHT_MXFP4 if mx else None,
