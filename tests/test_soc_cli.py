@@ -52,7 +52,7 @@ def test_c8_cache_is_smaller_than_c16():
 
 @pytest.mark.parametrize("argv,words", [
     (FIXED_A3 + ("--weights", "mxfp8"), ["--weights mxfp8: ascend910_93 cannot run it", "mxfp4, mxfp8",
-                                         "runs w8a8, bf16"]),
+                                         "runs w8a8, w4a8, bf16"]),
     (FIXED_A3 + ("--weights", "native"), ["ascend910_93 cannot run it", "fp8_e4m3"]),
     (FIXED_A3 + ("--kv-cache", "fp8"), ["--kv-cache fp8: ascend910_93 has no fp8 KV cache", "bf16, int8"]),
     (FIXED_A3 + ("--soc", "ascend950"), ["--soc ascend950: the cluster's Ascend 910C chips are ascend910_93"]),
@@ -126,7 +126,7 @@ def test_socs_matrix_text_and_json():
     assert r.exit_code == 0, r.output
     rows = {row["name"]: row for row in json.loads(r.output)}
     assert set(rows) == {"ascend910b", "ascend910_93", "ascend950"}
-    assert rows["ascend910b"]["runs_weights"] == ["w8a8", "bf16"]
+    assert rows["ascend910b"]["runs_weights"] == ["w8a8", "w4a8", "bf16"]
     assert rows["ascend950"]["runs_weights"] == ["native", "w8a8", "w4a8", "mxfp8", "bf16"]
     assert rows["ascend950"]["ub_bytes"] == 253952 and "fp8_e4m3" in rows["ascend950"]["vector_dtypes"]
     text = run("socs", "--sources").output

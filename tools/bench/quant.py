@@ -7,8 +7,8 @@
   product; FP8 a table-lookup dequantisation plus the activation quant-dequant (1x128); MXFP8 the same
   with 1x32 blocks on both sides. The figures say what
   the twin costs, not what the Ascend cube unit does (910B: INT8 at twice the BF16 rate).
-- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert (w8a8, bf16 for
-  ascend910b; mxfp8 = mxfp8-mxfp4 for ascend950),
+- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert (w8a8, w4a8, bf16
+  for ascend910b; mxfp8 = mxfp8-mxfp4 for ascend950),
   verify against the official-format source (tools/convert/verify): worst per-layer rel err, worst
   step, logits rel err, top-1 agreement. --quick: tiny only.
 """
@@ -22,7 +22,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-SCHEMES = (("w8a8", "ascend910b"), ("bf16", "ascend910b"), ("mxfp8", "ascend950"))
+SCHEMES = (("w8a8", "ascend910b"), ("w4a8", "ascend910b"), ("bf16", "ascend910b"), ("mxfp8", "ascend950"))
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 
 
