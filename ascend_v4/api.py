@@ -516,7 +516,7 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
     from ascend_v4.parallel.layout import SINGLE
     from ascend_v4.parallel.shard import read_tensor
     from ascend_v4.precision import np_dtype
-    from ascend_v4.weights import SCALED, StoredWeight
+    from ascend_v4.weights import CKPT_SCALED, StoredWeight
     _set_graph_mode()
     cfg, rt = checkpoint.config, checkpoint.runtime
     if prefill_chunk is not None:
@@ -550,7 +550,7 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
             dtype = np.int32 if kind == "int" else np_dtype(rt)
             target.set_data(Tensor(np.array(array, dtype=dtype)))
             continue
-        scale = read_tensor(checkpoint, name[: -len(".weight")] + ".scale", layout) if kind in SCALED \
+        scale = read_tensor(checkpoint, name[: -len(".weight")] + ".scale", layout) if kind in CKPT_SCALED \
             else None
         try:
             weight, scale = target.stored_arrays(kind, read_tensor(checkpoint, name, layout), scale)

@@ -18,7 +18,7 @@ from ascend_v4.compressor import Compressor, gather_rows, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
-from ascend_v4.linear import ACT_BLOCK, Linear, dense, grouped_product, zeros_param
+from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import QuantDequant
 from ascend_v4.numerics import RMSNorm, rms_normalize
@@ -78,7 +78,9 @@ class Attention(nn.Cell):
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, lin, rt)
         self.wkv = Linear(cfg.dim, cfg.head_dim, lin_a, rt)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt)
-        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.groups * cfg.o_lora_rank, "bf16", rt)
+        # wo_a: BF16 in the release (no activation quantisation), MXFP8 in the 950's mxfp8 scheme
+        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.groups * cfg.o_lora_rank,
+                           cfg.quantization.get("attn_o", "bf16"), rt)
         self.wo_b = Linear(self.groups * cfg.o_lora_rank, cfg.dim, lin, rt)
         self.attn_sink = zeros_param((self.n_heads,), "attn_sink", dt)
         self.tp_out = TensorParallelOutput(self.wo_b, par) if par.tp > 1 else None
@@ -150,6 +152,8 @@ class Attention(nn.Cell):
         rd = self.rd
         o = ops.concat((o[..., :-rd], apply_rope(o[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2), True)), -1)
         o = o.reshape(b * s, self.groups, -1).swapaxes(0, 1)              # [g, b*s, h*hd/g]
+        if self.wo_a.act_quant:                                                  # MXFP8 wo_a: per group
+            o = self.wo_a.quant(o)
         o = grouped_product(o, self.wo_a)                                        # [g, b*s, r]
         o = o.swapaxes(0, 1).reshape(b, s, self.groups * self.o_rank)
         return self.tp_out(o) if self.tp_out is not None else self.wo_b(o)
@@ -346,7 +350,7 @@ class TensorParallelOutput(nn.Cell):
         self.tp, self.index = par.tp, par.tp_index
         self.sum = GroupSum(par.tp_members(), par.world)
         self.gather = GroupGather(par.tp_members(), par.world) \
-            if wo_b.act_quant and wo_b.shape[1] % ACT_BLOCK else None
+            if wo_b.act_quant and wo_b.shape[1] % wo_b.act_block else None
 
     def construct(self, o):
         if self.gather is None:

@@ -12,6 +12,11 @@ from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.weights import StoredWeight
 
 ACT_BLOCK = 128  # activation quantisation tile along the input dim (V4_SPEC section 9)
+# weight format -> the activation quantisation before its product (format, block along the input dim):
+# the release's FP8 simulation (1x128, scale 2^ceil(log2(amax/448))) for FP8 / FP4 weights; MXFP8
+# (1x32, OCP scale 2^(floor(log2 amax) - 8), saturating) for the 950's MXFP8 / MXFP4 weights.
+ACT_QUANT = {"fp8": ("fp8", ACT_BLOCK), "fp4": ("fp8", ACT_BLOCK),
+             "mxfp8": ("mxfp8", 32), "mxfp4": ("mxfp8", 32)}
 # x @ W^T with W [out, in] as stored: the CPU kernel reads W transposed, no Transpose kernel
 _MATMUL_T = ops.MatMul(transpose_b=True)
 _BATCH_MATMUL_T = ops.BatchMatMul(transpose_b=True)
@@ -113,30 +118,40 @@ def zeros_param(shape, name: str, dtype=np.float32) -> ms.Parameter:
     return ms.Parameter(Tensor(np.zeros(shape, dtype)), name=name, requires_grad=False)
 
 
+def act_quant(ckpt_kind: str, rt: RuntimeConfig):
+    """The activation QuantDequant a weight of `ckpt_kind` multiplies (ACT_QUANT), or None."""
+    if ckpt_kind not in ACT_QUANT:
+        return None
+    return QuantDequant(rt, *ACT_QUANT[ckpt_kind])
+
+
 def storage_kind(ckpt_kind: str, rt: RuntimeConfig) -> str:
     """How a weight stored as `ckpt_kind` is held: as stored, or in the compute dtype when the
-    runtime asks for the float layout (weight_storage 'float'). INT8 stays INT8 always: its
-    integer product is the format's semantics, not a storage choice."""
-    if ckpt_kind == "int8":
+    runtime asks for the float layout (weight_storage 'float'). INT8 / INT4 are held as INT8 always:
+    their integer product is the format's semantics, not a storage choice."""
+    if ckpt_kind in ("int8", "int4"):                               # INT4: unpacked at load
         return "int8"
-    if rt.weight_storage == "float" or ckpt_kind not in ("fp8", "fp4", "bf16"):
+    if rt.weight_storage == "float" or ckpt_kind not in ("fp8", "fp4", "mxfp8", "mxfp4", "bf16"):
         return "float"
-    return ckpt_kind
+    return "fp4" if ckpt_kind == "mxfp4" else ckpt_kind           # MXFP4: the FP4 bytes
 
 
 class Linear(StoredWeight):
-    """y = x W^T with W [out, in] in its checkpoint format `ckpt_kind` (fp8 | fp4 | bf16 | int8 | fp32).
+    """y = x W^T with W [out, in] in its checkpoint format `ckpt_kind` (fp8 | fp4 | mxfp8 | mxfp4 |
+    bf16 | int8 | fp32).
 
     FP8/FP4 weights reproduce the release's quantised GEMMs: the activation is quantised to e4m3
-    in tiles of 128 (ue8m0 scales) before the product, exactly as `act_quant` + `fp8_gemm` do.
+    in tiles of 128 (ue8m0 scales) before the product, exactly as `act_quant` + `fp8_gemm` do;
+    MXFP8/MXFP4 weights quantise it to MXFP8 in 1x32 blocks (ACT_QUANT).
     """
 
     def __init__(self, in_features: int, out_features: int, ckpt_kind: str, rt: RuntimeConfig):
         super().__init__((out_features, in_features), storage_kind(ckpt_kind, rt), np_dtype(rt),
                          kernels=rt.kernels)
-        self.act_quant = ckpt_kind in ("fp8", "fp4")
+        self.act_quant = ckpt_kind in ACT_QUANT
+        self.act_block = ACT_QUANT[ckpt_kind][1] if self.act_quant else 0
         if self.act_quant:
-            self.quant = QuantDequant(rt, "fp8", ACT_BLOCK)
+            self.quant = act_quant(ckpt_kind, rt)
 
     def construct(self, x):
         if self.kind == "int8":

@@ -16,8 +16,7 @@ from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.config import ModelConfig
-from ascend_v4.linear import ACT_BLOCK, Linear, stacked_product, storage_kind, zeros_param
-from ascend_v4.kernels import QuantDequant
+from ascend_v4.linear import ACT_QUANT, Linear, act_quant, stacked_product, storage_kind, zeros_param
 from ascend_v4.parallel.comm import AllToAll, GroupGather
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
@@ -106,9 +105,9 @@ class RoutedExperts(nn.Cell):
         d, inter = cfg.dim, cfg.moe_inter_dim
         self.n_experts, self.limit = E, cfg.swiglu_limit
         kind = linear_kind(cfg, "expert")
-        self.act_quant = kind in ("fp4", "fp8")
+        self.act_quant = kind in ACT_QUANT
         if self.act_quant:
-            self.quant = QuantDequant(rt, "fp8", ACT_BLOCK)
+            self.quant = act_quant(kind, rt)
         held, dt = storage_kind(kind, rt), np_dtype(rt)
         self.w1 = StoredWeight((E, inter, d), held, dt, kernels=rt.kernels)
         self.w2 = StoredWeight((E, d, inter), held, dt, kernels=rt.kernels)

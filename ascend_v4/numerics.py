@@ -38,22 +38,30 @@ def round_minifloat(y, mantissa_bits: int, min_exponent: int, max_value: float):
 
 
 def quant_dequant(x, block: int, max_value: float, mantissa_bits: int, min_exponent: int,
-                  amax_floor: float):
+                  amax_floor: float, ocp_emax: int = -1):
     """Block-wise quant-dequant along the last dim with power-of-two (ue8m0) scales.
 
-    x [..., K] (K % block == 0) -> same shape; scale = 2^ceil(log2(max(amax, floor) / max)).
+    x [..., K] (K % block == 0) -> same shape; scale = 2^ceil(log2(max(amax, floor) / max)) (the
+    release's rule), or with ocp_emax >= 0 the OCP MX rule 2^(floor(log2 max(amax, floor)) - ocp_emax)
+    (elements then saturate at +-max).
     """
     shape = x.shape
     xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
     amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), amax_floor)
-    scale = ops.pow(2.0, _ceil_log2(amax / max_value))
+    if ocp_emax >= 0:
+        scale = ops.pow(2.0, _floor_log2(amax) - ocp_emax)
+    else:
+        scale = ops.pow(2.0, _ceil_log2(amax / max_value))
     q = round_minifloat(ops.clamp(xb / scale, -max_value, max_value), mantissa_bits, min_exponent,
                         max_value)
     return (q * scale).reshape(shape)
 
 
-# format -> (max_value, mantissa_bits, min_exponent, amax_floor) of quant_dequant
-FORMATS = {"fp8": (FP8_MAX, 3, -6, 1e-4), "fp4": (FP4_MAX, 1, 0, FP4_MAX * 2.0 ** -126)}
+# format -> (max_value, mantissa_bits, min_exponent, amax_floor, ocp_emax) of quant_dequant.
+# mxfp8: MXFP8 activations (OCP MX: e4m3, emax 8, 1x32 blocks); the floor 2^-110 keeps the scale a
+# normal float32 (>= 2^-118) for all-zero blocks, whose values are 0 whatever the scale.
+FORMATS = {"fp8": (FP8_MAX, 3, -6, 1e-4, -1), "fp4": (FP4_MAX, 1, 0, FP4_MAX * 2.0 ** -126, -1),
+           "mxfp8": (FP8_MAX, 3, -6, 2.0 ** -110, 8)}
 
 
 def fp8_quant_dequant(x, block: int = 128):

@@ -174,3 +174,64 @@ def w8a8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     qx, xs = dynamic_quant_int8(x)
     acc = qx.astype(np.int64) @ q.astype(np.int64).T
     return acc.astype(x.dtype) * scale.astype(x.dtype) * xs
+
+
+# ---- MXFP8 / MXFP4 (OCP MX v1.0; the 950's mxfp8-mxfp4 scheme, docs/DESIGN.md 'Converted formats') --
+MX_BLOCK = 32           # one ue8m0 scale per 1x32 block along the input dim
+MXFP8_EMAX = 8          # e4m3's largest exponent (448 = 1.75 * 2^8)
+
+
+def quantize_mxfp8(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """w float [out, in] (in % 32 == 0) -> (e4m3 codes uint8 [out, in], ue8m0 exponent bytes uint8
+    [out, in/32]). Per 1x32 block the smallest power-of-two scale with amax / scale <= 448, i.e.
+    2^ceil(log2(amax / 448)): the OCP scale 2^(floor(log2 amax) - 8) except when that one would
+    saturate the block's largest element (amax mantissa > 1.75), then the next power up. Values
+    already on an e4m3 grid times a power of two (an FP8 128x128 block) are therefore kept exactly;
+    others round half to even. An all-zero block gets scale 2^-127 (byte 0)."""
+    w = np.asarray(w, np.float32)
+    _check_2d(w, "quantize_mxfp8")
+    out, inp = w.shape
+    if inp % MX_BLOCK:
+        raise QuantError(f"quantize_mxfp8: input dim {inp} is not a multiple of {MX_BLOCK}")
+    wb = w.reshape(out, inp // MX_BLOCK, MX_BLOCK)
+    scale = pow2_scale(np.abs(wb).max(axis=2), FP8_MAX, 2.0 ** -118)               # [out, in/32]
+    scale = np.where(np.abs(wb).max(axis=2) > 0, scale, np.float32(2.0 ** -127))
+    q = np.clip(wb / scale[:, :, None], -FP8_MAX, FP8_MAX).reshape(out, inp).astype(E4M3)
+    return q.view(np.uint8), scale.astype(E8M0).view(np.uint8)
+
+
+def dequantize_mxfp8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(e4m3 codes [out, in], ue8m0 exponent bytes or e8m0 values [out, in/32]) -> float32 [out, in]."""
+    _check_2d(codes, "dequantize_mxfp8")
+    out, inp = codes.shape
+    if tuple(scale.shape) != (out, inp // MX_BLOCK) or inp % MX_BLOCK:
+        raise QuantError(f"dequantize_mxfp8: scale shape {tuple(scale.shape)} does not match weight "
+                         f"[{out}, {inp}] in 1x{MX_BLOCK} blocks (expected {(out, inp // MX_BLOCK)})")
+    s = np.asarray(scale)
+    s = (s.view(E8M0) if s.dtype == np.uint8 else s).astype(np.float32)
+    values = np.asarray(codes).view(np.uint8).view(E4M3).astype(np.float32)
+    return values * np.repeat(s, MX_BLOCK, axis=1)
+
+
+# ---- INT4 (W4A8, converted checkpoints for 910B/910C; docs/DESIGN.md 'Converted formats') -------
+INT4_MAX = 7
+
+
+def quantize_int4_rows(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row INT4: w [out, in] (in even) -> (packed int8 [out, in/2], low nibble = even
+    column, two's complement nibbles; scale float32 [out] = amax / 7, 1 for an all-zero row), with
+    q = clip(round_half_even(w / scale), -7, 7), the division in float32."""
+    _check_2d(w, "an int4 weight")
+    w = np.asarray(w, np.float32)
+    if w.shape[1] % 2:
+        raise QuantError(f"an int4 weight needs an even input dim, got shape {w.shape}")
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / np.float32(INT4_MAX), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -INT4_MAX, INT4_MAX).astype(np.int8)
+    return pack_fp4(q.view(np.uint8)), scale
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """int8/uint8 [out, in/2] two's complement nibbles -> int8 values [out, in] in [-8, 7]."""
+    codes = unpack_fp4(packed).astype(np.int8)
+    return np.where(codes > 7, codes - 16, codes).astype(np.int8)

@@ -7,9 +7,13 @@ checkpoint's formats (`kind`, from `checkpoint.schema.weight_kinds`):
         + scale uint8 ue8m0 [.., out, in/32]
   bf16  weight bfloat16 [.., out, in]; for gathered weights (embedding, stacked experts) the bit
         patterns as uint16, since MindSpore's CPU Gather has no bf16 kernel
+  mxfp8 weight uint8 e4m3 codes [.., out, in] + scale uint8 ue8m0 [.., out, in/32] (MXFP8,
+        converted for the 950; an MXFP4 weight is held as fp4: the same bytes)
   int8  weight int8 [.., out, in] + scale float32 [.., out]: symmetric per-output-channel INT8
         (W8A8, converted checkpoints); `Linear` multiplies it as an integer matmul
-        (`linear.w8a8_product`), `dequantized()` = weight * scale is for inspection only
+        (`linear.w8a8_product`), `dequantized()` = weight * scale is for inspection only. An INT4
+        checkpoint weight (W4A8: [.., out, in/2] packed) is held unpacked as int8 (values in [-7, 7]):
+        the same integer product
   float weight in the compute dtype (fp32 checkpoint tensors, and every weight when the
         runtime option weight_storage is 'float', the verification layout)
 The scales are ue8m0 (powers of two), kept as their exponent byte as stored (FP4's 1x32 scales
@@ -30,8 +34,9 @@ from mindspore import Tensor, nn, ops
 from ascend_v4 import quant
 from ascend_v4.kernels import weight_matmul
 
-KINDS = ("fp8", "fp4", "bf16", "int8", "float")
-SCALED = ("fp8", "fp4", "int8")       # kinds with a `.scale` tensor
+KINDS = ("fp8", "fp4", "mxfp8", "bf16", "int8", "float")
+SCALED = ("fp8", "fp4", "mxfp8", "int8")       # kinds with a `.scale` tensor
+CKPT_SCALED = SCALED + ("mxfp4", "int4")      # checkpoint kinds with one (MXFP4 held as fp4, INT4 as int8)
 FP8_BLOCK = quant.FP8_BLOCK
 FP4_BLOCK = quant.FP4_BLOCK
 
@@ -121,6 +126,13 @@ class StoredWeight(nn.Cell):
             self.scale = _param(np.zeros((*lead, out, inp // FP4_BLOCK), np.uint8), "scale")
             self.table = _table(fp4_pair_values, dtype)
             self.scale_table = _table(e8m0_values, dtype)
+        elif kind == "mxfp8":
+            if inp % FP4_BLOCK:
+                raise ValueError(f"an MXFP8 weight needs in % {FP4_BLOCK} == 0, got shape {shape}")
+            self.weight = _param(np.zeros(shape, np.uint8), "weight")                 # [*lead, out, in]
+            self.scale = _param(np.zeros((*lead, out, inp // FP4_BLOCK), np.uint8), "scale")
+            self.table = _table(fp8_code_values, dtype)
+            self.scale_table = _table(e8m0_values, dtype)
         elif kind == "int8":
             self.weight = _param(np.zeros(shape, np.int8), "weight")              # [*lead, out, in]
             self.scale = _param(np.zeros((*lead, out), np.float32), "scale")      # [*lead, out]
@@ -148,6 +160,11 @@ class StoredWeight(nn.Cell):
             lead, out, half = codes.shape[:-2], codes.shape[-2], codes.shape[-1]
             blocks = pairs.reshape(lead + (out, 2 * half // FP4_BLOCK, FP4_BLOCK))
             return (blocks * self._scale_value(scale).expand_dims(-1)).reshape(lead + (out, 2 * half))
+        if self.kind == "mxfp8":
+            values = ops.gather(self.table, codes.astype(ms.int32), 0)             # [.., out, in]
+            lead, out, inp = codes.shape[:-2], codes.shape[-2], codes.shape[-1]
+            blocks = values.reshape(lead + (out, inp // FP4_BLOCK, FP4_BLOCK))
+            return (blocks * self._scale_value(scale).expand_dims(-1)).reshape(lead + (out, inp))
         if self.kind == "int8":
             return codes.astype(self.compute) * scale.astype(self.compute).expand_dims(-1)
         if self.bits:
@@ -191,10 +208,13 @@ class StoredWeight(nn.Cell):
     def stored_arrays(self, ckpt_kind: str, weight: np.ndarray, scale) -> Tuple[np.ndarray, object]:
         """One matrix as the checkpoint stores it (format `ckpt_kind`) -> (weight, scale) arrays
         for this cell's parameters (one expert's when stacked; scale None without one)."""
-        if self.kind == ckpt_kind and ckpt_kind in ("fp8", "fp4"):
+        ckpt_kind = "fp4" if ckpt_kind == "mxfp4" else ckpt_kind      # the same bytes
+        if self.kind == ckpt_kind and ckpt_kind in ("fp8", "fp4", "mxfp8"):
             return np.asarray(weight).view(np.uint8), e8m0_bytes(scale)
         if self.kind == ckpt_kind == "int8":
             return np.asarray(weight).view(np.int8), np.asarray(scale, np.float32)
+        if self.kind == "int8" and ckpt_kind == "int4":
+            return quant.unpack_int4(weight), np.asarray(scale, np.float32)
         if "int8" in (self.kind, ckpt_kind):
             raise ValueError(f"an int8 weight holds only an int8 checkpoint tensor, got {ckpt_kind} "
                              f"for {self.kind}")
@@ -202,6 +222,8 @@ class StoredWeight(nn.Cell):
             value = quant.dequantize_fp8(np.asarray(weight).view(quant.E4M3), scale)
         elif ckpt_kind == "fp4":
             value = quant.dequantize_fp4(weight, scale)
+        elif ckpt_kind == "mxfp8":
+            value = quant.dequantize_mxfp8(weight, e8m0_bytes(scale))
         else:
             value = np.asarray(weight)
         if self.kind == "bf16":

@@ -61,8 +61,9 @@ def test_plan_follows_the_soc_profiles():
     assert make_plan(cfg, "ascend950").copy                      # 950: FP8 / FP4 kept
     with pytest.raises(ConvertError, match="ascend910b cannot run it.*mxfp8"):
         make_plan(cfg, "ascend910b", "mxfp8")
-    with pytest.raises(ConvertError, match="not built"):
-        make_plan(cfg, "ascend950", "mxfp8-mxfp4")
+    mx = make_plan(cfg, "ascend950", "mxfp8-mxfp4")               # the recipe's spelling
+    assert mx.scheme == "mxfp8" and mx.config.quantization == {
+        "attn_a": "mxfp8", "attn": "mxfp8", "attn_o": "mxfp8", "shared": "mxfp8", "expert": "mxfp4"}
     with pytest.raises(ConvertError, match="unknown SoC"):
         make_plan(cfg, "ascend310")
     with pytest.raises(ConvertError, match="expected one of"):
@@ -216,7 +217,7 @@ def test_bad_inputs_give_clear_errors_and_no_output(sources, work, tmp_path):
 def test_failure_mid_conversion_removes_the_temporary_folder(sources, tmp_path, monkeypatch):
     import tools.convert.writer as writer
 
-    def broken(ckpt, schema):
+    def broken(ckpt, schema, changed=None):
         yield from []
         raise OSError("disk full")
     monkeypatch.setattr(writer, "convert_tensors", broken)

@@ -29,7 +29,7 @@ def _awkward(rng, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
-@pytest.mark.parametrize("fmt,block", [("fp8", 128), ("fp8", 64), ("fp4", 32)])
+@pytest.mark.parametrize("fmt,block", [("fp8", 128), ("fp8", 64), ("fp4", 32), ("mxfp8", 32)])
 def test_fused_quant_dequant_is_bit_exact(dtype, fmt, block):
     from ascend_v4.kernels import QuantDequant
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -38,8 +38,8 @@ def test_fused_quant_dequant_is_bit_exact(dtype, fmt, block):
     composite = QuantDequant(_runtime("composite", dtype), fmt, block)(Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
     with oracle.precision(dtype):
-        want = (oracle.numerics.fp8_quant_dequant(x, block) if fmt == "fp8"
-                else oracle.numerics.fp4_quant_dequant(x, block))
+        want = {"fp8": oracle.numerics.fp8_quant_dequant, "fp4": oracle.numerics.fp4_quant_dequant,
+                "mxfp8": oracle.numerics.mxfp8_quant_dequant}[fmt](x, block)
     assert fused.dtype == DTYPES[dtype]
     np.testing.assert_array_equal(fused, want)
     np.testing.assert_array_equal(fused, composite)

@@ -52,12 +52,12 @@ def test_c8_cache_is_smaller_than_c16():
 
 @pytest.mark.parametrize("argv,words", [
     (FIXED_A3 + ("--weights", "mxfp8"), ["--weights mxfp8: ascend910_93 cannot run it", "mxfp4, mxfp8",
-                                         "runs w8a8, bf16"]),
+                                         "runs w8a8, w4a8, bf16"]),
     (FIXED_A3 + ("--weights", "native"), ["ascend910_93 cannot run it", "fp8_e4m3"]),
     (FIXED_A3 + ("--kv-cache", "fp8"), ["--kv-cache fp8: ascend910_93 has no fp8 KV cache", "bf16, int8"]),
     (FIXED_A3 + ("--soc", "ascend950"), ["--soc ascend950: the cluster's Ascend 910C chips are ascend910_93"]),
     (FIXED_A3 + ("--soc", "ascend310p"), ["unknown SoC 'ascend310p'", "ascend910b (Ascend910B", "ascend950"]),
-    (FIXED_950 + ("--weights", "fp2"), ["--weights 'fp2': expected one of native, w8a8, mxfp8, bf16"]),
+    (FIXED_950 + ("--weights", "fp2"), ["--weights 'fp2': expected one of native, w8a8, w4a8, mxfp8, bf16"]),
 ])
 def test_plan_refuses_what_the_soc_cannot_run(argv, words):
     r = run(*argv)
@@ -126,8 +126,8 @@ def test_socs_matrix_text_and_json():
     assert r.exit_code == 0, r.output
     rows = {row["name"]: row for row in json.loads(r.output)}
     assert set(rows) == {"ascend910b", "ascend910_93", "ascend950"}
-    assert rows["ascend910b"]["runs_weights"] == ["w8a8", "bf16"]
-    assert rows["ascend950"]["runs_weights"] == ["native", "w8a8", "mxfp8", "bf16"]
+    assert rows["ascend910b"]["runs_weights"] == ["w8a8", "w4a8", "bf16"]
+    assert rows["ascend950"]["runs_weights"] == ["native", "w8a8", "w4a8", "mxfp8", "bf16"]
     assert rows["ascend950"]["ub_bytes"] == 253952 and "fp8_e4m3" in rows["ascend950"]["vector_dtypes"]
     text = run("socs", "--sources").output
     assert text.count("source: ") == 3 * 8 and "ub_size=253952" in text and "assumed" in text

@@ -12,8 +12,10 @@ from tools.errors import user_errors
 
 
 def _help_quant() -> str:
+    from tools.convert.plan import ALIASES, BUILT
     from tools.deploy.formats import defaults_help
-    return ("Weight scheme (default: the SoC's; built: native, bf16, w8a8): " + defaults_help("weights"))
+    aliases = ", ".join(f"{a} = {s}" for a, s in ALIASES.items())
+    return (f"Weight scheme (default: the SoC's; built: {', '.join(BUILT)}; {aliases}): " + defaults_help("weights"))
 
 
 @click.command("convert")

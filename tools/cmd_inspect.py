@@ -47,7 +47,7 @@ def report(target: str) -> Dict[str, Any]:
     counts = count_parameters(cfg)
     return {
         "target": target, "kind": kind, "name": cfg.name, "weight_format": fmt,
-        "expert_format": cfg.routed_expert_dtype if fmt == "fp8" else "bf16",
+        "expert_format": cfg.quantization.get("expert") or (cfg.routed_expert_dtype if fmt == "fp8" else "bf16"),
         "quantization": dict(cfg.quantization),        # converted checkpoints: role -> format
         "parameters": {**counts.to_dict(), "total_note": TOTAL_NOTE, "active_note": ACTIVE_NOTE},
         "layers": [{"block": b, "attention": a, "moe": m} for b, a, m in layer_rows(cfg)],
@@ -86,7 +86,7 @@ def render(rep: Dict[str, Any]) -> str:
              f"weight memory ({rep['weight_format']} checkpoint, experts {rep['expert_format']}"
              + "".join(f", {r} {f}" for r, f in sorted(rep.get("quantization", {}).items()))
              + ", scales included, MTP included):"]
-    for k in ("fp8", "fp4", "int8", "bf16", "fp32", "int"):
+    for k in ("fp8", "fp4", "mxfp8", "mxfp4", "int8", "int4", "bf16", "fp32", "int"):
         if mem.get(k):
             lines.append(f"  {k.upper() if k != 'int' else 'INT32':6s}{_gb(mem[k])}")
     lines.append(f"  total {_gb(mem['total'])} ({mem['total'] / 2**30:.2f} GiB)")

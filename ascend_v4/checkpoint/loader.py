@@ -204,12 +204,15 @@ class Checkpoint:
         kind = self.formats[name]
         if kind == "int":                        # copies: never a view into the mapped file
             return np.array(self.raw(name), np.int32)
-        if kind in ("fp8", "fp4", "int8"):
+        if kind in ("fp8", "fp4", "mxfp8", "mxfp4", "int8", "int4"):
             scale = self.raw(name[: -len(".weight")] + ".scale")
-            if kind == "int8":                   # [out, in] * per-channel scale [out]
-                return np.asarray(self.raw(name), np.float32) * np.asarray(scale, np.float32)[:, None]
+            if kind in ("int8", "int4"):         # [out, in] * per-channel scale [out]
+                q = quant.unpack_int4(self.raw(name)) if kind == "int4" else self.raw(name)
+                return np.asarray(q, np.float32) * np.asarray(scale, np.float32)[:, None]
             if kind == "fp8":
                 return quant.dequantize_fp8(self.raw(name), scale)
+            if kind == "mxfp8":
+                return quant.dequantize_mxfp8(self.raw(name), scale)
             return quant.dequantize_fp4(self.raw(name), scale)
         return np.array(self.raw(name), np.float32)
 

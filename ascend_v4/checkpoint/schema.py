@@ -14,8 +14,11 @@ Engram blocks (engram_layer_ids) add `layers.{i}.engram.{key_proj,value_proj}.we
 `.{key_norm,query_norm}.weight` (BF16); their tables are not safetensors tensors but one raw file
 per layer, `engram.layers.{i}.table.bin` (geometry and byte layout: ascend_v4/engram.py).
 A converted checkpoint (`ascend-v4 convert`) names per-role formats in `cfg.quantization`
-(role -> 'int8', roles as `weight_role`): those linears are I8 [out, in] + `.scale` F32 [out]
-(symmetric per-output-channel INT8, W8A8); the other linears follow `weight_format`.
+(role -> QUANT_FORMATS, roles as `weight_role`): 'int8' linears are I8 [out, in] + `.scale` F32
+[out] (symmetric per-output-channel INT8, W8A8); 'int4' I8 [out, in/2] (two's complement nibbles,
+low = even column) + `.scale` F32 [out] (W4A8); 'mxfp8' F8_E4M3 [out, in] + `.scale` F8_E8M0
+[out, in/32]; 'mxfp4' the FP4 layout (I8 [out, in/2] + F8_E8M0 [out, in/32]); the other linears
+follow `weight_format` (wo_a, role `attn_o`, is BF16 unless named).
 The MTP block `mtp.{j}` is block n_layers + j: never hash-routed, and it shares embed and head.
 """
 from __future__ import annotations
@@ -26,12 +29,12 @@ from typing import Dict, Optional, Tuple
 from ascend_v4.config import ModelConfig
 
 WEIGHT_FORMATS = ("fp8", "bf16")
-KINDS = ("fp8", "fp4", "bf16", "fp32", "int", "int8")
+KINDS = ("fp8", "fp4", "mxfp8", "mxfp4", "bf16", "fp32", "int", "int8", "int4")
 # Weight roles (the planner's SCHEMES keys, tools/deploy/model_stats): `attn_a` wq_a + wkv, `attn`
 # wq_b + wo_b + indexer wq_b + MTP e_proj/h_proj, `attn_o` wo_a, `attn_bf16` compressor wkv/wgate +
 # indexer weights_proj, `expert` routed, `shared` shared expert, `gate`, `embed`, `head`.
 ROLES = ("attn_a", "attn", "attn_o", "attn_bf16", "expert", "shared", "gate", "embed", "head")
-QUANT_FORMATS = ("int8",)      # role formats a converted checkpoint may name in cfg.quantization
+QUANT_FORMATS = ("int8", "int4", "mxfp8", "mxfp4")      # role formats a converted checkpoint may name in cfg.quantization
 # module leaf -> dim split across tensor-parallel ranks (as the release's convert.py)
 SPLIT_DIMS = {"embed": 0, "head": 0, "wq_b": 0, "wo_a": 0, "attn_sink": 0, "weights_proj": 0,
               "wo_b": 1}
@@ -45,8 +48,8 @@ class TensorSpec:
 
     @property
     def is_scale(self) -> bool:
-        """ue8m0 block scales, or the float32 per-channel scales of an int8 weight."""
-        return self.dtype == "F8_E8M0" or (self.kind == "int8" and self.dtype == "F32")
+        """ue8m0 block scales, or the float32 per-channel scales of an int8 / int4 weight."""
+        return self.dtype == "F8_E8M0" or (self.kind in ("int8", "int4") and self.dtype == "F32")
 
     @property
     def numel(self) -> int:
@@ -54,7 +57,7 @@ class TensorSpec:
         n = 1
         for s in self.shape:
             n *= s
-        return 2 * n if self.kind == "fp4" and not self.is_scale else n
+        return 2 * n if self.kind in ("fp4", "mxfp4", "int4") and not self.is_scale else n
 
     @property
     def nbytes(self) -> int:
@@ -105,9 +108,15 @@ class _Builder:
         elif kind == "fp8":
             self.add(f"{stem}.weight", "F8_E4M3", (out_f, in_f), "fp8")
             self.add(f"{stem}.scale", "F8_E8M0", (_cdiv(out_f, 128), _cdiv(in_f, 128)), "fp8")
-        elif kind == "fp4":
-            self.add(f"{stem}.weight", "I8", (out_f, in_f // 2), "fp4")
-            self.add(f"{stem}.scale", "F8_E8M0", (out_f, in_f // 32), "fp4")
+        elif kind == "int4":
+            self.add(f"{stem}.weight", "I8", (out_f, in_f // 2), "int4")
+            self.add(f"{stem}.scale", "F32", (out_f,), "int4")
+        elif kind == "mxfp8":
+            self.add(f"{stem}.weight", "F8_E4M3", (out_f, in_f), "mxfp8")
+            self.add(f"{stem}.scale", "F8_E8M0", (out_f, in_f // 32), "mxfp8")
+        elif kind in ("fp4", "mxfp4"):
+            self.add(f"{stem}.weight", "I8", (out_f, in_f // 2), kind)
+            self.add(f"{stem}.scale", "F8_E8M0", (out_f, in_f // 32), kind)
         else:
             self.bf16(f"{stem}.weight", out_f, in_f)
 
@@ -137,7 +146,7 @@ class _Builder:
         self.linear(f"{a}.wq_b", c.q_lora_rank, c.n_heads * c.head_dim)
         self.linear(f"{a}.wkv", c.dim, c.head_dim)
         self.bf16(f"{a}.kv_norm.weight", c.head_dim)
-        self.bf16(f"{a}.wo_a.weight", c.o_groups * c.o_lora_rank, c.n_heads * c.head_dim // c.o_groups)
+        self.linear(f"{a}.wo_a", c.n_heads * c.head_dim // c.o_groups, c.o_groups * c.o_lora_rank, "bf16")
         self.linear(f"{a}.wo_b", c.o_groups * c.o_lora_rank, c.dim)
         ratio = c.compress_ratios[layer_id]
         if ratio:

@@ -17,13 +17,15 @@ namespace {
 template <class T> int FloorLog2(T a) { int e; T m = std::frexp(a, &e); (void)m; return e - 1; }
 template <class T> int CeilLog2(T a) { int e; T m = std::frexp(a, &e); return m == T(0.5) ? e - 1 : e; }
 
-// attrs: block, max_value, mantissa_bits, min_exponent, amax_floor
+// attrs: block, max_value, mantissa_bits, min_exponent, amax_floor, ocp_emax (< 0: the release's
+// scale 2^ceil(log2(amax / max)); >= 0: the OCP MX scale 2^(floor(log2 amax) - ocp_emax))
 template <class T>
 void QuantDequant(const T* x, T* y, int64_t rows, int64_t block, const double* attrs) {
     const T max_value = T(attrs[1]);
     const int mbits = int(attrs[2]);
     const int min_exp = int(attrs[3]);
     const T floor = T(attrs[4]);
+    const int ocp_emax = int(attrs[5]);
     const T min_normal = std::ldexp(T(1), min_exp);
     for (int64_t r = 0; r < rows; ++r) {
         const T* xb = x + r * block;
@@ -31,7 +33,8 @@ void QuantDequant(const T* x, T* y, int64_t rows, int64_t block, const double* a
         T amax = 0;
         for (int64_t j = 0; j < block; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
         amax = std::fmax(amax, floor);
-        const T scale = std::ldexp(T(1), CeilLog2(T(amax / max_value)));
+        const T scale = ocp_emax >= 0 ? std::ldexp(T(1), FloorLog2(amax) - ocp_emax)
+                                      : std::ldexp(T(1), CeilLog2(T(amax / max_value)));
         for (int64_t j = 0; j < block; ++j) {
             T v = xb[j] / scale;
             v = std::fmin(std::fmax(v, -max_value), max_value);

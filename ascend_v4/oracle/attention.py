@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compressor import compressor_entries, indexer_topk, visible_mask
-from .numerics import fp8_quant_dequant, rms_norm, rope, real
+from .numerics import fp8_quant_dequant, mxfp8_quant_dequant, rms_norm, rope, real
 from .weights import get, linear
 
 
@@ -69,7 +69,11 @@ def attention_layer(cfg, W, layer_id: int, x: np.ndarray) -> np.ndarray:
     o = sparse_attention(q, keys, mask, get(W, p + "attn_sink"), hd ** -0.5)
     o = rope(o, pos, cfg, comp, inverse=True)
     # grouped low-rank output: wo_a [G*R, H*D/G] viewed as [G, R, H*D/G]; no activation quant
+    # (a converted MXFP8 wo_a: each group's input in MXFP8 1x32 blocks)
     g, r = cfg.o_groups, cfg.o_lora_rank
     wo_a = get(W, p + "wo_a.weight").reshape(g, r, -1)
-    o = np.einsum("bsgd,grd->bsgr", o.reshape(b, s, g, -1), wo_a).reshape(b, s, g * r)
+    o = o.reshape(b, s, g, -1)
+    if W.get("__formats__", {}).get(p + "wo_a.weight") == "mxfp8":
+        o = mxfp8_quant_dequant(o)
+    o = np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(b, s, g * r)
     return linear(o.astype(real()), W, p + "wo_b")

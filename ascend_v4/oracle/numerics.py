@@ -121,6 +121,18 @@ def fp4_quant_dequant(x: np.ndarray, block: int = 32, return_scale: bool = False
     return (y, s[..., 0]) if return_scale else y
 
 
+def mxfp8_quant_dequant(x: np.ndarray, block: int = 32) -> np.ndarray:
+    """MXFP8 quant-dequant of x [..., n] per 1x32 block (OCP MX v1.0): s = 2^(floor(log2 amax) - 8),
+    8 = e4m3's emax, amax floored at 2^-110; q = clamp(x / s, -448, 448) rounded to e4m3 (nearest even)."""
+    x = np.asarray(x, real())
+    t, n = _tiles(x, block)
+    amax = np.maximum(np.abs(t).max(-1, keepdims=True), real()(2.0 ** -110))
+    _, e = np.frexp(amax)                                 # amax = m 2^e, m in [0.5, 1): floor(log2) = e - 1
+    s = np.ldexp(real()(1.0), e - 1 - 8).astype(real())
+    q = e4m3_round(np.clip(t / s, -FP8_MAX, FP8_MAX))
+    return (q * s).reshape(*x.shape[:-1], -1)[..., :n]
+
+
 def rms_norm(x: np.ndarray, weight, eps: float) -> np.ndarray:
     """x [..., d] * rsqrt(mean(x^2) + eps) * weight [d] (weight None: no weight)."""
     x = np.asarray(x, real())

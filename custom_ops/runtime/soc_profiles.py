@@ -59,9 +59,10 @@ VECTOR_DTYPES = ("fp32", "fp16", "bf16", "int8", "uint8", "int16", "uint16", "in
 CUBE_DTYPES = ("fp16", "bf16", "fp32", "int8", "fp8_e4m3", "fp8_e5m2", "hif8", "mxfp8", "mxfp4")
 # Weight formats of the planner's schemes (tools/deploy/model_stats.SCHEMES) -> the cube input they
 # need (None: not a matmul operand, e.g. fp32 norms, int32 tables). The release's FP4 experts carry
-# ue8m0 scales per 1x32, which is MXFP4.
-WEIGHT_FORMAT_CUBE = {"bf16": "bf16", "int8": "int8", "fp8": "fp8_e4m3", "mxfp8": "mxfp8", "fp4": "mxfp4",
-                      "fp32": None, "int32": None}
+# ue8m0 scales per 1x32, which is MXFP4. INT4 weights (W4A8) take INT8 activations: the int8 cube
+# input (torch_npu npu_quant_matmul / npu_grouped_matmul on A2/A3 carry int4 weights packed in int32).
+WEIGHT_FORMAT_CUBE = {"bf16": "bf16", "int8": "int8", "int4": "int8", "fp8": "fp8_e4m3", "mxfp8": "mxfp8",
+                      "fp4": "mxfp4", "fp32": None, "int32": None}
 
 
 @dataclass(frozen=True)

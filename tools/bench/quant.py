@@ -1,12 +1,14 @@
-"""Converted formats: W8A8 INT8 vs BF16 vs FP8 linear throughput, and the conversion accuracy table.
+"""Converted formats: W8A8 INT8 vs BF16 vs FP8 vs MXFP8 linear throughput, and the conversion accuracy table.
 
 - linear: one `Linear` [out, in] per format on the same [m, in] float32 input, graph mode, one run
   (ratios, since absolute times vary with the machine and its load). On this CPU twin INT8 is the
   per-token quantisation, an int8 -> float cast of the weight and exact float32 products in 1,024-dim
   chunks added in int32 (linear.int8_accumulate); BF16 a bf16 -> float32 cast of the weight and one
-  product; FP8 a table-lookup dequantisation plus the activation quant-dequant. The figures say what
+  product; FP8 a table-lookup dequantisation plus the activation quant-dequant (1x128); MXFP8 the same
+  with 1x32 blocks on both sides. The figures say what
   the twin costs, not what the Ascend cube unit does (910B: INT8 at twice the BF16 rate).
-- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert for ascend910b,
+- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert (w8a8, w4a8, bf16
+  for ascend910b; mxfp8 = mxfp8-mxfp4 for ascend950),
   verify against the official-format source (tools/convert/verify): worst per-layer rel err, worst
   step, logits rel err, top-1 agreement. --quick: tiny only.
 """
@@ -20,7 +22,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-SCHEMES = ("w8a8", "bf16")
+SCHEMES = (("w8a8", "ascend910b"), ("w4a8", "ascend910b"), ("bf16", "ascend910b"), ("mxfp8", "ascend950"))
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 
 
@@ -32,10 +34,12 @@ def _linear_cells(inp: int, out: int, seed: int = 0):
     rt = RuntimeConfig.for_model(load_config("tiny"))
     w = np.random.default_rng(seed).standard_normal((out, inp)).astype(np.float32) * inp ** -0.5
     cells = {}
-    for kind in ("int8", "bf16", "fp8"):
+    for kind in ("int8", "bf16", "fp8", "mxfp8"):
         cell = Linear(inp, out, kind, rt)
         if kind == "int8":
             cell.set_arrays(*quant.quantize_int8_rows(w))
+        elif kind == "mxfp8":
+            cell.set_arrays(*quant.quantize_mxfp8(w))
         elif kind == "fp8":
             q, s = quant.quantize_fp8(w)
             cell.set_arrays(*cell.stored_arrays("fp8", q, s))
@@ -60,6 +64,7 @@ def linear_throughput(m: int, inp: int, out: int, repeats: int) -> dict:
         res[kind] = {"seconds": dt, "gflops": 2 * m * inp * out / dt / 1e9, "tokens_per_s": m / dt}
     res["int8_vs_bf16"] = res["bf16"]["seconds"] / res["int8"]["seconds"]
     res["int8_vs_fp8"] = res["fp8"]["seconds"] / res["int8"]["seconds"]
+    res["mxfp8_vs_fp8"] = res["fp8"]["seconds"] / res["mxfp8"]["seconds"]
     return dict(m=m, inp=inp, out=out, repeats=repeats, **res)
 
 
@@ -79,12 +84,13 @@ def accuracy(models) -> list:
                     cfg = from_dict(json.load(fh), name=model)
             src = write_random_checkpoint(cfg, os.path.join(tmp, model), fmt)
             ref = None
-            for scheme in SCHEMES:
+            for scheme, soc in SCHEMES:
                 out = os.path.join(tmp, f"{model}-{scheme}")
-                convert_checkpoint(src, out, "ascend910b", scheme)
+                desc = convert_checkpoint(src, out, soc, scheme)
                 report, ref = verify(out, src, scheme, ref_streams=ref)
                 d = report.to_dict()
-                rows.append({"model": model, "source": fmt, "scheme": scheme, "passed": d["passed"],
+                rows.append({"model": model, "source": fmt, "scheme": scheme, "soc": soc, "passed": d["passed"],
+                             "weights_changed": desc.get("weights_changed"),
                              "worst_layer_rel_err": d["worst_layer_rel_err"], "worst_step": d["worst_step"],
                              "logits_rel_err": d["logits_rel_err"], "top1": d["top1"], "layers": d["layers"]})
     return rows
@@ -94,13 +100,13 @@ def run(quick: bool = False) -> dict:
     size = 512 if quick else 2048
     lin = linear_throughput(m=64 if quick else 256, inp=size, out=size, repeats=5 if quick else 10)
     models = ["tiny"] if quick else ["tiny", "reference-tiny-bf16", "reference-tiny-fp8"]
-    return {"linear": lin, "accuracy": accuracy(models), "soc": "ascend910b", "compute_dtype": "float32"}
+    return {"linear": lin, "accuracy": accuracy(models), "compute_dtype": "float32"}
 
 
 def plot(result: dict, fig) -> None:
     left, right = fig.subplots(1, 2)
     lin = result["linear"]
-    kinds = ["int8", "bf16", "fp8"]
+    kinds = ["int8", "bf16", "fp8", "mxfp8"]
     left.bar(kinds, [lin[k]["gflops"] for k in kinds])
     left.set(ylabel="GFLOP/s (CPU twin)", title=f"Linear [{lin['m']} x {lin['inp']}] @ [{lin['out']} x {lin['inp']}]^T: "
                                                  f"INT8 / BF16 = {lin['int8_vs_bf16']:.2f}x")
@@ -112,5 +118,5 @@ def plot(result: dict, fig) -> None:
     right.bar(xs + left_w / 2, [r["worst_step"] for r in rows], left_w, label="worst per-block step")
     right.plot(xs, [r["top1"] for r in rows], "ko-", label="top-1 agreement")
     right.set_xticks(xs, labels, fontsize=7)
-    right.set(title="converted vs official format (ascend910b)", ylim=(0, 1.05))
+    right.set(title="converted vs official format (w8a8/bf16: ascend910b, mxfp8: ascend950)", ylim=(0, 1.05))
     right.legend(fontsize=7)

@@ -3,8 +3,10 @@
 The facts come from their owners: the SoC's default scheme and what it can run from
 `tools/deploy/formats.pick` (the profiles), each role's format from `model_stats.SCHEMES`, each
 tensor's role from `checkpoint.schema.weight_role`. Built conversions: `native` (copy), `bf16`
-(every linear dequantised and rounded to bf16) and `w8a8` (the scheme's int8 roles as symmetric
-per-channel INT8, the rest bf16). A scheme needing another format (mxfp8) is refused by name.
+(every linear dequantised and rounded to bf16), `w8a8` (the scheme's int8 roles as symmetric
+per-channel INT8, the rest bf16), `w4a8` (w8a8 with the routed experts as symmetric per-channel
+INT4, two per byte) and `mxfp8` (= mxfp8-mxfp4, the 950: MXFP8 linears, the routed
+experts MXFP4, the rest bf16). A scheme needing another format is refused by name.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ from ascend_v4.config import ModelConfig
 
 from . import ConvertError
 
-BUILT = ("native", "bf16", "w8a8")
+BUILT = ("native", "bf16", "w8a8", "w4a8", "mxfp8")
 ALIASES = {"mxfp8-mxfp4": "mxfp8"}     # the issue's / recipe's spelling of the 950 hybrid scheme
+# the planner's format -> a converted checkpoint's, per scheme: the mxfp8 scheme's FP4 experts are
+# MXFP4 (the same bytes; their activations MXFP8 1x32 instead of the release's FP8 1x128)
+CONVERTED_AS = {("mxfp8", "fp4"): "mxfp4"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ def make_plan(source: ModelConfig, soc: str, scheme: Optional[str] = None,
     if formats.weights not in BUILT:
         raise ConvertError(f"--quant {formats.weights}: conversion to it is not built yet "
                            f"(built: {', '.join(BUILT)})")
-    roles = {role: SCHEMES[formats.weights][role] for role in ROLES}
+    roles = {role: CONVERTED_AS.get((formats.weights, f), f)
+             for role, f in ((r, SCHEMES[formats.weights][r]) for r in ROLES)}
     if formats.weights == "native":
         config = source
     else:

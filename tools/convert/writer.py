@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -34,6 +34,18 @@ ACTIVATION_INT8 = ("dynamic per-token symmetric INT8 (npu_dynamic_quant): x_scal
                    "q = clamp(round_half_even(x / x_scale), -127, 127)")
 PRODUCT_INT8 = ("npu_quant_matmul: y = (q_x @ q_w^T, INT32 accumulation) * w_scale[out] * "
                 "x_scale[token]")
+ACTIVATION_MXFP8 = ("dynamic MXFP8 (OCP MX v1.0) per 1x32 block along the input dim: scale = "
+                    "2^(floor(log2 amax) - 8) (ue8m0), q = e4m3(clamp(x / scale, -448, 448)) round half to even")
+WEIGHT_MXFP8 = ("MXFP8: e4m3 codes + one ue8m0 scale per 1x32 block along the input dim, scale = "
+                "2^ceil(log2(amax / 448)) (the OCP scale 2^(floor(log2 amax) - 8), one power higher where "
+                "that would saturate the block's largest element): an FP8 128x128-block source is kept "
+                "exactly (`changed` counts weights whose value moved)")
+WEIGHT_MXFP4 = ("MXFP4: e2m1 codes two per byte + one ue8m0 scale per 1x32 block: the release's FP4 experts "
+                "are this format already (bytes copied); other sources quantised with scale "
+                "2^ceil(log2(amax / 6)), round half to even")
+WEIGHT_INT4 = ("static symmetric per-output-channel INT4 (W4A8): w_scale = amax(|w| of the row) / 7 "
+               "(float32), q_w = clamp(round_half_even(w / w_scale), -7, 7), two's complement nibbles two per "
+               "byte (low nibble = even input column); product as W8A8 with INT8 activations")
 WEIGHT_INT8 = ("static symmetric per-output-channel INT8: w_scale = amax(|w| of the row) / 127 (float32), "
                "q_w = clamp(round_half_even(w / w_scale), -127, 127), w = the exact dequantised source")
 
@@ -44,20 +56,40 @@ def _stored(arr: np.ndarray, dtype: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype == target:
         return arr
-    if dtype in ("I8", "F8_E4M3") and arr.dtype.itemsize == 1:
+    if dtype in ("I8", "F8_E4M3", "F8_E8M0") and arr.dtype.itemsize == 1:
         return arr.view(target)
     return arr.astype(target)
 
 
-def convert_tensors(ckpt: Checkpoint, schema: Dict[str, TensorSpec]) -> Iterator[Tuple[str, np.ndarray]]:
-    """(name, stored array) of every output tensor, one source tensor at a time."""
+def convert_tensors(ckpt: Checkpoint, schema: Dict[str, TensorSpec],
+                    changed: Optional[Dict[str, int]] = None) -> Iterator[Tuple[str, np.ndarray]]:
+    """(name, stored array) of every output tensor, one source tensor at a time. `changed` gets,
+    per requantised MXFP8 / MXFP4 tensor, how many weights differ from the source's value."""
+    changed = {} if changed is None else changed
     for name in ckpt.names():
         spec = schema[name]
         src = ckpt.formats[name]
-        if spec.kind == "int8":                          # [out, in] int8 + scale [out] float32
-            q, s = quant.quantize_int8_rows(ckpt.dequantized(name))
+        stem = name[: -len(".weight")]
+        if spec.kind in ("int8", "int4"):                # [out, in] int8 | [out, in/2] int4 + scale [out]
+            rows = quant.quantize_int8_rows if spec.kind == "int8" else quant.quantize_int4_rows
+            q, s = rows(ckpt.dequantized(name))
             yield name, q
-            yield name[: -len(".weight")] + ".scale", s
+            yield stem + ".scale", s
+        elif spec.kind == "mxfp4" and src == "fp4":      # the same bytes
+            yield name, _stored(ckpt.raw(name), spec.dtype)
+            yield stem + ".scale", _stored(ckpt.raw(stem + ".scale"), schema[stem + ".scale"].dtype)
+            changed[name] = 0
+        elif spec.kind in ("mxfp8", "mxfp4"):            # [out, in] codes + ue8m0 [out, in/32]
+            value = ckpt.dequantized(name)
+            if spec.kind == "mxfp8":
+                q, s = quant.quantize_mxfp8(value)
+                back = quant.dequantize_mxfp8(q, s)
+            else:
+                q, s = quant.quantize_fp4(value)
+                back = quant.dequantize_fp4(q, s)
+            changed[name] = int(np.count_nonzero(back != value))
+            yield name, _stored(q, spec.dtype)
+            yield stem + ".scale", _stored(s, schema[stem + ".scale"].dtype)
         elif spec.kind == src:                           # same format: the stored bytes
             yield name, _stored(ckpt.raw(name), spec.dtype)
             if spec.kind in ("fp8", "fp4"):
@@ -84,8 +116,10 @@ def _source_id(ckpt: Checkpoint) -> Dict[str, object]:
             "header_sha256": h.hexdigest()}
 
 
-def describe(plan: ConvertPlan, ckpt: Checkpoint, schema: Dict[str, TensorSpec]) -> Dict[str, object]:
-    """The quant_config.json description."""
+def describe(plan: ConvertPlan, ckpt: Checkpoint, schema: Dict[str, TensorSpec],
+             changed: Optional[Dict[str, int]] = None) -> Dict[str, object]:
+    """The quant_config.json description (`changed`: convert_tensors' counts)."""
+    changed = changed or {}
     tensors = {}
     for name in ckpt.names():
         spec = schema[name]
@@ -95,16 +129,25 @@ def describe(plan: ConvertPlan, ckpt: Checkpoint, schema: Dict[str, TensorSpec])
         if scale in schema:
             s = schema[scale]
             entry["scale"] = {"name": scale, "dtype": s.dtype, "shape": list(s.shape),
-                              "granularity": {"int8": "per-output-channel", "fp8": "128x128 blocks",
-                                              "fp4": "1x32 blocks"}[spec.kind]}
+                              "granularity": {"int8": "per-output-channel", "int4": "per-output-channel",
+                                              "fp8": "128x128 blocks",
+                                              "fp4": "1x32 blocks", "mxfp8": "1x32 blocks",
+                                              "mxfp4": "1x32 blocks"}[spec.kind]}
+        if name in changed:
+            entry["changed"] = changed[name]
         tensors[name] = entry
-    int8 = any(f == "int8" for f in plan.roles.values()) and not plan.copy
+    int8 = any(f in ("int8", "int4") for f in plan.roles.values()) and not plan.copy
+    int4 = any(f == "int4" for f in plan.roles.values()) and not plan.copy
+    mx = any(f in ("mxfp8", "mxfp4") for f in plan.roles.values()) and not plan.copy
     return {"format": "ascend-v4 converted", "soc": plan.soc, "scheme": plan.scheme,
             "role_formats": plan.roles, "kv_cache": plan.kv_cache, "indexer_cache": plan.indexer_cache,
             "kv_cache_note": "recorded for deployment; the MindSpore model keeps its own cache layout",
-            "weights_int8": WEIGHT_INT8 if int8 else None,
+            "weights_int8": WEIGHT_INT8 if int8 else None, "weights_int4": WEIGHT_INT4 if int4 else None,
             "activations_int8": ACTIVATION_INT8 if int8 else None,
             "product_int8": PRODUCT_INT8 if int8 else None,
+            "weights_mxfp8": WEIGHT_MXFP8 if mx else None, "weights_mxfp4": WEIGHT_MXFP4 if mx else None,
+            "activations_mxfp8": ACTIVATION_MXFP8 if mx else None,
+            "weights_changed": sum(changed.values()) if mx else None,
             "source": _source_id(ckpt), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tensors": tensors}
 
@@ -137,12 +180,13 @@ def convert_checkpoint(source: str, out: str, soc: str, scheme=None, kv_cache=No
         writer = StreamWriter(os.path.join(tmp, OUT_FILE), layout,
                               {"format": "ascend-v4 converted", "scheme": plan.scheme, "soc": plan.soc})
         t0 = time.perf_counter()
-        for name, arr in convert_tensors(ckpt, schema):
+        changed: Dict[str, int] = {}
+        for name, arr in convert_tensors(ckpt, schema, changed):
             writer.write(name, arr)
             del arr
         writer.close()
         log(f"wrote {len(schema)} tensors in {time.perf_counter() - t0:.1f} s")
-        description = describe(plan, ckpt, schema)
+        description = describe(plan, ckpt, schema, changed)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as fh:
             json.dump(plan.config.to_dict(), fh, indent=2)
         with open(os.path.join(tmp, DESCRIPTION), "w", encoding="utf-8") as fh:

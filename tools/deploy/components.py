@@ -22,10 +22,12 @@ from .model_stats import ATTN_ROLES, SCHEMES
 
 # Matmul compute format of a weight format. FP4 experts take FP8 activations (V4_SPEC 9: W4A8),
 # so they run on the FP8 unit; FP32 mHC mixes run on the BF16/FP32 path.
-COMPUTE_FMT = {"fp4": "fp8", "fp8": "fp8", "mxfp8": "mxfp8", "int8": "int8", "bf16": "bf16",
+# INT4 weights (W4A8) multiply INT8 activations: the INT8 rate (assumed; the A8W4 grouped matmul
+# widens the weight on the way to the cube).
+COMPUTE_FMT = {"fp4": "fp8", "fp8": "fp8", "mxfp8": "mxfp8", "int8": "int8", "int4": "int8", "bf16": "bf16",
                "fp32": "bf16", "int32": "bf16"}
 # Lightning-indexer score format per scheme (A3 recipe: INT8 A8C8; 950 recipe: FP8).
-INDEX_FMT = {"native": "fp8", "mxfp8": "fp8", "w8a8": "int8", "bf16": "bf16"}
+INDEX_FMT = {"native": "fp8", "mxfp8": "fp8", "w8a8": "int8", "w4a8": "int8", "bf16": "bf16"}
 
 
 @dataclass

@@ -29,6 +29,10 @@ from typing import Dict, List
 #   mxfp8:  the 950 recipe's Hybrid MXFP8-MXFP4: MXFP8 (e4m3 + one e8m0 per 1x32) for every
 #           attention projection incl. wo_a and the shared expert, MXFP4 routed experts
 #           (bytes as the release's FP4), BF16 compressor / weights_proj / head.
+#   w4a8:   W4A8 dynamic for 910B/910C (omni-infer's DeepSeek quantiser, default qtype
+#           sszs50g0a0b4sym1): routed experts INT4 symmetric per output channel (q in [-7, 7],
+#           packed two per byte, one fp32 scale per channel), the rest as w8a8; activations
+#           per-token INT8 (npu_grouped_matmul per-token formula).
 #   bf16:   everything BF16 (FP32 where the release keeps FP32).
 _COMMON = {"attn_bf16": "bf16", "gate": "bf16", "embed": "bf16", "head": "bf16",
            "small": "fp32", "table": "int32"}
@@ -36,6 +40,8 @@ SCHEMES = {
     "native": dict(_COMMON, expert="fp4", shared="fp8", dense_ffn="fp8", attn="fp8",
                    attn_a="fp8", attn_o="bf16"),
     "w8a8": dict(_COMMON, expert="int8", shared="int8", dense_ffn="int8", attn="int8",
+                 attn_a="bf16", attn_o="bf16"),
+    "w4a8": dict(_COMMON, expert="int4", shared="int8", dense_ffn="int8", attn="int8",
                  attn_a="bf16", attn_o="bf16"),
     "mxfp8": dict(_COMMON, expert="fp4", shared="mxfp8", dense_ffn="mxfp8", attn="mxfp8",
                   attn_a="mxfp8", attn_o="mxfp8"),
@@ -68,6 +74,8 @@ def matrix_bytes(rows: int, cols: int, fmt: str) -> int:
         return n + rows * math.ceil(cols / 32)
     if fmt == "int8":       # int8 + one fp32 scale per output channel
         return n + 4 * rows
+    if fmt == "int4":       # two int4 per byte + one fp32 scale per output channel
+        return rows * math.ceil(cols / 2) + 4 * rows
     if fmt == "bf16":
         return 2 * n
     if fmt in ("fp32", "int32"):
