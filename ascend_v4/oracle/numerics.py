@@ -134,6 +134,8 @@ def int8_quant_dequant(x: np.ndarray, block: int, amax_floor: float = 0.0) -> np
     """Symmetric INT8 quant-dequant of x [..., n] per tile of `block` along the last dim:
     s = max(amax, amax_floor) / 127 (1 for an all-zero tile), q = clip(rint(x / s), -127, 127)."""
     x = np.asarray(x, real())
+    if x.size == 0:
+        return x.copy()
     t, n = _tiles(x, block)
     amax = np.maximum(np.abs(t).max(-1, keepdims=True), real()(amax_floor))
     s = np.where(amax > 0, amax / real()(127.0), real()(1.0)).astype(real())
