@@ -6,9 +6,11 @@
   chunks added in int32 (linear.int8_accumulate); BF16 a bf16 -> float32 cast of the weight and one
   product; FP8 a table-lookup dequantisation plus the activation quant-dequant. The figures say what
   the twin costs, not what the Ascend cube unit does (910B: INT8 at twice the BF16 rate).
-- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert for ascend910b,
-  verify against the official-format source (tools/convert/verify): worst per-layer rel err, worst
-  step, logits rel err, top-1 agreement. --quick: tiny only.
+- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert for ascend910b
+  (w8a8 + C16 and C8 KV caches, bf16 + C16; all with the INT8 indexer cache), verify against the
+  official-format source with the release's caches (tools/convert/verify): worst per-layer rel err,
+  worst step, logits rel err, top-1 agreement. Rows `caches C16` / `caches C8` run the source weights
+  with only the caches changed (kv_cache bf16 / int8, indexer_cache int8). --quick: tiny only.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import time
 import ml_dtypes
 import numpy as np
 
-SCHEMES = ("w8a8", "bf16")
+# (label, scheme, --kv-cache) of the conversions; (label, kv_cache) of the cache-only runs
+CONVERSIONS = (("w8a8", "w8a8", "bf16"), ("w8a8+C8", "w8a8", "int8"), ("bf16", "bf16", "bf16"))
+CACHE_ONLY = (("caches C16", "bf16"), ("caches C8", "int8"))
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 
 
@@ -66,7 +70,8 @@ def linear_throughput(m: int, inp: int, out: int, repeats: int) -> dict:
 def accuracy(models) -> list:
     from ascend_v4.checkpoint import write_random_checkpoint
     from ascend_v4.config import from_dict, load_config
-    from tools.convert.verify import verify
+    from tools.convert.verify import (TOLERANCES, block_names, compare, prompt, run_streams, verify,
+                                      PROMPT_LEN)
     from tools.convert.writer import convert_checkpoint
     rows = []
     with tempfile.TemporaryDirectory(prefix="ascend_v4_bench_quant_") as tmp:
@@ -79,15 +84,23 @@ def accuracy(models) -> list:
                     cfg = from_dict(json.load(fh), name=model)
             src = write_random_checkpoint(cfg, os.path.join(tmp, model), fmt)
             ref = None
-            for scheme in SCHEMES:
-                out = os.path.join(tmp, f"{model}-{scheme}")
-                convert_checkpoint(src, out, "ascend910b", scheme)
+            for label, scheme, kv in CONVERSIONS:
+                out = os.path.join(tmp, f"{model}-{label}")
+                convert_checkpoint(src, out, "ascend910b", scheme, kv)
                 report, ref = verify(out, src, scheme, ref_streams=ref)
-                d = report.to_dict()
-                rows.append({"model": model, "source": fmt, "scheme": scheme, "passed": d["passed"],
-                             "worst_layer_rel_err": d["worst_layer_rel_err"], "worst_step": d["worst_step"],
-                             "logits_rel_err": d["logits_rel_err"], "top1": d["top1"], "layers": d["layers"]})
+                rows.append(_row(model, fmt, label, kv, report.to_dict()))
+            ids = prompt(cfg.vocab_size, PROMPT_LEN)
+            for label, kv in CACHE_ONLY:
+                conv = run_streams(src, ids, kv_cache=kv, indexer_cache="int8")
+                report = compare(conv, ref, "w8a8", block_names(cfg)[:len(conv.hidden)], TOLERANCES["w8a8"])
+                rows.append(_row(model, fmt, label, kv, report.to_dict()))
     return rows
+
+
+def _row(model: str, fmt: str, label: str, kv: str, d: dict) -> dict:
+    return {"model": model, "source": fmt, "scheme": label, "kv_cache": kv, "indexer_cache": "int8",
+            "passed": d["passed"], "worst_layer_rel_err": d["worst_layer_rel_err"], "worst_step": d["worst_step"],
+            "logits_rel_err": d["logits_rel_err"], "top1": d["top1"], "layers": d["layers"]}
 
 
 def run(quick: bool = False) -> dict:

@@ -5,6 +5,8 @@ The facts come from their owners: the SoC's default scheme and what it can run f
 tensor's role from `checkpoint.schema.weight_role`. Built conversions: `native` (copy), `bf16`
 (every linear dequantised and rounded to bf16) and `w8a8` (the scheme's int8 roles as symmetric
 per-channel INT8, the rest bf16). A scheme needing another format (mxfp8) is refused by name.
+The output config.json carries the SoC's cache formats as runtime defaults (`kv_cache`,
+`indexer_cache`), so the loader runs the caches the deployment runs (docs/DESIGN.md 'Cache formats').
 """
 from __future__ import annotations
 
@@ -56,11 +58,12 @@ def make_plan(source: ModelConfig, soc: str, scheme: Optional[str] = None,
                            f"(built: {', '.join(BUILT)})")
     roles = {role: SCHEMES[formats.weights][role] for role in ROLES}
     if formats.weights == "native":
-        config = source
+        config = source.replace(kv_cache=formats.kv_cache, indexer_cache=formats.indexer_cache)
     else:
         unbuilt = sorted(f"{r}={f}" for r, f in roles.items() if f not in ("bf16",) + QUANT_FORMATS)
         if unbuilt:
             raise ConvertError(f"--quant {formats.weights}: formats {', '.join(unbuilt)} are not built")
         quantized = {r: f for r, f in roles.items() if f in QUANT_FORMATS}
-        config = checkpoint_config(source, "bf16").replace(quantization=quantized)
+        config = checkpoint_config(source, "bf16").replace(quantization=quantized, kv_cache=formats.kv_cache,
+                                                           indexer_cache=formats.indexer_cache)
     return ConvertPlan(formats.soc, formats.weights, formats.kv_cache, formats.indexer_cache, config, roles)

@@ -34,6 +34,15 @@ ACTIVATION_INT8 = ("dynamic per-token symmetric INT8 (npu_dynamic_quant): x_scal
                    "q = clamp(round_half_even(x / x_scale), -127, 127)")
 PRODUCT_INT8 = ("npu_quant_matmul: y = (q_x @ q_w^T, INT32 accumulation) * w_scale[out] * "
                 "x_scale[token]")
+KV_CACHE_ROUNDING = {
+    "fp8": "release MODEL1: 448 non-RoPE dims e4m3 per 64 with ue8m0 scales, 64 RoPE dims bf16",
+    "bf16": "C16: every dim bf16 (round half to even)",
+    "int8": ("C8: non-RoPE dims symmetric INT8 per token per 64-dim tile, scale = max(amax, 1e-4) / 127 "
+             "(float32), q = clamp(round_half_even(x / scale), -127, 127); RoPE dims bf16")}
+INDEXER_CACHE_ROUNDING = {
+    "fp4": "release: Hadamard-rotated keys and queries e2m1 per 32 with ue8m0 scales",
+    "int8": ("A8C8: Hadamard-rotated keys per token, queries per token-head, symmetric INT8: scale = "
+             "amax / 127, q = clamp(round_half_even(x / scale), -127, 127)")}
 WEIGHT_INT8 = ("static symmetric per-output-channel INT8: w_scale = amax(|w| of the row) / 127 (float32), "
                "q_w = clamp(round_half_even(w / w_scale), -127, 127), w = the exact dequantised source")
 
@@ -101,7 +110,10 @@ def describe(plan: ConvertPlan, ckpt: Checkpoint, schema: Dict[str, TensorSpec])
     int8 = any(f == "int8" for f in plan.roles.values()) and not plan.copy
     return {"format": "ascend-v4 converted", "soc": plan.soc, "scheme": plan.scheme,
             "role_formats": plan.roles, "kv_cache": plan.kv_cache, "indexer_cache": plan.indexer_cache,
-            "kv_cache_note": "recorded for deployment; the MindSpore model keeps its own cache layout",
+            "kv_cache_rounding": KV_CACHE_ROUNDING[plan.kv_cache],
+            "indexer_cache_rounding": INDEXER_CACHE_ROUNDING[plan.indexer_cache],
+            "cache_storage": "the model rounds the cache entries as these formats store them (config.json "
+                             "kv_cache / indexer_cache); its state slots hold the rounded values in the compute dtype",
             "weights_int8": WEIGHT_INT8 if int8 else None,
             "activations_int8": ACTIVATION_INT8 if int8 else None,
             "product_int8": PRODUCT_INT8 if int8 else None,
