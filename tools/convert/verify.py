@@ -21,7 +21,9 @@ PROMPT_LEN = 48
 # e_-1 = 0), `logits` the logits' relative error, `top1` the least top-1 agreement. Errors accumulate
 # and jump where routing or the indexer's top-k flips, so a block is judged by what it adds. Measured
 # (float32, 48-token prompt; docs/DESIGN.md 'Converted formats') on tiny and the reference-tiny
-# configs: steps <= 0.101, logits <= 0.252, top-1 >= 0.646; set with margin (1.5x, 1.4x, -0.1).
+# configs: steps <= 0.101, logits <= 0.252, top-1 >= 0.646; set with margin (1.5x, 1.4x, -0.1). With
+# the converted model on its SoC's caches (C16 / C8, INT8 indexer): steps <= 0.117, logits <= 0.264,
+# top-1 >= 0.65 (bench group quant), kept within these tolerances.
 # Deliberately wrong conversions measured: one tensor's scales x2 adds 0.37 at its block, one wq_b's
 # rows permuted 0.197 (logits 0.41, top-1 0.42).
 TOLERANCES: Dict[str, Dict[str, float]] = {
