@@ -20,7 +20,7 @@ from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
-from ascend_v4.kernels import QuantDequant
+from ascend_v4.kernels import KVEntryRound
 from ascend_v4.numerics import RMSNorm, rms_normalize
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope, rope_tables
@@ -84,7 +84,7 @@ class Attention(nn.Cell):
         self.wo_b = Linear(self.groups * cfg.o_lora_rank, cfg.dim, lin, rt)
         self.attn_sink = zeros_param((self.n_heads,), "attn_sink", dt)
         self.tp_out = TensorParallelOutput(self.wo_b, par) if par.tp > 1 else None
-        self.kv_quant = QuantDequant(rt, "fp8", 64)              # the KV cache's nope dims
+        self.kv_round = KVEntryRound(rt, cfg.rope_head_dim)      # the KV cache's format (rt.kv_cache)
         cos, sin = rope_tables(cfg, self.ratio > 0, rt.max_seq_len)
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
@@ -136,14 +136,15 @@ class Attention(nn.Cell):
 
     # ---- shared pieces -----------------------------------------------------------------
     def _qkv(self, x, cos, sin):
-        """x [b, s, dim] -> q [b, s, h, hd], qr [b, s, q_lora], kv [b, s, hd] (rope'd, fp8-simulated)."""
+        """x [b, s, dim] -> q [b, s, h, hd], qr [b, s, q_lora], kv [b, s, hd] (rope'd, rounded as the
+        KV cache stores it)."""
         b, s, _ = x.shape
         rd = self.rd
         qr = self.q_norm(self.wq_a(x))
         q = rms_normalize(self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim), self.eps)
         q = ops.concat((q[..., :-rd], apply_rope(q[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2))), -1)
         kv = self.kv_norm(self.wkv(x))
-        kv = ops.concat((self.kv_quant(kv[..., :-rd]), apply_rope(kv[..., -rd:], cos, sin)), -1)
+        kv = self.kv_round(ops.concat((kv[..., :-rd], apply_rope(kv[..., -rd:], cos, sin)), -1))
         return q, qr, kv
 
     def _output(self, o, cos, sin):

@@ -12,7 +12,7 @@ from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear, zeros_param
-from ascend_v4.kernels import QuantDequant
+from ascend_v4.kernels import KVEntryRound, index_quant
 from ascend_v4.numerics import RMSNorm, hadamard_matrix
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import apply_rope
@@ -37,8 +37,8 @@ class Compressor(nn.Cell):
         self.wkv = Linear(cfg.dim, width, "bf16", rt)
         self.wgate = Linear(cfg.dim, width, "bf16", rt)
         self.norm = RMSNorm(head_dim, cfg.norm_eps, self.dt)
-        # indexer keys (rotate): Hadamard then FP4 in 1x32 blocks; KV entries: FP8 in 64s
-        self.quant = QuantDequant(rt, "fp4", 32) if rotate else QuantDequant(rt, "fp8", 64)
+        # indexer keys (rotate): Hadamard then the indexer cache's rounding; KV entries: the KV cache's
+        self.quant = index_quant(rt, head_dim) if rotate else KVEntryRound(rt, self.rd)
         if rotate:
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
 
@@ -54,13 +54,13 @@ class Compressor(nn.Cell):
         return Compressor.spec_for(self.ratio, self.head_dim, self.dt)
 
     def finish(self, entry, cos, sin):
-        """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the QAT simulation."""
+        """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the cache's rounding."""
         entry = self.norm(entry)
         rd = self.rd
         entry = ops.concat((entry[..., :-rd], apply_rope(entry[..., -rd:], cos, sin)), -1)
-        if self.rotate:  # indexer keys: Hadamard rotation then FP4 simulation
+        if self.rotate:  # indexer keys: Hadamard rotation then the indexer cache's rounding
             return self.quant(ops.matmul(entry, self.hadamard))
-        return ops.concat((self.quant(entry[..., :-rd]), entry[..., -rd:]), -1)
+        return self.quant(entry)
 
     def _pool(self, kv, score, axis: int):
         return (kv * mint.softmax(score, axis)).sum(axis)

@@ -1,7 +1,8 @@
 """Lightning indexer of ratio-4 layers: picks the top-k compressed entries per query.
 
 I[t, s] = sum_h w[t, h] * ReLU(q_I[t, h] . k_I[s]), causal (s < (t + 1) // 4), keep the top
-min(index_topk, visible). Keys come from the indexer's own compressor (Hadamard + FP4).
+min(index_topk, visible). Keys come from the indexer's own compressor (Hadamard + FP4, or per-token
+INT8 with rt.indexer_cache 'int8'; the queries likewise per token-head).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
-from ascend_v4.kernels import QuantDequant
+from ascend_v4.kernels import index_quant
 from ascend_v4.numerics import hadamard_matrix
 from ascend_v4.parallel.comm import GroupSum
 from ascend_v4.precision import np_dtype
@@ -54,12 +55,12 @@ class Indexer(nn.Cell):
         self.weights_proj = Linear(cfg.dim, self.n_heads, "bf16", rt)
         self.compressor = Compressor(cfg, rt, 4, self.head_dim, rotate=True)
         self.hadamard = Tensor(hadamard_matrix(self.head_dim, dt))
-        self.quant = QuantDequant(rt, "fp4", 32)
+        self.quant = index_quant(rt, self.head_dim)           # per token-head for int8
         self.weight_scale = self.head_dim ** -0.5 * cfg.index_n_heads ** -0.5
         self.tp_sum = GroupSum(par.tp_members(), par.world) if par.tp > 1 else None
 
     def queries(self, qr, cos, sin):
-        """qr [b, s, q_lora_rank] -> rotated FP4-simulated queries [b, s, heads, head_dim]."""
+        """qr [b, s, q_lora_rank] -> rotated queries [b, s, heads, head_dim], rounded (FP4 or INT8)."""
         b, s, _ = qr.shape
         q = self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)
         rd = self.rd

@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from ascend_v4.kernels import FUSED_MAX_ROWS, QuantDequant
+from ascend_v4.numerics import int8_quant
 from ascend_v4.precision import np_dtype
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.weights import StoredWeight
@@ -20,7 +21,6 @@ ACT_QUANT = {"fp8": ("fp8", ACT_BLOCK), "fp4": ("fp8", ACT_BLOCK),
 # x @ W^T with W [out, in] as stored: the CPU kernel reads W transposed, no Transpose kernel
 _MATMUL_T = ops.MatMul(transpose_b=True)
 _BATCH_MATMUL_T = ops.BatchMatMul(transpose_b=True)
-INT8_MAX = 127.0
 
 
 def dense(x, weight):
@@ -37,13 +37,8 @@ def batched_dense(x, weights):
 
 def dynamic_quant_int8(x):
     """Per-token symmetric INT8 (npu_dynamic_quant): x [..., in] -> (q [..., in] integer values in
-    [-127, 127] in x's dtype, scale [..., 1] = rowmax|x| / 127 in x's dtype). q = clamp(round_half_even(x /
-    scale)); an all-zero row gets scale 1 (its q and product are 0 either way)."""
-    amax = ops.abs(x).max(axis=-1, keepdims=True)
-    scale = amax / INT8_MAX
-    scale = ops.where(amax > 0, scale, ops.ones_like(scale))
-    q = ops.clamp(ops.round(x / scale), -INT8_MAX, INT8_MAX)
-    return q, scale
+    [-127, 127] in x's dtype, scale [..., 1] = rowmax|x| / 127 in x's dtype), numerics.int8_quant."""
+    return int8_quant(x)
 
 
 # INT8 x INT8 products summed in float32 are exact integers while the sum stays below 2^24:

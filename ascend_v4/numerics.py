@@ -12,6 +12,8 @@ import numpy as np
 
 FP8_MAX = 448.0
 FP4_MAX = 6.0
+BF16_MAX = 3.3895313892515355e38
+INT8_MAX = 127.0
 
 
 def _floor_log2(a):
@@ -72,6 +74,28 @@ def fp8_quant_dequant(x, block: int = 128):
 def fp4_quant_dequant(x, block: int = 32):
     """e2m1 simulation (1 mantissa bit, min normal exponent 0, max 6), amax floor 6 * 2^-126."""
     return quant_dequant(x, block, *FORMATS["fp4"])
+
+
+def round_bf16(x):
+    """x rounded to bfloat16 (8 significant bits, round half to even), kept in x's dtype: the C16
+    KV cache. Exact for float32 and float64 inputs (a float64 value is rounded once, not via float32)."""
+    return round_minifloat(x, 7, -126, BF16_MAX)
+
+
+def int8_quant(x, amax_floor: float = 0.0):
+    """Symmetric INT8 along the last dim: x [..., k] -> (q [..., k] integer values in x's dtype,
+    scale [..., 1]); scale = max(amax|x|, amax_floor) / 127 (1 for an all-zero row),
+    q = clamp(round_half_even(x / scale), -127, 127). amax_floor 0 is npu_dynamic_quant."""
+    amax = ops.maximum(ops.abs(x).max(axis=-1, keepdims=True), amax_floor)
+    scale = mint.where(amax > 0, amax / INT8_MAX, ops.ones_like(amax))
+    return ops.clamp(ops.round(x / scale), -INT8_MAX, INT8_MAX), scale
+
+
+def int8_quant_dequant(x, block: int, amax_floor: float = 0.0):
+    """x [..., K] (K % block == 0) -> q * scale with int8_quant per block of `block` along the last dim."""
+    shape = x.shape
+    q, scale = int8_quant(x.reshape(shape[:-1] + (shape[-1] // block, block)), amax_floor)
+    return (q * scale).reshape(shape)
 
 
 def rms_normalize(x, eps: float):

@@ -12,6 +12,9 @@ defaults for the first four (the reference's ModelArgs has max_batch_size / max_
 kv_budget ('device=64MiB,host=1GiB[,disk=...]') tiers the CSA layers' FP8 KV cache over device,
 host and disk (ascend_v4/kv_tiers; needs custom_ops, the MODEL1 page path); kv_spill_dir is the
 folder of the disk tier's file (default: a temporary folder removed at close).
+kv_cache / indexer_cache pick the rounding of the cache entries (docs/DESIGN.md 'Cache formats'):
+'fp8' / 'fp4' the release's (default), 'bf16' (C16) or 'int8' (C8) KV entries and 'int8' indexer keys
+as the 910B/910C recipe stores them; a converted checkpoint's config.json records its SoC's formats.
 """
 from __future__ import annotations
 
@@ -23,11 +26,14 @@ from ascend_v4.config import ConfigError, ModelConfig
 from ascend_v4.parallel.layout import SINGLE, ParallelLayout
 
 RUNTIME_KEYS = ("max_seq_len", "max_batch_size", "compute_dtype", "custom_ops", "prefill_chunk",
-                "weight_storage", "kernels", "kv_budget", "kv_spill_dir", "engram_table")
+                "weight_storage", "kernels", "kv_budget", "kv_spill_dir", "engram_table", "kv_cache",
+                "indexer_cache")
 COMPUTE_DTYPES = ("float32", "float64")
 WEIGHT_STORAGE = ("checkpoint", "float")
 KERNELS = ("fused", "composite")
 ENGRAM_TABLES = ("host", "disk")       # Engram tables read into host memory, or memory-mapped
+KV_CACHES = ("fp8", "bf16", "int8")    # KV entry rounding: release FP8 | C16 | C8 (tools/deploy CACHE_FORMATS)
+INDEXER_CACHES = ("fp4", "int8")       # indexer key (and query) rounding: release FP4 | per-token INT8
 # the AscendC kernels' fixed layout: MODEL1 KV entries of 448 fp8 + 64 rope dims (V4_SPEC 9)
 KERNEL_HEAD_DIM, KERNEL_ROPE_DIM = 512, 64
 
@@ -45,6 +51,8 @@ class RuntimeConfig:
     parallel: ParallelLayout = SINGLE      # this rank's TP x EP layout (ascend_v4/parallel), set by load()
     kv_budget: Optional[str] = None        # tiered KV cache budget, e.g. 'device=64MiB,host=1GiB'
     kv_spill_dir: Optional[str] = None     # folder of the disk tier's file (default: a temp folder)
+    kv_cache: str = "fp8"                  # KV entries: 'fp8' (release) | 'bf16' (C16) | 'int8' (C8)
+    indexer_cache: str = "fp4"             # indexer keys and queries: 'fp4' (release) | 'int8'
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, **overrides) -> "RuntimeConfig":
@@ -80,6 +88,14 @@ class RuntimeConfig:
             raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
         if self.engram_table not in ENGRAM_TABLES:
             raise ConfigError(f"engram_table must be one of {', '.join(ENGRAM_TABLES)}, got {self.engram_table!r}")
+        if self.kv_cache not in KV_CACHES:
+            raise ConfigError(f"kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}")
+        if self.indexer_cache not in INDEXER_CACHES:
+            raise ConfigError(f"indexer_cache must be one of {', '.join(INDEXER_CACHES)}, got {self.indexer_cache!r}")
+        if self.custom_ops and self.kv_cache != "fp8":
+            raise ConfigError(f"custom_ops: the AscendC attention kernels keep the FP8 MODEL1 KV cache; this "
+                              f"model runs a {self.kv_cache} KV cache (kv_cache {self.kv_cache!r}). Run it with "
+                              f"custom_ops off")
         if self.custom_ops and (cfg.head_dim, cfg.rope_head_dim) != (KERNEL_HEAD_DIM, KERNEL_ROPE_DIM):
             raise ConfigError(f"custom_ops: the AscendC attention kernels (kv_pack_fp8, sparse_fp8_decode) "
                               f"need head_dim {KERNEL_HEAD_DIM} with rope_head_dim {KERNEL_ROPE_DIM} (the "

@@ -176,6 +176,26 @@ def test_native_copy_for_the_950(sources, work):
         assert a.info(k) == b.info(k) and np.array_equal(a.get(k).view(np.uint8), b.get(k).view(np.uint8))
 
 
+def test_cache_formats_recorded_and_loaded(sources, work):
+    """--kv-cache int8 (C8): config.json carries kv_cache / indexer_cache, the loader runs them, and
+    the FP8-page custom ops are refused on it; the 950's native copy keeps the release's caches."""
+    out = str(work / "tiny-c8")
+    r = _runs(["convert", sources["tiny"], "--soc", "ascend910b", "--kv-cache", "int8", "--out", out, "--no-verify"])
+    assert r.exit_code == 0, r.output
+    assert "KV cache int8, indexer cache int8" in r.output
+    desc = json.load(open(os.path.join(out, DESCRIPTION)))
+    assert desc["kv_cache_rounding"].startswith("C8") and "kv_cache_note" not in desc
+    ck = open_checkpoint(out)
+    assert (ck.runtime.kv_cache, ck.runtime.indexer_cache) == ("int8", "int8")
+    assert open_checkpoint(out, overrides={"kv_cache": "bf16"}).runtime.kv_cache == "bf16"
+    with pytest.raises(Exception, match="keep the FP8 MODEL1 KV cache"):
+        open_checkpoint(out, overrides={"custom_ops": True})
+    assert open_checkpoint(sources["tiny"]).runtime.kv_cache == "fp8"
+    convert_checkpoint(sources["tiny"], str(work / "tiny-950"), "ascend950")
+    native = open_checkpoint(str(work / "tiny-950"))
+    assert (native.runtime.kv_cache, native.runtime.indexer_cache) == ("fp8", "fp4")
+
+
 # ---- errors leave nothing behind --------------------------------------------------------------
 def _runs(args):
     return CliRunner().invoke(cli, args)

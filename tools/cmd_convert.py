@@ -23,8 +23,9 @@ def _help_quant() -> str:
 @click.option("--soc", required=True, help=f"Target SoC profile ({' | '.join(PROFILES)}, or a CANN name).")
 @click.option("--out", required=True, help="New output folder (written atomically; must not exist).")
 @click.option("--quant", "scheme", default=None, help=_help_quant())
-@click.option("--kv-cache", default=None, help="KV cache format recorded for deployment (SoC's default: "
-                                               "ascend910b/910_93 bf16, or int8 = C8).")
+@click.option("--kv-cache", default=None, help="KV cache format the converted model runs (config.json kv_cache; "
+                                               "SoC's default: ascend910b/910_93 bf16 = C16, or int8 = C8; "
+                                               "ascend950 fp8).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run the converted model against the source and hold it to the scheme's tolerances.")
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,

@@ -32,14 +32,14 @@ def _parse_ids(text: str):
 @click.option("--max-seq-len", type=click.IntRange(min=1), help="context per slot (default: the model's)")
 @kv_options
 @parallel_options
-def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature, seed, max_seq_len, kv_budget,
-            kv_spill_dir, tensor_parallel, expert_parallel):
+def command(preset, checkpoint, prompt_ids, prompt, max_new_tokens, temperature, seed, max_seq_len, kv_cache,
+            indexer_cache, kv_budget, kv_spill_dir, tensor_parallel, expert_parallel):
     """Generate tokens; prints the new ids as one comma-separated line (rank 0 of a parallel run)."""
     if bool(preset) == bool(checkpoint):
         raise click.UsageError("give exactly one of --preset or --checkpoint")
     if bool(prompt_ids) == bool(prompt):
         raise click.UsageError("give exactly one of --prompt-ids or --prompt")
-    kv = kv_overrides(kv_budget, kv_spill_dir)
+    kv = kv_overrides(kv_budget, kv_spill_dir, kv_cache, indexer_cache)
     with user_errors():
         ids = _parse_ids(prompt_ids) if prompt_ids else None
         if checkpoint and not os.path.isdir(checkpoint):

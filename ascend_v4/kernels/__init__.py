@@ -10,6 +10,9 @@ RuntimeConfig.kernels picks, for the whole model:
 custom_ops=True additionally routes the operator boundaries to the AscendC kernels' CPU twins
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
 Cells ask here (`QuantDequant(rt, fmt, block)`, `sinkhorn_kind(rt)`, `weight_matmul(...)`) instead of branching themselves.
+The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
+here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
+queries. 'int8' and 'bf16' run as composite primitives in both kernel modes (no fused kernel).
 """
 from __future__ import annotations
 
@@ -19,10 +22,18 @@ from pathlib import Path
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from ascend_v4.numerics import FORMATS, quant_dequant
+from ascend_v4.numerics import FORMATS, int8_quant_dequant, quant_dequant, round_bf16
 from ascend_v4.runtime import RuntimeConfig
 
 SOURCE = Path(__file__).resolve().parent / "fused_cpu.cpp"
+KV_FP8_BLOCK = 64            # the release's KV nope tile (e4m3, ue8m0 scale)
+KV_INT8_TILE = 64            # C8: symmetric INT8 per token per 64 nope dims (assumed tile, see DESIGN)
+# per-tile KV quant of MlaProlog (kv_cache_quant_mode 3): amax >= 1e-4 as float32 (the operator's
+# clamp is in fp32; a Python float enters the graph as float32 too, so this is exact in float64 runs)
+KV_INT8_AMAX_FLOOR = float(np.float32(1e-4))
+INDEX_FP4_BLOCK = 32
+
+
 @functools.lru_cache(maxsize=None)
 def library_path() -> str:
     """The fused kernels' shared object (compiled with g++ on first use, cached by source hash)."""
@@ -35,14 +46,16 @@ def _aot(entry: str, out_shape, out_dtype) -> ops.Custom:
 
 
 class QuantDequant(nn.Cell):
-    """x [..., K] -> x quant-dequantised to `fmt` ('fp8' e4m3 | 'fp4' e2m1) in blocks of `block`
-    along the last dim with ue8m0 scales (numerics.quant_dequant): one fused kernel, or the
-    composite chain."""
+    """x [..., K] -> x quant-dequantised to `fmt` in blocks of `block` along the last dim:
+    'fp8' e4m3 | 'fp4' e2m1 with ue8m0 scales (numerics.quant_dequant: one fused kernel, or the
+    composite chain); 'int8' symmetric with float scales max(amax, amax_floor) / 127
+    (numerics.int8_quant_dequant); 'bf16' rounds every element (block unused)."""
 
-    def __init__(self, rt: RuntimeConfig, fmt: str, block: int):
+    def __init__(self, rt: RuntimeConfig, fmt: str, block: int, amax_floor: float = 0.0):
         super().__init__()
-        self.block, self.params = block, FORMATS[fmt]
-        self.fused = rt.kernels == "fused"
+        self.fmt, self.block, self.floor = fmt, block, amax_floor
+        self.fused = rt.kernels == "fused" and fmt in FORMATS
+        self.params = FORMATS.get(fmt, ())
         if self.fused:
             self.attrs = Tensor(np.array((block,) + self.params, np.float64))
             self.op = _aot("QuantDequantAot", lambda x, a: x, lambda x, a: x)
@@ -50,7 +63,43 @@ class QuantDequant(nn.Cell):
     def construct(self, x):
         if self.fused:
             return self.op(x, self.attrs)
+        if self.fmt == "int8":
+            return int8_quant_dequant(x, self.block, self.floor)
+        if self.fmt == "bf16":
+            return round_bf16(x)
         return quant_dequant(x, self.block, *self.params)
+
+
+class KVEntryRound(nn.Cell):
+    """A KV entry [..., head_dim] (rope on its last `rope_dim` dims) as the KV cache holds it:
+    'fp8' the nope dims e4m3 per 64 (ue8m0), rope dims as computed (the release);
+    'bf16' (C16) every dim rounded to bf16; 'int8' (C8) the nope dims symmetric INT8 per 64-dim tile
+    (scale max(amax, 1e-4) / 127), rope dims bf16."""
+
+    def __init__(self, rt: RuntimeConfig, rope_dim: int):
+        super().__init__()
+        self.fmt, self.rd = rt.kv_cache, rope_dim
+        if self.fmt == "int8":
+            self.nope = QuantDequant(rt, "int8", KV_INT8_TILE, KV_INT8_AMAX_FLOOR)
+        else:      # bf16 rounds the whole entry in construct; its `nope` is never called
+            self.nope = QuantDequant(rt, "fp8", KV_FP8_BLOCK)
+
+    def construct(self, kv):
+        rd = self.rd
+        if self.fmt == "bf16":
+            return round_bf16(kv)
+        rope = kv[..., -rd:]
+        if self.fmt == "int8":
+            rope = round_bf16(rope)
+        return ops.concat((self.nope(kv[..., :-rd]), rope), -1)
+
+
+def index_quant(rt: RuntimeConfig, head_dim: int) -> QuantDequant:
+    """The indexer's key / query rounding (after the Hadamard rotation), per its cache format:
+    'fp4' e2m1 per 32 (the release), 'int8' symmetric per token (keys) / per token-head (queries)."""
+    if rt.indexer_cache == "int8":
+        return QuantDequant(rt, "int8", head_dim)
+    return QuantDequant(rt, "fp4", INDEX_FP4_BLOCK)
 
 
 class FusedSinkhorn(nn.Cell):

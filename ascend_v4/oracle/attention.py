@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compressor import compressor_entries, indexer_topk, visible_mask
-from .numerics import fp8_quant_dequant, mxfp8_quant_dequant, rms_norm, rope, real
+from .numerics import kv_cache_round, mxfp8_quant_dequant, rms_norm, rope, real
 from .weights import get, linear
 
 
@@ -52,10 +52,9 @@ def attention_layer(cfg, W, layer_id: int, x: np.ndarray) -> np.ndarray:
     qr = rms_norm(linear(x, W, p + "wq_a"), get(W, p + "q_norm.weight"), eps)       # [b, s, q_lora]
     q = rms_norm(linear(qr, W, p + "wq_b").reshape(b, s, nh, hd), None, eps)
     q = rope(q, pos, cfg, comp)
-    # one shared KV head: norm, RoPE, fp8 QAT simulation of the non-rope dims
+    # one shared KV head: norm, RoPE, the KV cache's rounding (release: fp8 of the non-rope dims)
     kv = rms_norm(linear(x, W, p + "wkv"), get(W, p + "kv_norm.weight"), eps)      # [b, s, hd]
-    kv = rope(kv, pos, cfg, comp)
-    kv[..., :-rd] = fp8_quant_dequant(kv[..., :-rd], 64, "ue8m0")  # the reference forces ue8m0 (scale_dtype fp8)
+    kv = kv_cache_round(rope(kv, pos, cfg, comp), rd, W.get("__kv_cache__", "fp8"))
     keys = kv
     mask = np.broadcast_to(window_mask(s, cfg.window_size), (b, s, s))
     if comp:

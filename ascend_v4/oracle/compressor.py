@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import fp4_quant_dequant, fp8_quant_dequant, hadamard, rms_norm, rope, real
+from .numerics import hadamard, index_round, kv_cache_round, rms_norm, rope, real
 from .weights import get, linear
 
 
@@ -44,8 +44,9 @@ def compressor_entries(cfg, W, prefix: str, x: np.ndarray, ratio: int, head_dim:
     prefix: e.g. 'layers.1.attn.compressor' or 'layers.1.attn.indexer.compressor'. wkv/wgate are
     applied in fp32 without activation quant. Then RMSNorm (prefix.norm), RoPE of the last
     rope_head_dim dims at position j*ratio (compressed/YaRN frequencies), then either
-    rotate=False: fp8 q-dq (tiles of 64) of the first head_dim - rope_head_dim dims, or
-    rotate=True (indexer): Hadamard rotation of the whole vector and FP4 q-dq (blocks of 32).
+    rotate=False: the KV cache's rounding (W['__kv_cache__'], release: fp8 q-dq in tiles of 64 of
+    the first head_dim - rope_head_dim dims), or rotate=True (indexer): Hadamard rotation of the whole
+    vector and the indexer cache's rounding (W['__indexer_cache__'], release: FP4 q-dq per 32).
     """
     x = np.asarray(x, real())
     kv = np.matmul(x, get(W, prefix + ".wkv.weight").T)
@@ -55,9 +56,8 @@ def compressor_entries(cfg, W, prefix: str, x: np.ndarray, ratio: int, head_dim:
     ent = rope(ent, np.arange(ent.shape[1]) * ratio, cfg, compressed=True)
     rd = cfg.rope_head_dim
     if rotate:
-        return fp4_quant_dequant(hadamard(ent), 32)
-    ent[..., :-rd] = fp8_quant_dequant(ent[..., :-rd], 64, "ue8m0")  # the reference forces ue8m0 (scale_dtype fp8)
-    return ent
+        return index_round(hadamard(ent), W.get("__indexer_cache__", "fp4"))
+    return kv_cache_round(ent, rd, W.get("__kv_cache__", "fp8"))
 
 
 def visible_mask(s: int, n_entries: int, ratio: int) -> np.ndarray:
@@ -80,7 +80,7 @@ def indexer_topk(cfg, W, prefix, x: np.ndarray, qr: np.ndarray):
     b, s, _ = x.shape
     q = linear(qr, W, prefix + ".wq_b").reshape(b, s, nh, hd)
     q = rope(q, np.arange(s), cfg, compressed=True)
-    q = fp4_quant_dequant(hadamard(q), 32)
+    q = index_round(hadamard(q), W.get("__indexer_cache__", "fp4"))   # per token-head
     k = compressor_entries(cfg, W, prefix + ".compressor", x, ratio, hd, rotate=True)  # [b, n, hd]
     w = linear(x, W, prefix + ".weights_proj") * (hd ** -0.5 * nh ** -0.5)          # [b, s, nh]
     dots = np.maximum(np.einsum("bshd,bnd->bshn", q, k), 0.0)

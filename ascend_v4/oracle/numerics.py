@@ -131,6 +131,53 @@ def mxfp8_quant_dequant(x: np.ndarray, block: int = 32) -> np.ndarray:
     s = np.ldexp(real()(1.0), e - 1 - 8).astype(real())
     q = e4m3_round(np.clip(t / s, -FP8_MAX, FP8_MAX))
     return (q * s).reshape(*x.shape[:-1], -1)[..., :n]
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """Round to bfloat16 (8 significant bits, nearest with ties to even) in the working precision,
+    directly from frexp (float64 is not rounded via float32 first)."""
+    x = np.asarray(x, real())
+    _, ex = np.frexp(np.abs(x))                           # |x| = m * 2^ex, m in [0.5, 1)
+    step = np.ldexp(real()(1.0), np.maximum(ex - 1, -126) - 7).astype(real())
+    return (np.rint(x / step) * step).astype(real())
+
+
+def int8_quant_dequant(x: np.ndarray, block: int, amax_floor: float = 0.0) -> np.ndarray:
+    """Symmetric INT8 quant-dequant of x [..., n] per tile of `block` along the last dim:
+    s = max(amax, amax_floor) / 127 (1 for an all-zero tile), q = clip(rint(x / s), -127, 127)."""
+    x = np.asarray(x, real())
+    if x.size == 0:
+        return x.copy()
+    t, n = _tiles(x, block)
+    amax = np.maximum(np.abs(t).max(-1, keepdims=True), real()(amax_floor))
+    s = np.where(amax > 0, amax / real()(127.0), real()(1.0)).astype(real())
+    q = np.clip(np.rint(t / s), -127, 127)
+    return (q * s).reshape(*x.shape[:-1], -1)[..., :n].astype(real())
+
+
+def kv_cache_round(kv: np.ndarray, rope_dim: int, fmt: str = "fp8") -> np.ndarray:
+    """A KV entry [..., D] (RoPE on the last rope_dim dims) as a KV cache of `fmt` holds it:
+    fp8 (release): nope dims e4m3 per 64 with ue8m0 scales, rope dims untouched; bf16 (C16): all
+    dims bf16; int8 (C8): nope dims INT8 per 64-dim tile, amax floor float32(1e-4), rope dims bf16."""
+    kv = np.array(kv, real(), copy=True)
+    if fmt == "bf16":
+        return bf16_round(kv)
+    if fmt == "int8":
+        kv[..., :-rope_dim] = int8_quant_dequant(kv[..., :-rope_dim], 64, float(np.float32(1e-4)))
+        kv[..., -rope_dim:] = bf16_round(kv[..., -rope_dim:])
+        return kv
+    if fmt != "fp8":
+        raise ValueError(f"unknown KV cache format {fmt!r}")
+    kv[..., :-rope_dim] = fp8_quant_dequant(kv[..., :-rope_dim], 64, "ue8m0")  # the reference forces ue8m0
+    return kv
+
+
+def index_round(x: np.ndarray, fmt: str = "fp4") -> np.ndarray:
+    """Indexer keys / queries (already Hadamard-rotated) [..., d]: fp4 per 32 (release) or INT8
+    per row (per token for keys, per token-head for queries)."""
+    if fmt == "int8":
+        return int8_quant_dequant(x, x.shape[-1])
+    if fmt != "fp4":
+        raise ValueError(f"unknown indexer cache format {fmt!r}")
+    return fp4_quant_dequant(x, 32)
 
 
 def rms_norm(x: np.ndarray, weight, eps: float) -> np.ndarray:

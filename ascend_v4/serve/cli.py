@@ -64,7 +64,7 @@ def check_port(host: str, port: int) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, prefill_chunk, prefill_budget,
             speculative, prefix_cache_size, served_model_name, compute_dtype, seed, drain_timeout, warmup, role,
-            parallel_config, kv_budget, kv_spill_dir, tensor_parallel, expert_parallel, log_level):
+            parallel_config, kv_cache, indexer_cache, kv_budget, kv_spill_dir, tensor_parallel, expert_parallel, log_level):
     """Serve the OpenAI API (completions, chat, streaming, /metrics) with continuous batching.
     Under `ascend-v4 launch`, rank 0 answers HTTP and every rank steps the same batch."""
     if bool(preset) == bool(checkpoint):
@@ -72,7 +72,7 @@ def command(preset, checkpoint, host, port, max_batch, max_queue, max_seq_len, p
     if checkpoint and not os.path.isdir(checkpoint):
         raise click.BadParameter(f"{checkpoint} is not a folder", param_hint="--checkpoint")
     tp, ep, placement = resolve(tensor_parallel, expert_parallel, parallel_config)
-    kv = kv_overrides(kv_budget, kv_spill_dir)
+    kv = kv_overrides(kv_budget, kv_spill_dir, kv_cache, indexer_cache)
     with user_errors():
         from ascend_v4.parallel.layout import layout_for
         from ascend_v4.sizes import parse_bytes

@@ -7,10 +7,12 @@
   product; FP8 a table-lookup dequantisation plus the activation quant-dequant (1x128); MXFP8 the same
   with 1x32 blocks on both sides. The figures say what
   the twin costs, not what the Ascend cube unit does (910B: INT8 at twice the BF16 rate).
-- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert (w8a8, w4a8, bf16
-  for ascend910b; mxfp8 = mxfp8-mxfp4 for ascend950),
-  verify against the official-format source (tools/convert/verify): worst per-layer rel err, worst
-  step, logits rel err, top-1 agreement. --quick: tiny only.
+- accuracy: format x model (tiny FP8/FP4, reference-tiny bf16 and fp8): convert for ascend910b
+  (w8a8 + C16 and C8 KV caches, w4a8 + C16, bf16 + C16; all with the INT8 indexer cache) and for
+  ascend950 (mxfp8 = mxfp8-mxfp4, the 950's FP8 caches), verify against the official-format source
+  with the release's caches (tools/convert/verify): worst per-layer rel err, worst step, logits rel
+  err, top-1 agreement. Rows `caches C16` / `caches C8` run the source weights with only the caches
+  changed (kv_cache bf16 / int8, indexer_cache int8). --quick: tiny only.
 """
 from __future__ import annotations
 
@@ -22,7 +24,12 @@ import time
 import ml_dtypes
 import numpy as np
 
-SCHEMES = (("w8a8", "ascend910b"), ("w4a8", "ascend910b"), ("bf16", "ascend910b"), ("mxfp8", "ascend950"))
+# (label, scheme, SoC, --kv-cache (None: the SoC's default)) of the conversions; (label, kv_cache)
+# of the cache-only runs
+CONVERSIONS = (("w8a8", "w8a8", "ascend910b", "bf16"), ("w8a8+C8", "w8a8", "ascend910b", "int8"),
+               ("w4a8", "w4a8", "ascend910b", "bf16"), ("bf16", "bf16", "ascend910b", "bf16"),
+               ("mxfp8", "mxfp8", "ascend950", None))
+CACHE_ONLY = (("caches C16", "bf16"), ("caches C8", "int8"))
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 
 
@@ -71,7 +78,8 @@ def linear_throughput(m: int, inp: int, out: int, repeats: int) -> dict:
 def accuracy(models) -> list:
     from ascend_v4.checkpoint import write_random_checkpoint
     from ascend_v4.config import from_dict, load_config
-    from tools.convert.verify import verify
+    from tools.convert.verify import (TOLERANCES, block_names, compare, prompt, run_streams, verify,
+                                      PROMPT_LEN)
     from tools.convert.writer import convert_checkpoint
     rows = []
     with tempfile.TemporaryDirectory(prefix="ascend_v4_bench_quant_") as tmp:
@@ -84,16 +92,25 @@ def accuracy(models) -> list:
                     cfg = from_dict(json.load(fh), name=model)
             src = write_random_checkpoint(cfg, os.path.join(tmp, model), fmt)
             ref = None
-            for scheme, soc in SCHEMES:
-                out = os.path.join(tmp, f"{model}-{scheme}")
-                desc = convert_checkpoint(src, out, soc, scheme)
+            for label, scheme, soc, kv in CONVERSIONS:
+                out = os.path.join(tmp, f"{model}-{label}")
+                desc = convert_checkpoint(src, out, soc, scheme, kv)
                 report, ref = verify(out, src, scheme, ref_streams=ref)
-                d = report.to_dict()
-                rows.append({"model": model, "source": fmt, "scheme": scheme, "soc": soc, "passed": d["passed"],
-                             "weights_changed": desc.get("weights_changed"),
-                             "worst_layer_rel_err": d["worst_layer_rel_err"], "worst_step": d["worst_step"],
-                             "logits_rel_err": d["logits_rel_err"], "top1": d["top1"], "layers": d["layers"]})
+                rows.append(_row(model, fmt, label, soc, desc["kv_cache"], desc["indexer_cache"], report.to_dict(),
+                                 desc.get("weights_changed")))
+            ids = prompt(cfg.vocab_size, PROMPT_LEN)
+            for label, kv in CACHE_ONLY:
+                conv = run_streams(src, ids, kv_cache=kv, indexer_cache="int8")
+                report = compare(conv, ref, "w8a8", block_names(cfg)[:len(conv.hidden)], TOLERANCES["w8a8"])
+                rows.append(_row(model, fmt, label, "ascend910b", kv, "int8", report.to_dict()))
     return rows
+
+
+def _row(model: str, fmt: str, label: str, soc: str, kv: str, indexer: str, d: dict, changed=None) -> dict:
+    return {"model": model, "source": fmt, "scheme": label, "soc": soc, "kv_cache": kv, "indexer_cache": indexer,
+            "weights_changed": changed, "passed": d["passed"], "worst_layer_rel_err": d["worst_layer_rel_err"],
+            "worst_step": d["worst_step"], "logits_rel_err": d["logits_rel_err"], "top1": d["top1"],
+            "layers": d["layers"]}
 
 
 def run(quick: bool = False) -> dict:

@@ -7,6 +7,8 @@ tensor's role from `checkpoint.schema.weight_role`. Built conversions: `native` 
 per-channel INT8, the rest bf16), `w4a8` (w8a8 with the routed experts as symmetric per-channel
 INT4, two per byte) and `mxfp8` (= mxfp8-mxfp4, the 950: MXFP8 linears, the routed
 experts MXFP4, the rest bf16). A scheme needing another format is refused by name.
+The output config.json carries the SoC's cache formats as runtime defaults (`kv_cache`,
+`indexer_cache`), so the loader runs the caches the deployment runs (docs/DESIGN.md 'Cache formats').
 """
 from __future__ import annotations
 
@@ -62,11 +64,12 @@ def make_plan(source: ModelConfig, soc: str, scheme: Optional[str] = None,
     roles = {role: CONVERTED_AS.get((formats.weights, f), f)
              for role, f in ((r, SCHEMES[formats.weights][r]) for r in ROLES)}
     if formats.weights == "native":
-        config = source
+        config = source.replace(kv_cache=formats.kv_cache, indexer_cache=formats.indexer_cache)
     else:
         unbuilt = sorted(f"{r}={f}" for r, f in roles.items() if f not in ("bf16",) + QUANT_FORMATS)
         if unbuilt:
             raise ConvertError(f"--quant {formats.weights}: formats {', '.join(unbuilt)} are not built")
         quantized = {r: f for r, f in roles.items() if f in QUANT_FORMATS}
-        config = checkpoint_config(source, "bf16").replace(quantization=quantized)
+        config = checkpoint_config(source, "bf16").replace(quantization=quantized, kv_cache=formats.kv_cache,
+                                                           indexer_cache=formats.indexer_cache)
     return ConvertPlan(formats.soc, formats.weights, formats.kv_cache, formats.indexer_cache, config, roles)

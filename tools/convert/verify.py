@@ -5,7 +5,9 @@ block the relative error ||H_conv - H_ref|| / ||H_ref|| of its output stream H [
 the logits [n, vocab], and the top-1 agreement over the n positions. Each is held to the scheme's
 tolerance (TOLERANCES, measured on tiny and the reference-tiny configs, docs/DESIGN.md 'Converted
 formats', with margin); the first block over tolerance is named. The reference runs the source's
-own path (FP8 activation simulation for FP8/FP4 weights).
+own path (FP8 activation simulation for FP8/FP4 weights) with the release's caches (FP8 KV entries,
+FP4 indexer keys); the converted model runs the cache formats its config.json records (C16 / C8 KV,
+INT8 indexer cache on the 910B/910C), so the report covers weights and caches together.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ PROMPT_LEN = 48
 # e_-1 = 0), `logits` the logits' relative error, `top1` the least top-1 agreement. Errors accumulate
 # and jump where routing or the indexer's top-k flips, so a block is judged by what it adds. Measured
 # (float32, 48-token prompt; docs/DESIGN.md 'Converted formats') on tiny and the reference-tiny
-# configs: steps <= 0.101, logits <= 0.252, top-1 >= 0.646; set with margin (1.5x, 1.4x, -0.1).
+# configs: steps <= 0.101, logits <= 0.252, top-1 >= 0.646; set with margin (1.5x, 1.4x, -0.1). With
+# the converted model on its SoC's caches (C16 / C8, INT8 indexer): steps <= 0.117, logits <= 0.264,
+# top-1 >= 0.65 (bench group quant), kept within these tolerances.
 # Deliberately wrong conversions measured: one tensor's scales x2 adds 0.37 at its block, one wq_b's
 # rows permuted 0.197 (logits 0.41, top-1 0.42). mxfp8 (official FP8/FP4 sources) measured within the
 # same: steps <= 0.099, logits <= 0.257, top-1 >= 0.73.
@@ -91,14 +95,18 @@ def prompt(vocab: int, n: int = PROMPT_LEN, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int32)
 
 
-def run_streams(folder: str, ids: np.ndarray, compute_dtype: str = "float32") -> Streams:
-    """One extend of ids [n] from an empty state: logits and every block's output stream."""
+OFFICIAL_CACHES = {"kv_cache": "fp8", "indexer_cache": "fp4"}
+
+
+def run_streams(folder: str, ids: np.ndarray, compute_dtype: str = "float32", **runtime) -> Streams:
+    """One extend of ids [n] from an empty state: logits and every block's output stream.
+    runtime: RuntimeConfig overrides (e.g. kv_cache) over the folder's config."""
     from mindspore import Tensor
     from ascend_v4.api import build_model
     from ascend_v4.checkpoint import open_checkpoint
     from ascend_v4.model import ExtendNet
     n = int(ids.shape[0])
-    ckpt = open_checkpoint(folder, overrides={"compute_dtype": compute_dtype, "max_batch_size": 1})
+    ckpt = open_checkpoint(folder, overrides={**runtime, "compute_dtype": compute_dtype, "max_batch_size": 1})
     model = build_model(ckpt, prefill_chunk=n)
     net = ExtendNet(model.transformer, all_logits=True, layer_outputs=True)
     i32 = lambda v: Tensor(np.asarray(v, np.int32))   # noqa: E731
@@ -130,6 +138,6 @@ def verify(converted: str, reference: str, scheme: str, compute_dtype: str = "fl
     from ascend_v4.config import load_config
     cfg = load_config(converted)
     ids = prompt(cfg.vocab_size, PROMPT_LEN, seed)
-    ref = ref_streams or run_streams(reference, ids, compute_dtype)
+    ref = ref_streams or run_streams(reference, ids, compute_dtype, **OFFICIAL_CACHES)
     conv = run_streams(converted, ids, compute_dtype)
     return compare(conv, ref, scheme, block_names(cfg)[:len(conv.hidden)]), ref

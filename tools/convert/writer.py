@@ -46,6 +46,15 @@ WEIGHT_MXFP4 = ("MXFP4: e2m1 codes two per byte + one ue8m0 scale per 1x32 block
 WEIGHT_INT4 = ("static symmetric per-output-channel INT4 (W4A8): w_scale = amax(|w| of the row) / 7 "
                "(float32), q_w = clamp(round_half_even(w / w_scale), -7, 7), two's complement nibbles two per "
                "byte (low nibble = even input column); product as W8A8 with INT8 activations")
+KV_CACHE_ROUNDING = {
+    "fp8": "release MODEL1: 448 non-RoPE dims e4m3 per 64 with ue8m0 scales, 64 RoPE dims bf16",
+    "bf16": "C16: every dim bf16 (round half to even)",
+    "int8": ("C8: non-RoPE dims symmetric INT8 per token per 64-dim tile, scale = max(amax, 1e-4) / 127 "
+             "(float32), q = clamp(round_half_even(x / scale), -127, 127); RoPE dims bf16")}
+INDEXER_CACHE_ROUNDING = {
+    "fp4": "release: Hadamard-rotated keys and queries e2m1 per 32 with ue8m0 scales",
+    "int8": ("A8C8: Hadamard-rotated keys per token, queries per token-head, symmetric INT8: scale = "
+             "amax / 127, q = clamp(round_half_even(x / scale), -127, 127)")}
 WEIGHT_INT8 = ("static symmetric per-output-channel INT8: w_scale = amax(|w| of the row) / 127 (float32), "
                "q_w = clamp(round_half_even(w / w_scale), -127, 127), w = the exact dequantised source")
 
@@ -141,8 +150,11 @@ def describe(plan: ConvertPlan, ckpt: Checkpoint, schema: Dict[str, TensorSpec],
     mx = any(f in ("mxfp8", "mxfp4") for f in plan.roles.values()) and not plan.copy
     return {"format": "ascend-v4 converted", "soc": plan.soc, "scheme": plan.scheme,
             "role_formats": plan.roles, "kv_cache": plan.kv_cache, "indexer_cache": plan.indexer_cache,
-            "kv_cache_note": "recorded for deployment; the MindSpore model keeps its own cache layout",
             "weights_int8": WEIGHT_INT8 if int8 else None, "weights_int4": WEIGHT_INT4 if int4 else None,
+            "kv_cache_rounding": KV_CACHE_ROUNDING[plan.kv_cache],
+            "indexer_cache_rounding": INDEXER_CACHE_ROUNDING[plan.indexer_cache],
+            "cache_storage": "the model rounds the cache entries as these formats store them (config.json "
+                             "kv_cache / indexer_cache); its state slots hold the rounded values in the compute dtype",
             "activations_int8": ACTIVATION_INT8 if int8 else None,
             "product_int8": PRODUCT_INT8 if int8 else None,
             "weights_mxfp8": WEIGHT_MXFP8 if mx else None, "weights_mxfp4": WEIGHT_MXFP4 if mx else None,

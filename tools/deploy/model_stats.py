@@ -56,11 +56,13 @@ ATTN_ROLES = ("attn", "attn_a", "attn_o", "attn_bf16")   # attention weights (`t
 #         packed e2m1 (128 / 2 = 64 B) plus one ue8m0 scale per 32 values (4 B) = 68 B.
 #   bf16: Huawei's A3 recipe (W8A8C16): bf16 entries (1024 B) and an INT8 indexer cache
 #         (128 B + one fp32 per-token scale = 132 B).
-#   int8: C8 (W8A8C8 on 910B/910C). WE ASSUME the FP8 layout's bytes (one byte per non-RoPE value,
-#         bf16 RoPE, per-tile scales) and the INT8 indexer cache of the bf16 row.
+#   int8: C8 (W8A8C8 on 910B/910C), as the model rounds it (docs/DESIGN.md 'Cache formats'): 448 INT8
+#         + 64 bf16 RoPE dims + one fp32 scale per 64-dim tile (7) = 604 B (the V3.2 recipe's
+#         MlaProlog per-tile row layout with V4's widths; the tile of 64 is assumed), and the INT8
+#         indexer cache of the bf16 row.
 CACHE_FORMATS = {"fp8": {"entry": 584, "index_key": 68},
                  "bf16": {"entry": 1024, "index_key": 132},
-                 "int8": {"entry": 584, "index_key": 132}}
+                 "int8": {"entry": 448 + 64 * 2 + 7 * 4, "index_key": 132}}
 
 
 def matrix_bytes(rows: int, cols: int, fmt: str) -> int:
