@@ -66,35 +66,52 @@ def test_checker_and_strict_shape_inference(onnx_models):
         assert {o.domain: o.version for o in m.opset_import}[""] == 21
 
 
-def test_fp8_initializers_are_lossless_and_sized(onnx_models):
+# ONNX type of each checkpoint format in a storage-format graph (scales: their ue8m0 exponent bytes)
+STORED_TYPES = {"fp8": "FLOAT8E4M3FN", "fp4": "UINT8", "bf16": "BFLOAT16", "fp32": "FLOAT", "int": "INT32"}
+
+
+def test_initializers_are_the_checkpoint_bytes_and_sized(onnx_models):
+    """Weights in checkpoint format: every initializer of a checkpoint tensor has its format's type
+    and exactly its bytes (FP8 codes as FLOAT8E4M3FN, FP4 packed two per byte, bf16, ue8m0 scale
+    bytes), and each graph's file is within 10% of the checkpoint's bytes."""
     from ascend_v4.checkpoint import open_checkpoint
+    from ascend_v4.weights import e8m0_bytes
     folder, manifest, models = onnx_models
+    assert manifest["weight_storage"] == "checkpoint"
     ckpt = open_checkpoint(os.path.join(folder, "checkpoint"))
-    m = models[f"extend_{BUCKET}"]
-    inits = {t.name: t for t in m.graph.initializer}
-    fp8 = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
     cfg = ckpt.config
-    # per layer: wq_a wq_b wkv wo_b + shared w1 w2 w3 + stacked routed w1 w2 w3; indexer wq_b on ratio-4
-    assert len(fp8) == cfg.n_layers * 10 + sum(r == 4 for r in cfg.compress_ratios[:cfg.n_layers])
-    fp8_bytes = sum(len(t.raw_data) for t in fp8)
-    assert fp8_bytes == sum(int(np.prod(t.dims)) for t in fp8)                 # one byte per weight
-    assert fp8_bytes == manifest["graphs"][f"extend_{BUCKET}"]["weights"]["fp8_bytes"]
-    size = os.path.getsize(os.path.join(folder, manifest["graphs"][f"extend_{BUCKET}"]["onnx"]))
-    tensor_bytes = sum(len(t.raw_data) for t in m.graph.initializer) + sum(
-        len(n.attribute[0].t.raw_data) for n in list(m.graph.node) + [b for f in m.functions for b in f.node]
-        if n.op_type == "Constant")
-    assert tensor_bytes <= size < 1.05 * tensor_bytes + 2e6                    # the file is its tensors
-    assert size < fp8_bytes * 8                # FP8 weights held as float64 alone would exceed the file
-    # lossless: an FP8 linear and a recast FP4 expert equal the checkpoint's dequantised weight
-    import ml_dtypes
-    for onnx_name, ckpt_name, idx in (("layers.1.attn.wq_a.weight", "layers.1.attn.wq_a.weight", None),
-                                      ("layers.2.ffn.experts.w2.weight", "layers.2.ffn.experts.5.w2.weight", 5)):
-        t = inits[onnx_name]
-        q = np.frombuffer(t.raw_data, ml_dtypes.float8_e4m3fn).reshape(tuple(t.dims)).astype(np.float64)
-        s = onnx.numpy_helper.to_array(inits[onnx_name + ".scale"]).astype(np.float64)
-        w = q * np.repeat(s, 128, axis=-1)[..., :q.shape[-1]]
-        w = w if idx is None else w[idx]
-        np.testing.assert_array_equal(w, ckpt.dequantized(ckpt_name))
+    for name, m in models.items():
+        inits = {t.name: t for t in m.graph.initializer}
+        fp8 = [t for t in inits.values() if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
+        # per layer: wq_a wq_b wkv wo_b + shared w1 w2 w3; indexer wq_b on ratio-4 layers
+        assert len(fp8) == cfg.n_layers * 7 + sum(r == 4 for r in cfg.compress_ratios[:cfg.n_layers])
+        assert sum(len(t.raw_data) for t in fp8) == manifest["graphs"][name]["weights"]["fp8_bytes"]
+        assert not any(t.data_type == onnx.TensorProto.DOUBLE for t in inits.values())
+        checked = set()
+        for ckpt_name in ckpt.schema:
+            stack = ckpt_name.split(".experts.")
+            key = ckpt_name if len(stack) == 1 or "shared" in ckpt_name else \
+                stack[0] + ".experts." + stack[1].split(".", 1)[1]
+            if key not in inits:
+                continue
+            t = inits[key]
+            kind = ckpt.formats.get(ckpt_name[: -len(".scale")] + ".weight") if ckpt_name.endswith(".scale") \
+                else ckpt.formats[ckpt_name]
+            want = "UINT8" if ckpt_name.endswith(".scale") else STORED_TYPES[kind]
+            assert onnx.TensorProto.DataType.Name(t.data_type) == want, (key, kind)
+            raw = np.asarray(ckpt.raw(ckpt_name))
+            raw = e8m0_bytes(raw) if ckpt_name.endswith(".scale") else raw
+            if kind == "fp32":
+                raw = raw.astype(np.float32)
+            stored = np.frombuffer(t.raw_data, np.uint8).reshape(tuple(t.dims[:-1]) + (-1,))
+            if key != ckpt_name:                                  # stacked experts: slot e
+                stored = stored[int(stack[1].split(".", 1)[0])]
+            np.testing.assert_array_equal(stored.reshape(-1), raw.view(np.uint8).reshape(-1), err_msg=key)
+            checked.add(kind)
+        assert {"fp8", "fp4", "bf16"} <= checked
+        size = manifest["graphs"][name]["onnx_bytes"]
+        assert size == os.path.getsize(os.path.join(folder, manifest["graphs"][name]["onnx"]))
+        assert abs(size / manifest["checkpoint_bytes"] - 1) <= 0.10, (name, size, manifest["checkpoint_bytes"])
     assert ckpt.formats["layers.2.ffn.experts.5.w2.weight"] == "fp4"
 
 
@@ -111,10 +128,10 @@ def test_boundary_functions(onnx_models):
             f = funcs[(n.domain, n.op_type, n.overload)]
             assert list(f.input) == list(n.input) and len(f.output) == len(n.output)
             assert {b.domain for b in f.node} == {""}
-        # the expert function receives the FP8 weights and dequantises inside
+        # the expert function receives the packed FP4 codes and scale bytes and dequantises inside
         moe = funcs[("ascend_v4", "moe_dispatch_combine", "0")]
-        assert "DequantizeLinear" in {b.op_type for b in moe.node}
-        assert {"layers.0.ffn.experts.w1.weight", "layers.0.ffn.experts.w1.weight.scale"} <= set(moe.input)
+        assert {"Gather", "Mul"} <= {b.op_type for b in moe.node}
+        assert {"layers.0.ffn.experts.w1.weight", "layers.0.ffn.experts.w1.scale"} <= set(moe.input)
         sink = funcs[("ascend_v4", "sinkhorn_mhc", "0")]
         assert {"Softmax", "Sigmoid", "ReduceSum", "Div"} <= {b.op_type for b in sink.node}
 
