@@ -109,13 +109,15 @@ class WeightTable:
         ckpt_name, slot = self.names[short]
         names = [ckpt_name] if slot < 0 else [ckpt_name.replace(f".experts.{slot}.", f".experts.{e}.")
                                                for e in range(data.shape[0])]
-        weight_name = ckpt_name if ckpt_name.endswith(".weight") else ckpt_name[: -len(".scale")] + ".weight"
+        weight_name = ckpt_name[: -len(".scale")] + ".weight" if ckpt_name.endswith(".scale") else ckpt_name
         kind = self.ckpt.formats.get(weight_name)
         parts = []
         for n in names:
             raw = np.asarray(self.ckpt.raw(n))
             if n.endswith(".scale") and kind in ("fp8", "fp4"):
                 raw = e8m0_bytes(raw)
+            elif kind == "bf16" and raw.dtype.kind == "f" and raw.dtype != data.dtype:
+                raw = raw.astype(ml_dtypes.bfloat16)          # a bf16 weight stored as float32
             parts.append(raw.view(data.dtype) if raw.dtype.itemsize == data.dtype.itemsize else None)
         if any(p is None for p in parts) or not np.array_equal(np.stack(parts) if slot >= 0 else parts[0], data):
             raise LoweringError(f"parameter {short} does not hold the checkpoint's bytes of {ckpt_name}")

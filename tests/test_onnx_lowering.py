@@ -52,6 +52,72 @@ def test_primitives_match_mindspore(tmp_path):
             np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
 
 
+def _stored_weight_net(tmp_path, codes, misuse=False):
+    """A MindIR of W + x (FP8 StoredWeight [4, 256]) and embedding rows (bf16 bits [8, 16]),
+    lowered with a WeightTable over a stub checkpoint holding the same bytes."""
+    import ml_dtypes
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+    from ascend_v4.weights import StoredWeight
+    from graph_compile.lower import lower_mindir
+    from graph_compile.mindir import read_mindir, short_name
+    from graph_compile.weights import WeightTable
+    ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+    rng = np.random.default_rng(3)
+    scale = np.array([[126, 129]], np.uint8)                              # ue8m0: 2^-1, 2^2
+    emb = rng.standard_normal((8, 16)).astype(ml_dtypes.bfloat16)
+    fp8, rows = StoredWeight((4, 256), "fp8", np.float64), StoredWeight((8, 16), "bf16", np.float64, row_lookup=True)
+    fp8.set_arrays(codes, scale)
+    rows.set_arrays(emb.view(np.uint16), None)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.fp8, self.rows = fp8, rows
+
+        def construct(self, x, ids):
+            if misuse:                                                   # codes reshaped before the lookup
+                return ops.gather(self.fp8.table, self.fp8.weight.reshape((-1,)).astype(ms.int32), 0)
+            return self.fp8.dequantized() + x, self.rows.rows(ids)            # + x: exact, one rounding
+
+    class Stub:                                                          # the checkpoint's raw arrays
+        formats = {"w.weight": "fp8", "e.weight": "bf16"}
+        raw = staticmethod({"w.weight": codes.view(ml_dtypes.float8_e4m3fn),
+                            "w.scale": (2.0 ** (scale.astype(np.float64) - 127)).astype(np.float32),
+                            "e.weight": emb}.__getitem__)
+
+    x, ids = rng.standard_normal((4, 256)), np.array([5, 0, 7], np.int32)
+    ms.export(Net(), Tensor(x), Tensor(ids), file_name=str(tmp_path / "w"), file_format="MINDIR")
+    g = read_mindir(str(tmp_path / "w.mindir"))
+    ckpt_names = {"fp8.weight": ("w.weight", -1), "fp8.scale": ("w.scale", -1), "rows.weight": ("e.weight", -1)}
+    names = {short_name(p): v for p in g.params for k, v in ckpt_names.items() if short_name(p).endswith(k)}
+    assert len(names) == (1 if misuse else 3), list(g.params)
+    model = lower_mindir(g, WeightTable(Stub(), names), ["x", "ids"], ["y", "r"][:1 if misuse else 2], "w")
+    ref = [o.asnumpy() for o in Net()(Tensor(x), Tensor(ids))]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "ids": ids})
+    return {t.name: onnx.TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}, got, ref
+
+
+def test_stored_weight_lookups_lower_to_typed_initializers(tmp_path):
+    """FP8 codes -> FLOAT8E4M3FN and bf16 bit rows -> BFLOAT16 (the lookups become Casts), exact;
+    a weight with a NaN code keeps the uint8 lookup (the table maps it to 0), still exact; codes
+    read by anything but a lookup are refused."""
+    from graph_compile.emit import LoweringError
+    codes = np.random.default_rng(4).integers(0, 0x7F, (4, 256)).astype(np.uint8)
+    codes[::2] |= 0x80                                                    # negative values too
+    for nan_code, want in ((False, "FLOAT8E4M3FN"), (True, "UINT8")):
+        c = codes.copy()
+        if nan_code:
+            c[1, 3] = 0x7F
+        types, got, ref = _stored_weight_net(tmp_path, c)
+        assert (types["w.weight"], types["w.scale"], types["e.weight"]) == (want, "UINT8", "BFLOAT16"), types
+        for a, r in zip(got, ref):
+            np.testing.assert_array_equal(a, r)
+    with pytest.raises(LoweringError, match="only Gather and the lookup Cast"):
+        _stored_weight_net(tmp_path, codes, misuse=True)
+
+
 @pytest.fixture(scope="module")
 def onnx_models():
     folder, manifest, _ = compiled_tiny()
