@@ -175,6 +175,9 @@ def test_initializers_are_the_checkpoint_bytes_and_sized(onnx_models):
             np.testing.assert_array_equal(stored.reshape(-1), raw.view(np.uint8).reshape(-1), err_msg=key)
             checked.add(kind)
         assert {"fp8", "fp4", "bf16"} <= checked
+        # the initializers are exactly the checkpoint tensors the graph holds (all but the MTP layer's)
+        assert sum(len(t.raw_data) for t in inits.values()) == \
+            sum(np.asarray(ckpt.raw(n)).nbytes for n in ckpt.schema if not n.startswith("mtp."))
         size = manifest["graphs"][name]["onnx_bytes"]
         assert size == os.path.getsize(os.path.join(folder, manifest["graphs"][name]["onnx"]))
         assert abs(size / manifest["checkpoint_bytes"] - 1) <= 0.10, (name, size, manifest["checkpoint_bytes"])
