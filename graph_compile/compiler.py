@@ -27,10 +27,26 @@ class CompileError(ValueError):
     """Bad compile options (format, precision, model source)."""
 
 
-# The runtime of exported graphs: dequantised weights (the ONNX writer re-encodes FP8/FP4
-# losslessly from the checkpoint, graph_compile/weights.py) and the composite chains (portable
-# primitives, no fused CPU kernels). The parity runner builds its live model the same way.
-EXPORT_RUNTIME = {"weight_storage": "float", "kernels": "composite"}
+# The runtime of exported graphs: weights in checkpoint format, dequantised in the graph at use
+# (the MindIR parameters and ONNX initializers are the checkpoint's bytes, graph_compile/weights.py),
+# and the composite chains (portable primitives, no fused CPU kernels). `weight_storage` 'float'
+# (dequantised weights) stays available for verification. The parity runner builds its live model
+# the same way, with the manifest's weight_storage.
+WEIGHT_STORAGES = ("checkpoint", "float")
+EXPORT_RUNTIME = {"weight_storage": "checkpoint", "kernels": "composite"}
+
+
+def export_runtime(weight_storage: str = "checkpoint") -> Dict[str, str]:
+    """Runtime overrides of an exported graph (and of the parity runner's live model)."""
+    if weight_storage not in WEIGHT_STORAGES:
+        raise CompileError(f"unknown weight storage {weight_storage!r}; choose from {', '.join(WEIGHT_STORAGES)}")
+    return {**EXPORT_RUNTIME, "weight_storage": weight_storage}
+
+
+def checkpoint_bytes(ckpt_dir: str) -> int:
+    """Bytes of the checkpoint's tensor files (*.safetensors)."""
+    return sum(os.path.getsize(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)
+               if f.endswith(".safetensors"))
 
 
 def parse_formats(spec: str) -> List[str]:
@@ -104,6 +120,7 @@ def compile_graph(ckpt, transformer, graph: str, bucket: Bucket, folder: str, fo
     entry["mindir_export_s"] = round(time.perf_counter() - t0, 2)
     if "mindir" in formats:
         entry["mindir"] = os.path.basename(mindir)
+        entry["mindir_bytes"] = os.path.getsize(mindir)
     if "onnx" in formats:
         t0 = time.perf_counter()
         table = transformer.checkpoint_parameters()
@@ -116,6 +133,7 @@ def compile_graph(ckpt, transformer, graph: str, bucket: Bucket, folder: str, fo
         path = os.path.join(folder, name + ".onnx")
         entry.update(_save_onnx(model, path, external_threshold))
         entry["onnx"] = os.path.basename(path)
+        entry["onnx_bytes"] = sum(os.path.getsize(p) for p in (path, path + ".data") if os.path.exists(p))
         entry["onnx_lowering_s"] = round(time.perf_counter() - t0, 2)
         entry["weights"] = weights.stats
         entry["functions"] = sorted({f"{f.domain}.{f.name}" for f in model.functions})
@@ -129,21 +147,23 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
                   preset: Optional[str] = None, checkpoint: Optional[str] = None,
                   precision: str = "float32", weight_format: Optional[str] = None, seed: int = 0,
                   external_threshold: int = DEFAULT_EXTERNAL_THRESHOLD, overwrite: bool = False,
-                  soc_formats: Optional[dict] = None, log=print) -> dict:
+                  soc_formats: Optional[dict] = None, weight_storage: str = "checkpoint", log=print) -> dict:
     """Compile the model to `out` (atomically); returns the manifest. `soc_formats`: the formats the
-    target SoC picks (`tools.deploy.formats.Formats.to_dict()`), recorded as the manifest's `soc`."""
+    target SoC picks (`tools.deploy.formats.Formats.to_dict()`), recorded as the manifest's `soc`.
+    `weight_storage`: 'checkpoint' (weights as stored, dequantised in the graph) or 'float'."""
     from ascend_v4.api import build_model
     from ascend_v4.checkpoint import open_checkpoint
     from graph_compile.buckets import parse_buckets
     formats = parse_formats(formats_spec)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    runtime = export_runtime(weight_storage)
     if checkpoint is not None and not os.path.exists(checkpoint):
         raise CompileError(f"checkpoint {checkpoint} does not exist")
     t_start = time.perf_counter()
     with staging_folder(out, overwrite) as tmp:
         ckpt_dir = prepare_checkpoint(preset, checkpoint, tmp, weight_format, seed)
-        ckpt = open_checkpoint(ckpt_dir, overrides={"compute_dtype": precision, **EXPORT_RUNTIME})
+        ckpt = open_checkpoint(ckpt_dir, overrides={"compute_dtype": precision, **runtime})
         if ckpt.config.has_engram:
             raise CompileError("graph export of Engram models (engram_layer_ids) is not built: their "
                                "graphs take host-fetched table rows (ascend_v4/engram.py)")
@@ -167,6 +187,8 @@ def compile_model(out: str, buckets_spec: str, formats_spec: str = "onnx,mindir"
             "checkpoint": "checkpoint" if in_folder else ckpt_dir,
             "checkpoint_in_folder": in_folder,
             "weight_format": ckpt.weight_format,
+            "weight_storage": weight_storage,
+            "checkpoint_bytes": checkpoint_bytes(ckpt_dir),
             "soc": soc_formats,
             "precision": precision,
             "buckets": [b.name for b in buckets],

@@ -20,6 +20,7 @@ from graph_compile.primitives import EMITTERS
 from graph_compile.weights import WeightTable
 
 OPSET = 21
+_CODE_READERS = ("Gather", "Cast")    # the primitives that accept stored weight codes (emit.Val.role)
 IR_VERSION = 10       # onnxruntime 1.31 reads IR <= 13; 10 is the first with function overloads
 
 
@@ -62,7 +63,10 @@ def lower_mindir(g: MGraph, weights: WeightTable, input_names: Sequence[str],
         elif n.op == "TupleGetItem":
             vals[n.output] = args[0][int(args[1])]
         elif n.op in EMITTERS:
-            args = [e.const(a) if isinstance(a, np.ndarray) and a.ndim > 0 else a for a in args]
+            if n.op not in _CODE_READERS and any(isinstance(a, Val) and a.role != "value" for a in args):
+                raise LoweringError(f"{graph_name}: stored weight codes reach {n.op} (scope {n.scope}); "
+                                    "only Gather and the lookup Cast may read them")
+            args = [e.array(a) if isinstance(a, np.ndarray) and a.ndim > 0 else a for a in args]
             vals[n.output] = EMITTERS[n.op](e, args, n.meta, n.attrs, op=n.op)
         else:
             raise LoweringError(f"{graph_name}: no ONNX lowering for MindSpore primitive {n.op} "
@@ -78,12 +82,21 @@ def lower_mindir(g: MGraph, weights: WeightTable, input_names: Sequence[str],
         e.groups.append(None)
         graph_outputs.append(helper.make_tensor_value_info(name, ONNX_DTYPE[v.meta.dtype], v.meta.shape))
     names = {gid: key for key, gid in group_ids.items()}
+    _drop_unused_constants(e)
     nodes, functions = outline_groups(e.nodes, e.groups, names, e.const_names, OPSET)
     graph = helper.make_graph(nodes, graph_name, graph_inputs, graph_outputs,
                               initializer=weights.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                    helper.make_opsetid(DOMAIN, 1)],
                              functions=functions, ir_version=IR_VERSION, producer_name="ascend_v4.graph_compile")
+
+
+def _drop_unused_constants(e: Emitter) -> None:
+    """Remove Constant nodes nothing reads (value tables whose lookups became Casts)."""
+    used = {x for n in e.nodes for x in n.input}
+    keep = [k for k, n in enumerate(e.nodes) if n.op_type != "Constant" or n.output[0] in used]
+    e.nodes = [e.nodes[k] for k in keep]
+    e.groups = [e.groups[k] for k in keep]
 
 
 def _arg(vals, g: MGraph, weights: WeightTable, e: Emitter, name: str):

@@ -34,13 +34,14 @@ class MindSporeBackend:
 
     name = "mindspore"
 
-    def __init__(self, checkpoint_dir: str, precision: str, custom_ops: bool = False):
+    def __init__(self, checkpoint_dir: str, precision: str, custom_ops: bool = False,
+                 weight_storage: str = "checkpoint"):
         from ascend_v4.api import build_model
         from ascend_v4.checkpoint import open_checkpoint
         from graph_compile.capture import GRAPHS, graph_cell
-        from graph_compile.compiler import EXPORT_RUNTIME
+        from graph_compile.compiler import export_runtime
         overrides = {"compute_dtype": "float32", "custom_ops": True} if custom_ops else {"compute_dtype": precision}
-        overrides.update(EXPORT_RUNTIME)
+        overrides.update(export_runtime(weight_storage))
         self.ckpt = open_checkpoint(checkpoint_dir, overrides=overrides)
         self.model = build_model(self.ckpt)
         self.spec = self.model.spec
@@ -199,7 +200,8 @@ def run_parity(folder: str, steps: int = 16, bucket: Optional[str] = None, seed:
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, manifest["config"]["vocab_size"], (b, s)).astype(np.int32)
     if mindspore_runs is None:
-        mindspore_runs = mindspore_sequence(ckpt_dir, precision, prompt, steps, n_layers, custom_ops)
+        mindspore_runs = mindspore_sequence(ckpt_dir, precision, prompt, steps, n_layers, custom_ops,
+                                            manifest.get("weight_storage", "float"))   # older artifacts: float
     ms_steps, ms_timing, tokens = mindspore_runs
     ort_timing: dict = {}
     onnx = OnnxBackend(folder, pre, dec, manifest["state"])
@@ -227,9 +229,9 @@ def run_parity(folder: str, steps: int = 16, bucket: Optional[str] = None, seed:
 
 
 def mindspore_sequence(ckpt_dir: str, precision: str, prompt: np.ndarray, steps: int, n_layers: int,
-                       custom_ops: bool = False):
+                       custom_ops: bool = False, weight_storage: str = "checkpoint"):
     """MindSpore's run: (per-step outputs, timings, greedy tokens [b, 1] fed to each decode step)."""
-    ms = MindSporeBackend(ckpt_dir, precision, custom_ops)
+    ms = MindSporeBackend(ckpt_dir, precision, custom_ops, weight_storage)
     tokens = []
     picked = run_sequence(ms, prompt, [], n_layers)                  # pick the tokens (and warm up)
     logits, state = picked[0]["logits"], [picked[0]["state." + n] for n in ms.spec.names]

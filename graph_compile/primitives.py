@@ -10,7 +10,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from graph_compile.emit import Emitter, LoweringError, Val
+from graph_compile.emit import ONNX_DTYPE, Emitter, LoweringError, Val
 from graph_compile.mindir import Meta
 
 EMITTERS: Dict[str, Callable] = {}
@@ -149,7 +149,12 @@ def _select(e, args, meta, attrs, op=None):
 
 @emitter("Cast")
 def _cast(e, args, meta, attrs, op=None):
-    return e.as_tensor(args[0], meta.dtype)
+    x = args[0]
+    if isinstance(x, Val) and x.role == "codes":   # uint8/uint16 codes -> int32 lookup indices
+        if meta.dtype.kind not in "iu":
+            raise LoweringError(f"stored weight codes {x.name} cast to {meta.dtype} (not a lookup index)")
+        return Val(x.name, x.meta, role="index")
+    return e.as_tensor(x, meta.dtype)
 
 
 @emitter("RemainderTensorScalar", "FloorMod", "RemainderTensorTensor")
@@ -331,11 +336,28 @@ def _strided_slice(e, args, meta, attrs, op=None):
 
 @emitter("Gather")
 def _gather(e, args, meta, attrs, op=None):
-    x, idx = args[0], e.as_tensor(args[1], np.int64)
     axis = int(args[2]) if len(args) > 2 and args[2] is not None else 0
     if len(args) > 3 and args[3]:
         raise LoweringError("Gather with batch_dims is not supported")
-    return e.op("Gather", [x.name, idx.name], meta, axis=axis % len(x.meta.shape))
+    if isinstance(args[1], Val) and args[1].role == "index":
+        return _code_lookup(e, args[0], args[1], meta, axis)
+    x, idx = args[0], e.as_tensor(args[1], np.int64)
+    if x.role == "index":
+        raise LoweringError(f"stored weight codes {x.name} are gathered after their cast to indices")
+    out = Meta(x.meta.dtype, meta.shape)          # codes keep their stored type (e4m3 / bf16)
+    return Val(e.op("Gather", [x.name, idx.name], out, axis=axis % len(x.meta.shape)).name, out, x.role)
+
+
+def _code_lookup(e, table: Val, codes: Val, meta, axis: int) -> Val:
+    """table[codes] with the value table of the codes' stored type -> Cast (exact: the tables are
+    those types' values; the WeightTable typed only weights without NaN codes)."""
+    from ascend_v4.weights import bf16_values, fp8_code_values
+    values = {"float8_e4m3fn": fp8_code_values, "bfloat16": bf16_values}[codes.meta.dtype.name]
+    got = e.const_values.get(table.name)
+    if axis != 0 or got is None or not np.array_equal(got, values(meta.dtype)):
+        raise LoweringError(f"stored {codes.meta.dtype.name} codes {codes.name} index a table that is "
+                            "not their value table")
+    return e.op("Cast", [codes.name], meta, to=ONNX_DTYPE[np.dtype(meta.dtype)])
 
 
 @emitter("TensorScatterUpdate")

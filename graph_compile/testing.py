@@ -38,4 +38,4 @@ def mindspore_run() -> tuple:
     b, s = (int(x) for x in BUCKET.split("x"))
     prompt = np.random.default_rng(0).integers(0, manifest["config"]["vocab_size"], (b, s)).astype(np.int32)
     return mindspore_sequence(os.path.join(folder, "checkpoint"), "float64", prompt, STEPS,
-                              manifest["config"]["n_layers"])
+                              manifest["config"]["n_layers"], weight_storage=manifest["weight_storage"])

@@ -126,3 +126,39 @@ def test_cli_parity_errors(artifact, tmp_path):
     assert res.exit_code == 1 and "no manifest.json" in res.output
     res = CliRunner().invoke(main, ["parity", folder, "--steps", "500"])
     assert res.exit_code == 1 and "max_seq_len" in res.output
+
+
+def test_mindir_parameters_are_the_checkpoint_bytes(artifact):
+    """weight_storage 'checkpoint': the MindIR parameters are the stored arrays (FP8 / FP4 codes and
+    ue8m0 scale bytes as uint8, the checkpoint's bytes; bf16 as bf16 or its uint16 bits), and the
+    parameter bytes are within 10% of the checkpoint bytes of the tensors the graph holds."""
+    import ml_dtypes
+    from ascend_v4.checkpoint import open_checkpoint
+    from graph_compile.mindir import read_mindir, short_name
+    folder, manifest, _ = artifact
+    ckpt = open_checkpoint(os.path.join(folder, "checkpoint"))
+    g = read_mindir(os.path.join(folder, manifest["graphs"]["decode_b1"]["mindir"]))
+    params = {short_name(k).replace(".inner.", ".").removeprefix("model."): v for k, v in g.params.items()}
+    kinds = {}
+    for name, kind in ckpt.formats.items():
+        if name not in params:
+            continue
+        kinds[kind] = kinds.get(kind, set()) | {params[name].dtype}
+        if kind == "fp8":
+            np.testing.assert_array_equal(params[name], np.asarray(ckpt.raw(name)).view(np.uint8))
+    assert kinds["fp8"] == {np.dtype(np.uint8)}
+    assert kinds["bf16"] <= {np.dtype(ml_dtypes.bfloat16), np.dtype(np.uint16),       # uint16: gathered bits
+                             np.dtype(np.float64)}                                 # norms: compute dtype
+    experts = params["layers.2.ffn.experts.w2.weight"]                                # packed FP4 [E, out, in/2]
+    assert experts.dtype == np.uint8 and experts.shape[-1] * 2 == manifest["config"]["moe_inter_dim"]
+    np.testing.assert_array_equal(experts[5], np.asarray(ckpt.raw("layers.2.ffn.experts.5.w2.weight")).view(np.uint8))
+    assert params["layers.2.ffn.experts.w2.scale"].dtype == np.uint8
+    assert params["embed.weight"].dtype == np.uint16                                  # gathered bf16: bits
+    for entry in manifest["graphs"].values():
+        assert entry["mindir_bytes"] == os.path.getsize(os.path.join(folder, entry["mindir"]))
+    # the checkpoint tensors the graphs hold (all but the MTP layer's); float64 parameters are the
+    # fp32 tensors and norms in the compute dtype, counted at float32 width
+    in_graph = sum(np.asarray(ckpt.raw(n)).nbytes for n in ckpt.schema if not n.startswith("mtp."))
+    as_f32 = sum(v.nbytes // (2 if v.dtype == np.float64 else 1) for v in g.params.values())
+    assert abs(as_f32 / in_graph - 1) <= 0.10, (as_f32, in_graph)
+    assert sum(v.nbytes for v in g.params.values() if v.dtype == np.float64) < 0.25 * in_graph

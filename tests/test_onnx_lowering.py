@@ -52,6 +52,72 @@ def test_primitives_match_mindspore(tmp_path):
             np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
 
 
+def _stored_weight_net(tmp_path, codes, misuse=False):
+    """A MindIR of W + x (FP8 StoredWeight [4, 256]) and embedding rows (bf16 bits [8, 16]),
+    lowered with a WeightTable over a stub checkpoint holding the same bytes."""
+    import ml_dtypes
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+    from ascend_v4.weights import StoredWeight
+    from graph_compile.lower import lower_mindir
+    from graph_compile.mindir import read_mindir, short_name
+    from graph_compile.weights import WeightTable
+    ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+    rng = np.random.default_rng(3)
+    scale = np.array([[126, 129]], np.uint8)                              # ue8m0: 2^-1, 2^2
+    emb = rng.standard_normal((8, 16)).astype(ml_dtypes.bfloat16)
+    fp8, rows = StoredWeight((4, 256), "fp8", np.float64), StoredWeight((8, 16), "bf16", np.float64, row_lookup=True)
+    fp8.set_arrays(codes, scale)
+    rows.set_arrays(emb.view(np.uint16), None)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.fp8, self.rows = fp8, rows
+
+        def construct(self, x, ids):
+            if misuse:                                                   # codes reshaped before the lookup
+                return ops.gather(self.fp8.table, self.fp8.weight.reshape((-1,)).astype(ms.int32), 0)
+            return self.fp8.dequantized() + x, self.rows.rows(ids)            # + x: exact, one rounding
+
+    class Stub:                                                          # the checkpoint's raw arrays
+        formats = {"w.weight": "fp8", "e.weight": "bf16"}
+        raw = staticmethod({"w.weight": codes.view(ml_dtypes.float8_e4m3fn),
+                            "w.scale": (2.0 ** (scale.astype(np.float64) - 127)).astype(np.float32),
+                            "e.weight": emb}.__getitem__)
+
+    x, ids = rng.standard_normal((4, 256)), np.array([5, 0, 7], np.int32)
+    ms.export(Net(), Tensor(x), Tensor(ids), file_name=str(tmp_path / "w"), file_format="MINDIR")
+    g = read_mindir(str(tmp_path / "w.mindir"))
+    ckpt_names = {"fp8.weight": ("w.weight", -1), "fp8.scale": ("w.scale", -1), "rows.weight": ("e.weight", -1)}
+    names = {short_name(p): v for p in g.params for k, v in ckpt_names.items() if short_name(p).endswith(k)}
+    assert len(names) == (1 if misuse else 3), list(g.params)
+    model = lower_mindir(g, WeightTable(Stub(), names), ["x", "ids"], ["y", "r"][:1 if misuse else 2], "w")
+    ref = [o.asnumpy() for o in Net()(Tensor(x), Tensor(ids))]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "ids": ids})
+    return {t.name: onnx.TensorProto.DataType.Name(t.data_type) for t in model.graph.initializer}, got, ref
+
+
+def test_stored_weight_lookups_lower_to_typed_initializers(tmp_path):
+    """FP8 codes -> FLOAT8E4M3FN and bf16 bit rows -> BFLOAT16 (the lookups become Casts), exact;
+    a weight with a NaN code keeps the uint8 lookup (the table maps it to 0), still exact; codes
+    read by anything but a lookup are refused."""
+    from graph_compile.emit import LoweringError
+    codes = np.random.default_rng(4).integers(0, 0x7F, (4, 256)).astype(np.uint8)
+    codes[::2] |= 0x80                                                    # negative values too
+    for nan_code, want in ((False, "FLOAT8E4M3FN"), (True, "UINT8")):
+        c = codes.copy()
+        if nan_code:
+            c[1, 3] = 0x7F
+        types, got, ref = _stored_weight_net(tmp_path, c)
+        assert (types["w.weight"], types["w.scale"], types["e.weight"]) == (want, "UINT8", "BFLOAT16"), types
+        for a, r in zip(got, ref):
+            np.testing.assert_array_equal(a, r)
+    with pytest.raises(LoweringError, match="only Gather and the lookup Cast"):
+        _stored_weight_net(tmp_path, codes, misuse=True)
+
+
 @pytest.fixture(scope="module")
 def onnx_models():
     folder, manifest, _ = compiled_tiny()
@@ -66,35 +132,55 @@ def test_checker_and_strict_shape_inference(onnx_models):
         assert {o.domain: o.version for o in m.opset_import}[""] == 21
 
 
-def test_fp8_initializers_are_lossless_and_sized(onnx_models):
+# ONNX type of each checkpoint format in a storage-format graph (scales: their ue8m0 exponent bytes)
+STORED_TYPES = {"fp8": "FLOAT8E4M3FN", "fp4": "UINT8", "bf16": "BFLOAT16", "fp32": "FLOAT", "int": "INT32"}
+
+
+def test_initializers_are_the_checkpoint_bytes_and_sized(onnx_models):
+    """Weights in checkpoint format: every initializer of a checkpoint tensor has its format's type
+    and exactly its bytes (FP8 codes as FLOAT8E4M3FN, FP4 packed two per byte, bf16, ue8m0 scale
+    bytes), and each graph's file is within 10% of the checkpoint's bytes."""
     from ascend_v4.checkpoint import open_checkpoint
+    from ascend_v4.weights import e8m0_bytes
     folder, manifest, models = onnx_models
+    assert manifest["weight_storage"] == "checkpoint"
     ckpt = open_checkpoint(os.path.join(folder, "checkpoint"))
-    m = models[f"extend_{BUCKET}"]
-    inits = {t.name: t for t in m.graph.initializer}
-    fp8 = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
     cfg = ckpt.config
-    # per layer: wq_a wq_b wkv wo_b + shared w1 w2 w3 + stacked routed w1 w2 w3; indexer wq_b on ratio-4
-    assert len(fp8) == cfg.n_layers * 10 + sum(r == 4 for r in cfg.compress_ratios[:cfg.n_layers])
-    fp8_bytes = sum(len(t.raw_data) for t in fp8)
-    assert fp8_bytes == sum(int(np.prod(t.dims)) for t in fp8)                 # one byte per weight
-    assert fp8_bytes == manifest["graphs"][f"extend_{BUCKET}"]["weights"]["fp8_bytes"]
-    size = os.path.getsize(os.path.join(folder, manifest["graphs"][f"extend_{BUCKET}"]["onnx"]))
-    tensor_bytes = sum(len(t.raw_data) for t in m.graph.initializer) + sum(
-        len(n.attribute[0].t.raw_data) for n in list(m.graph.node) + [b for f in m.functions for b in f.node]
-        if n.op_type == "Constant")
-    assert tensor_bytes <= size < 1.05 * tensor_bytes + 2e6                    # the file is its tensors
-    assert size < fp8_bytes * 8                # FP8 weights held as float64 alone would exceed the file
-    # lossless: an FP8 linear and a recast FP4 expert equal the checkpoint's dequantised weight
-    import ml_dtypes
-    for onnx_name, ckpt_name, idx in (("layers.1.attn.wq_a.weight", "layers.1.attn.wq_a.weight", None),
-                                      ("layers.2.ffn.experts.w2.weight", "layers.2.ffn.experts.5.w2.weight", 5)):
-        t = inits[onnx_name]
-        q = np.frombuffer(t.raw_data, ml_dtypes.float8_e4m3fn).reshape(tuple(t.dims)).astype(np.float64)
-        s = onnx.numpy_helper.to_array(inits[onnx_name + ".scale"]).astype(np.float64)
-        w = q * np.repeat(s, 128, axis=-1)[..., :q.shape[-1]]
-        w = w if idx is None else w[idx]
-        np.testing.assert_array_equal(w, ckpt.dequantized(ckpt_name))
+    for name, m in models.items():
+        inits = {t.name: t for t in m.graph.initializer}
+        fp8 = [t for t in inits.values() if t.data_type == onnx.TensorProto.FLOAT8E4M3FN]
+        # per layer: wq_a wq_b wkv wo_b + shared w1 w2 w3; indexer wq_b on ratio-4 layers
+        assert len(fp8) == cfg.n_layers * 7 + sum(r == 4 for r in cfg.compress_ratios[:cfg.n_layers])
+        assert sum(len(t.raw_data) for t in fp8) == manifest["graphs"][name]["weights"]["fp8_bytes"]
+        assert not any(t.data_type == onnx.TensorProto.DOUBLE for t in inits.values())
+        checked = set()
+        for ckpt_name in ckpt.schema:
+            stack = ckpt_name.split(".experts.")
+            key = ckpt_name if len(stack) == 1 or "shared" in ckpt_name else \
+                stack[0] + ".experts." + stack[1].split(".", 1)[1]
+            if key not in inits:
+                continue
+            t = inits[key]
+            kind = ckpt.formats.get(ckpt_name[: -len(".scale")] + ".weight") if ckpt_name.endswith(".scale") \
+                else ckpt.formats[ckpt_name]
+            want = "UINT8" if ckpt_name.endswith(".scale") else STORED_TYPES[kind]
+            assert onnx.TensorProto.DataType.Name(t.data_type) == want, (key, kind)
+            raw = np.asarray(ckpt.raw(ckpt_name))
+            raw = e8m0_bytes(raw) if ckpt_name.endswith(".scale") else raw
+            if kind == "fp32":
+                raw = raw.astype(np.float32)
+            stored = np.frombuffer(t.raw_data, np.uint8).reshape(tuple(t.dims[:-1]) + (-1,))
+            if key != ckpt_name:                                  # stacked experts: slot e
+                stored = stored[int(stack[1].split(".", 1)[0])]
+            np.testing.assert_array_equal(stored.reshape(-1), raw.view(np.uint8).reshape(-1), err_msg=key)
+            checked.add(kind)
+        assert {"fp8", "fp4", "bf16"} <= checked
+        # the initializers are exactly the checkpoint tensors the graph holds (all but the MTP layer's)
+        assert sum(len(t.raw_data) for t in inits.values()) == \
+            sum(np.asarray(ckpt.raw(n)).nbytes for n in ckpt.schema if not n.startswith("mtp."))
+        size = manifest["graphs"][name]["onnx_bytes"]
+        assert size == os.path.getsize(os.path.join(folder, manifest["graphs"][name]["onnx"]))
+        assert abs(size / manifest["checkpoint_bytes"] - 1) <= 0.10, (name, size, manifest["checkpoint_bytes"])
     assert ckpt.formats["layers.2.ffn.experts.5.w2.weight"] == "fp4"
 
 
@@ -111,10 +197,10 @@ def test_boundary_functions(onnx_models):
             f = funcs[(n.domain, n.op_type, n.overload)]
             assert list(f.input) == list(n.input) and len(f.output) == len(n.output)
             assert {b.domain for b in f.node} == {""}
-        # the expert function receives the FP8 weights and dequantises inside
+        # the expert function receives the packed FP4 codes and scale bytes and dequantises inside
         moe = funcs[("ascend_v4", "moe_dispatch_combine", "0")]
-        assert "DequantizeLinear" in {b.op_type for b in moe.node}
-        assert {"layers.0.ffn.experts.w1.weight", "layers.0.ffn.experts.w1.weight.scale"} <= set(moe.input)
+        assert {"Gather", "Mul"} <= {b.op_type for b in moe.node}
+        assert {"layers.0.ffn.experts.w1.weight", "layers.0.ffn.experts.w1.scale"} <= set(moe.input)
         sink = funcs[("ascend_v4", "sinkhorn_mhc", "0")]
         assert {"Softmax", "Sigmoid", "ReduceSum", "Div"} <= {b.op_type for b in sink.node}
 

@@ -23,11 +23,15 @@ from tools.errors import user_errors
 @click.option("--soc", default="ascend910b", show_default=True,
               help=f"SoC profile the deployment targets ({' | '.join(PROFILES)}, or a CANN name); picks the "
                    "weight / KV / indexer-cache formats recorded in the manifest.")
+@click.option("--weight-storage", type=click.Choice(["checkpoint", "float"]), default="checkpoint",
+              show_default=True,
+              help="checkpoint: weights as the checkpoint stores them (FP8/FP4 codes + ue8m0 scales, bf16), "
+                   "dequantised in the graph; float: every weight dequantised to the compute dtype (verification).")
 @click.option("--external-data-threshold", default=1 << 30, show_default=True,
               help="Initializer bytes above which the ONNX weights go to an external-data file.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 def command(preset, checkpoint, formats, buckets, out, precision, weight_format, seed, soc,
-            external_data_threshold, overwrite):
+            weight_storage, external_data_threshold, overwrite):
     """Export extend (BxS: S tokens of one sequence, B-row state) and decode graphs per shape bucket."""
     soc_formats = _soc_formats(soc)
     with user_errors():
@@ -38,19 +42,21 @@ def command(preset, checkpoint, formats, buckets, out, precision, weight_format,
             manifest = compile_model(out, buckets, formats, preset=preset, checkpoint=checkpoint,
                                      precision=precision, weight_format=weight_format, seed=seed,
                                      external_threshold=external_data_threshold, overwrite=overwrite,
-                                     soc_formats=soc_formats, log=lambda m: click.echo(m, err=True))
+                                     soc_formats=soc_formats, weight_storage=weight_storage,
+                                     log=lambda m: click.echo(m, err=True))
         except (ArtifactError, BucketError, CompileError) as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"compiled {manifest['model']} ({manifest['weight_format']} weights, {precision}) "
-               f"to {out} in {manifest['compile_seconds']:.1f} s")
+    click.echo(f"compiled {manifest['model']} ({manifest['weight_format']} weights stored as "
+               f"{weight_storage}, {precision}) to {out} in {manifest['compile_seconds']:.1f} s; "
+               f"checkpoint {manifest['checkpoint_bytes'] / 1e6:.2f} MB")
     click.echo(f"  SoC {soc_formats['soc']}: weights {soc_formats['weights']}, KV cache "
                f"{soc_formats['kv_cache']}, indexer cache {soc_formats['indexer_cache']}")
     for name, g in manifest["graphs"].items():
         parts = [name]
         if "onnx" in g:
-            parts.append(f"{g['onnx']} (functions: {', '.join(g['functions'])})")
+            parts.append(f"{g['onnx']} ({g['onnx_bytes'] / 1e6:.2f} MB; functions: {', '.join(g['functions'])})")
         if "mindir" in g:
-            parts.append(g["mindir"])
+            parts.append(f"{g['mindir']} ({g['mindir_bytes'] / 1e6:.2f} MB)")
         click.echo("  " + "  ".join(parts))
 
 

@@ -90,7 +90,8 @@ def _graphs(checkpoint: str, tmp: str, prompt_len: int, steps: int) -> None:
     sizes = {g: sum(os.path.getsize(os.path.join(out, f)) for f in (v.get("onnx"), v.get("mindir")) if f)
              for g, v in manifest["graphs"].items()}
     click.echo(f"[4/4] compiled {len(sizes)} graphs to MindIR + ONNX in {time.perf_counter() - t0:.1f} s "
-               f"({', '.join(f'{g} {n / 2**20:.1f} MiB' for g, n in sizes.items())})")
+               f"({', '.join(f'{g} {n / 2**20:.1f} MiB' for g, n in sizes.items())}; weights in checkpoint "
+               f"format, checkpoint {manifest['checkpoint_bytes'] / 2**20:.1f} MiB)")
     report = run_parity(out, steps=steps)
     worst = {}
     for row in report.rows:
