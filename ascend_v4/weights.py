@@ -32,7 +32,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ascend_v4 import quant
-from ascend_v4.kernels import weight_matmul
+from ascend_v4.kernels import weight_dequant, weight_matmul
 
 KINDS = ("fp8", "fp4", "mxfp8", "bf16", "int8", "float")
 SCALED = ("fp8", "fp4", "mxfp8", "int8")       # kinds with a `.scale` tensor
@@ -146,6 +146,7 @@ class StoredWeight(nn.Cell):
             self.weight = _param(np.zeros(shape, dtype), "weight")
         # the fused weight-quant matmul over the stored bytes (kernels 'fused'), else None
         self.matmul = weight_matmul(kernels, kind, out, bool(lead)) if not row_lookup else None
+        self.dequant = weight_dequant(kernels, kind, shape, dtype)      # one-kernel dequantisation, or None
 
     # ---- graph side -------------------------------------------------------------------------
     def _dequant(self, codes, scale):
@@ -173,6 +174,8 @@ class StoredWeight(nn.Cell):
 
     def dequantized(self):
         """The whole weight [*lead, out, in] in the compute dtype."""
+        if self.dequant is not None:
+            return self.dequant(self.weight, self.scale_or_none())
         if self.kind in SCALED:
             return self._dequant(self.weight, self.scale)
         return self._dequant(self.weight, None)
@@ -183,6 +186,8 @@ class StoredWeight(nn.Cell):
 
     def take(self, index):
         """Experts `index` [n] of a stacked weight -> [n, out, in] (only those are dequantised)."""
+        if self.dequant is not None:
+            return self.dequant(self.weight, self.scale_or_none(), index)
         codes = ops.gather(self.weight, index, 0)
         if self.kind in SCALED:
             return self._dequant(codes, ops.gather(self.scale, index, 0))

@@ -272,3 +272,44 @@ extern "C" __attribute__((visibility("default"))) int WeightMatmulAot(int nparam
     return WeightProductAll(kind, static_cast<const float*>(params[xi]), tiles, M, K, index, E, params[ci], scale, N,
                             static_cast<float*>(params[yi]));
 }
+
+// Dequantise a weight as stored into the compute dtype (one kernel instead of the lookup chain;
+// the same exact values as StoredWeight._dequant). params (attrs [2] = kind, K, in the compute
+// dtype, which names the output's dtype):
+//   all:     codes [L.., N, Kc], scale, attrs, out [L.., N, K]       (every matrix of a stack)
+//   experts: codes [E, N, Kc], scale [E, ..], index int32 [T], attrs, out [T, N, K]
+extern "C" __attribute__((visibility("default"))) int DequantAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void*, void*) {
+    const bool experts = nparam == 5;
+    if (nparam != 4 && !experts) return 1;
+    const int ai = experts ? 3 : 2, oi = ai + 1;
+    const bool f64 = IsF64(dtypes[oi]);
+    if (std::strcmp(dtypes[ai], dtypes[oi]) != 0) return 1;
+    const int kind = f64 ? int(static_cast<const double*>(params[ai])[0]) : int(static_cast<const float*>(params[ai])[0]);
+    const int64_t K = f64 ? int64_t(static_cast<const double*>(params[ai])[1])
+                          : int64_t(static_cast<const float*>(params[ai])[1]);
+    const int cd = ndims[0];
+    if (cd < 2) return 1;
+    const int64_t N = shapes[0][cd - 2], Kc = shapes[0][cd - 1];
+    if (Kc != (kind == kFp4 ? K / 2 : K) || (kind == kFp4 && K % kFp4Block)) return 1;
+    const int64_t stack = Numel(cd - 2, shapes[0]);
+    if (experts && std::strcmp(dtypes[2], "int32") != 0) return 1;
+    const int32_t* index = experts ? static_cast<const int32_t*>(params[2]) : nullptr;
+    const int64_t count = experts ? Numel(ndims[2], shapes[2]) : stack;
+    const int64_t cb = CodeBytes(kind, N, K), sb = ScaleBytes(kind, N, K);
+    const uint8_t* codes = static_cast<const uint8_t*>(params[0]);
+    const uint8_t* scale = static_cast<const uint8_t*>(params[1]);
+    for (int64_t t = 0; t < count; ++t) {
+        const int64_t e = index ? index[t] : t;
+        if (e < 0 || e >= stack) return 1;
+        for (int64_t n = 0; n < N; ++n) {
+            if (f64)
+                DequantRow(kind, codes + e * cb, sb ? scale + e * sb : nullptr, n, N, K,
+                           static_cast<double*>(params[oi]) + (t * N + n) * K);
+            else
+                DequantRow(kind, codes + e * cb, sb ? scale + e * sb : nullptr, n, N, K,
+                           static_cast<float*>(params[oi]) + (t * N + n) * K);
+        }
+    }
+    return 0;
+}
