@@ -7,6 +7,8 @@ Every measurement runs in a fresh child process (spawned), so RSS figures are it
 - reference_tiny: the official-format tiny configs (configs/reference-tiny-*.json: dim 256, 4
   layers, head_dim 128, 8 experts; batch 2 x 300-token prompts, then decode steps), against
   what the official torch reference measured on this kind of machine (REFERENCE);
+- weight_kernels: the fused weight-quant matmul / one-kernel dequantisation on vs off (reference-
+  tiny bf16 and FP8/FP4, batch 2 x 300 tokens; both models in one process, timed interleaved);
 - small (not in --quick): the `small` preset (3.4B parameters, FP8/FP4, 2.5 GB): streaming
   write of its random checkpoint (time, bytes, writer peak RSS), load (time, RSS growth over
   checkpoint bytes), prefill of 1,024 tokens in one sequence, decode steps, peak RSS. Each child
@@ -148,6 +150,58 @@ def _reference_run(path: str, prompt: int, steps: int, rounds: int) -> dict:
         decode.append(float(np.median(times[1:])))
     return dict(prefill_s=float(np.median(prefill[1:])), decode_step_s=float(np.median(decode[1:])),
                 peak_rss_mb=_rss_mb("VmHWM"), import_baseline_mb=base, **first)
+
+
+def _weight_kernels_ab(path: str, prompt: int, steps: int, rounds: int) -> dict:
+    """One process, two models of one checkpoint, timed interleaved: A with the registry's weight
+    kernels (kernels.weight_matmul / weight_dequant) switched off, i.e. the lookup chain, the bf16
+    Cast and the BLAS matmul; B as built. Batch 2 x `prompt` tokens, then `steps` decode steps."""
+    import ascend_v4.weights as stored_weights
+    from ascend_v4.api import build_model
+    from ascend_v4.checkpoint import open_checkpoint
+    built = (stored_weights.weight_matmul, stored_weights.weight_dequant)
+    models = {}
+    for side in ("A", "B"):
+        off = side == "A"
+        stored_weights.weight_matmul = (lambda *a, **k: None) if off else built[0]
+        stored_weights.weight_dequant = (lambda *a, **k: None) if off else built[1]
+        models[side] = build_model(open_checkpoint(path, overrides={"max_batch_size": 2, "max_seq_len": 1024}),
+                                   prefill_chunk=512)
+    stored_weights.weight_matmul, stored_weights.weight_dequant = built
+    rng = np.random.default_rng(0)
+    vocab = models["A"].cfg.vocab_size
+    times = {side: {"prefill": [], "decode": []} for side in models}
+    for _ in range(rounds):
+        ids = rng.integers(0, vocab, (2, prompt))
+        for side, model in models.items():
+            t0 = time.perf_counter()
+            model(ids, 0)
+            times[side]["prefill"].append(time.perf_counter() - t0)
+        for s in range(steps):
+            tok = rng.integers(0, vocab, (2, 1))
+            for side, model in models.items():
+                t0 = time.perf_counter()
+                model(tok, prompt + s)
+                times[side]["decode"].append(time.perf_counter() - t0)
+    out = {}
+    for side, t in times.items():           # the first round compiles
+        out[side] = dict(prefill_s=float(np.median(t["prefill"][1:])), decode_step_s=float(np.median(t["decode"][steps:])))
+    out["on_over_off"] = {k: out["B"][k] / out["A"][k] for k in out["A"]}
+    return dict(off=out["A"], on=out["B"], on_over_off=out["on_over_off"])
+
+
+def weight_kernels(tmp: str, quick: bool) -> list:
+    """The fused weight kernels on vs off, reference-tiny bf16 and FP8/FP4 (ratios in one process)."""
+    from ascend_v4.checkpoint import write_random_checkpoint
+    from ascend_v4.config import load_config
+    rows = []
+    for fmt in ("bf16", "fp8"):
+        cfg = load_config(os.path.join(CONFIGS, f"reference-tiny-{fmt}.json"))
+        path = write_random_checkpoint(cfg, os.path.join(tmp, "wk-" + fmt), weight_format=fmt, seed=0)
+        rows.append(dict(config=f"reference-tiny-{fmt}", **_isolated("weight_kernels_ab", path=path, prompt=300,
+                                                                      steps=6 if quick else 10,
+                                                                      rounds=2 if quick else 4)))
+    return rows
 
 
 # the small benchmark's children: address space limit (RSS reaches ~9-10 GB of it before a
@@ -317,7 +371,8 @@ def small(tmp: str, prompt: int = 1024, steps: int = 8, prefill_chunk: int = 16)
 def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="ascend_v4_bench_weights_") as tmp:
         out = dict(memory=memory(tmp, quick), decode_graph=decode_graph(tmp),
-                   expert_scaling=expert_scaling(tmp, quick), reference_tiny=reference_tiny(tmp, quick))
+                   expert_scaling=expert_scaling(tmp, quick), reference_tiny=reference_tiny(tmp, quick),
+                   weight_kernels=weight_kernels(tmp, quick))
         if not quick:
             out["small"] = small(tmp)
         return out
