@@ -132,8 +132,8 @@ class WeightMatmul(nn.Cell):
     weight-quant matmul. plain: x [M, K], codes [N, Kc], scale -> [M, N]; experts: x [T, M, K],
     index [T], codes [E, N, Kc], scale [E, ..] -> [T, M, N]. Dequantised values are exact (as
     StoredWeight._dequant); products are summed in the compute dtype in 8 fixed lanes.
-    `grouped(x [G, M, K], codes [G*N, Kc], scale)` -> [G, M, N]: group g through rows g*N.. of
-    one matrix (the attention's grouped wo_a)."""
+    grouped (a plain weight with a 3-D x): x [G, M, K], codes [G*N, Kc] -> [G, M, N], group g
+    through rows g*N.. of the one matrix (the attention's grouped wo_a)."""
 
     def __init__(self, kind: str, out_features: int, experts: bool):
         super().__init__()
