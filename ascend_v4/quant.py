@@ -101,14 +101,20 @@ def unpack_fp4(packed: np.ndarray) -> np.ndarray:
     return codes
 
 
-def quantize_fp4(w: np.ndarray, block: int = FP4_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
-    """w float [out, in] (in % 32 == 0) -> (packed int8 [out, in/2], e8m0 scale [out, in/32])."""
+def _row_blocks(w: np.ndarray, block: int, name: str) -> np.ndarray:
+    """A float weight [out, in] (in % block == 0) -> float32 [out, in/block, block] (1 x block tiles)."""
     w = np.asarray(w, np.float32)
-    _check_2d(w, "quantize_fp4")
+    _check_2d(w, name)
     out, inp = w.shape
     if inp % block:
-        raise QuantError(f"quantize_fp4: input dim {inp} is not a multiple of {block}")
-    wb = w.reshape(out, inp // block, block)
+        raise QuantError(f"{name}: input dim {inp} is not a multiple of {block}")
+    return w.reshape(out, inp // block, block)
+
+
+def quantize_fp4(w: np.ndarray, block: int = FP4_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
+    """w float [out, in] (in % 32 == 0) -> (packed int8 [out, in/2], e8m0 scale [out, in/32])."""
+    wb = _row_blocks(w, block, "quantize_fp4")                                    # [out, in/32, 32]
+    out, inp = wb.shape[0], wb.shape[1] * block
     scale = pow2_scale(np.abs(wb).max(axis=2), FP4_MAX, FP4_AMAX_FLOOR)          # [out, in/32]
     x = np.clip(wb / scale[:, :, None], -FP4_MAX, FP4_MAX).reshape(out, inp)
     codes = x.astype(E2M1).view(np.uint8)     # round to nearest even on the e2m1 grid
@@ -188,14 +194,10 @@ def quantize_mxfp8(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     saturate the block's largest element (amax mantissa > 1.75), then the next power up. Values
     already on an e4m3 grid times a power of two (an FP8 128x128 block) are therefore kept exactly;
     others round half to even. An all-zero block gets scale 2^-127 (byte 0)."""
-    w = np.asarray(w, np.float32)
-    _check_2d(w, "quantize_mxfp8")
-    out, inp = w.shape
-    if inp % MX_BLOCK:
-        raise QuantError(f"quantize_mxfp8: input dim {inp} is not a multiple of {MX_BLOCK}")
-    wb = w.reshape(out, inp // MX_BLOCK, MX_BLOCK)
-    scale = pow2_scale(np.abs(wb).max(axis=2), FP8_MAX, 2.0 ** -118)               # [out, in/32]
-    scale = np.where(np.abs(wb).max(axis=2) > 0, scale, np.float32(2.0 ** -127))
+    wb = _row_blocks(w, MX_BLOCK, "quantize_mxfp8")                               # [out, in/32, 32]
+    out, inp = wb.shape[0], wb.shape[1] * MX_BLOCK
+    amax = np.abs(wb).max(axis=2)                                                  # [out, in/32]
+    scale = np.where(amax > 0, pow2_scale(amax, FP8_MAX, 2.0 ** -118), np.float32(2.0 ** -127))
     q = np.clip(wb / scale[:, :, None], -FP8_MAX, FP8_MAX).reshape(out, inp).astype(E4M3)
     return q.view(np.uint8), scale.astype(E8M0).view(np.uint8)
 
