@@ -20,10 +20,10 @@ from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
-from ascend_v4.kernels import KVEntryRound
-from ascend_v4.numerics import RMSNorm, rms_normalize
+from ascend_v4.kernels import KVEntryRound, Rope
+from ascend_v4.numerics import Normalize, RMSNorm
 from ascend_v4.precision import ms_dtype, np_dtype
-from ascend_v4.rope import apply_rope, rope_tables
+from ascend_v4.rope import rope_tables
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, TABLE, TIERED, StateSlot, StateSpec, page_pool_shape
 
@@ -74,10 +74,12 @@ class Attention(nn.Cell):
         self.dt, self.mdt = np_dtype(rt), ms_dtype(rt)
         dt = self.dt
         self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, lin_a, rt)
-        self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt)
+        self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dt, rt.kernels)
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, lin, rt)
         self.wkv = Linear(cfg.dim, cfg.head_dim, lin_a, rt)
-        self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt)
+        self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt, rt.kernels)
+        self.q_head_norm = Normalize(cfg.norm_eps, rt.kernels)                # per head, no weight
+        self.rope, self.inverse_rope = Rope(rt, cfg.rope_head_dim), Rope(rt, cfg.rope_head_dim, inverse=True)
         # wo_a: BF16 in the release (no activation quantisation), MXFP8 in the 950's mxfp8 scheme
         self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.groups * cfg.o_lora_rank,
                            cfg.quantization.get("attn_o", "bf16"), rt)
@@ -139,19 +141,15 @@ class Attention(nn.Cell):
         """x [b, s, dim] -> q [b, s, h, hd], qr [b, s, q_lora], kv [b, s, hd] (rope'd, rounded as the
         KV cache stores it)."""
         b, s, _ = x.shape
-        rd = self.rd
         qr = self.q_norm(self.wq_a(x))
-        q = rms_normalize(self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim), self.eps)
-        q = ops.concat((q[..., :-rd], apply_rope(q[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2))), -1)
-        kv = self.kv_norm(self.wkv(x))
-        kv = self.kv_round(ops.concat((kv[..., :-rd], apply_rope(kv[..., -rd:], cos, sin)), -1))
+        q = self.rope(self.q_head_norm(self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)), cos, sin)
+        kv = self.kv_round(self.rope(self.kv_norm(self.wkv(x)), cos, sin))
         return q, qr, kv
 
     def _output(self, o, cos, sin):
         """o [b, s, h, hd]: inverse RoPE, grouped wo_a, then wo_b -> [b, s, dim]."""
         b, s = o.shape[0], o.shape[1]
-        rd = self.rd
-        o = ops.concat((o[..., :-rd], apply_rope(o[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2), True)), -1)
+        o = self.inverse_rope(o, cos, sin)
         o = o.reshape(b * s, self.groups, -1).swapaxes(0, 1)              # [g, b*s, h*hd/g]
         if self.wo_a.act_quant:                                                  # MXFP8 wo_a: per group
             o = self.wo_a.quant(o)
@@ -360,4 +358,4 @@ class TensorParallelOutput(nn.Cell):
         parts = self.gather(o)                                                  # [tp, b, s, w]
         full = self.wo_b.quant(ops.concat([parts[i] for i in range(self.tp)], -1))
         mine = full[..., self.index * w:(self.index + 1) * w]
-        return self.sum(dense(mine, self.wo_b.dequantized()))
+        return self.sum(dense(mine, self.wo_b.dequantized(after=mine)))

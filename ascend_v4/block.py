@@ -24,8 +24,8 @@ class Block(nn.Cell):
         super().__init__()
         self.attn = Attention(cfg, rt, layer_id)
         self.ffn = MoE(cfg, rt, layer_id)
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt))
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt))
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt), rt.kernels)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, np_dtype(rt), rt.kernels)
         self.hc_attn = HyperConnection(cfg, rt, "hc_attn")
         self.hc_ffn = HyperConnection(cfg, rt, "hc_ffn")
         # Engram (V4_SPEC 7) adds to the streams before the attention sublayer, as the Engram demo
@@ -56,9 +56,9 @@ class MTPBlock(Block):
         lin, dt = linear_kind(cfg, "attn"), np_dtype(rt)
         self.e_proj = Linear(cfg.dim, cfg.dim, lin, rt)
         self.h_proj = Linear(cfg.dim, cfg.dim, lin, rt)
-        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
-        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
+        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dt, rt.kernels)
+        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps, dt, rt.kernels)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt, rt.kernels)
         self.hc_head = HcHead(cfg, rt, "hc_head")
         # the MTP block runs on a fresh window state each call: (paged, shape, fill, dtype) per slot
         self.fresh_slots = tuple((slot.layout == PAGES, tuple(slot.shape), slot.fill, dtype_of(slot))

@@ -12,10 +12,9 @@ from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear, zeros_param
-from ascend_v4.kernels import KVEntryRound, index_quant
+from ascend_v4.kernels import KVEntryRound, Rope, index_quant
 from ascend_v4.numerics import RMSNorm, hadamard_matrix
 from ascend_v4.precision import ms_dtype, np_dtype
-from ascend_v4.rope import apply_rope
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import StateSlot, StateSpec
 
@@ -36,7 +35,8 @@ class Compressor(nn.Cell):
         self.ape = zeros_param((ratio, width), "ape", self.dt)
         self.wkv = Linear(cfg.dim, width, "bf16", rt)
         self.wgate = Linear(cfg.dim, width, "bf16", rt)
-        self.norm = RMSNorm(head_dim, cfg.norm_eps, self.dt)
+        self.norm = RMSNorm(head_dim, cfg.norm_eps, self.dt, rt.kernels)
+        self.rope = Rope(rt, self.rd)
         # indexer keys (rotate): Hadamard then the indexer cache's rounding; KV entries: the KV cache's
         self.quant = index_quant(rt, head_dim) if rotate else KVEntryRound(rt, self.rd)
         if rotate:
@@ -55,9 +55,7 @@ class Compressor(nn.Cell):
 
     def finish(self, entry, cos, sin):
         """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the cache's rounding."""
-        entry = self.norm(entry)
-        rd = self.rd
-        entry = ops.concat((entry[..., :-rd], apply_rope(entry[..., -rd:], cos, sin)), -1)
+        entry = self.rope(self.norm(entry), cos, sin)
         if self.rotate:  # indexer keys: Hadamard rotation then the indexer cache's rounding
             return self.quant(ops.matmul(entry, self.hadamard))
         return self.quant(entry)

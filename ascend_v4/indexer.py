@@ -12,11 +12,10 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
-from ascend_v4.kernels import index_quant
+from ascend_v4.kernels import Rope, index_quant
 from ascend_v4.numerics import hadamard_matrix
 from ascend_v4.parallel.comm import GroupSum
 from ascend_v4.precision import np_dtype
-from ascend_v4.rope import apply_rope
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import StateSlot, StateSpec
 
@@ -48,6 +47,7 @@ class Indexer(nn.Cell):
         par = rt.parallel                      # tensor parallel: this rank's indexer heads
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads // par.tp, cfg.index_head_dim, cfg.index_topk
         self.rd = cfg.rope_head_dim
+        self.rope = Rope(rt, self.rd)
         self.ratio = 4
         self.cfg, self.rt = cfg, rt
         dt = self.dt = np_dtype(rt)
@@ -63,8 +63,7 @@ class Indexer(nn.Cell):
         """qr [b, s, q_lora_rank] -> rotated queries [b, s, heads, head_dim], rounded (FP4 or INT8)."""
         b, s, _ = qr.shape
         q = self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)
-        rd = self.rd
-        q = ops.concat((q[..., :-rd], apply_rope(q[..., -rd:], cos.expand_dims(-2), sin.expand_dims(-2))), -1)
+        q = self.rope(q, cos, sin)
         return self.quant(ops.matmul(q, self.hadamard))
 
     def scores(self, x, q, keys):

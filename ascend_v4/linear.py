@@ -83,7 +83,7 @@ def stacked_product(x, stored, index):
         return w8a8_product(x, ops.gather(stored.weight, index, 0), ops.gather(stored.scale, index, 0))
     if stored.matmul is not None and x.shape[1] <= FUSED_MAX_ROWS:
         return stored.matmul(x, stored.weight, stored.scale_or_none(), index)
-    return batched_dense(x, stored.take(index))
+    return batched_dense(x, stored.take(index, after=x))
 
 
 def grouped_product(x, stored):
@@ -92,7 +92,7 @@ def grouped_product(x, stored):
     g, m = x.shape[0], x.shape[1]
     if stored.matmul is not None and m <= FUSED_MAX_ROWS:
         return stored.matmul(x, stored.weight, stored.scale_or_none())
-    return batched_dense(x, stored.dequantized().reshape(g, stored.shape[0] // g, -1))
+    return batched_dense(x, stored.dequantized(after=x).reshape(g, stored.shape[0] // g, -1))
 
 
 def stored_product(x, stored):
@@ -105,7 +105,7 @@ def stored_product(x, stored):
     if stored.matmul is not None and rows <= FUSED_MAX_ROWS:
         y = stored.matmul(x.reshape(rows, shape[-1]), stored.weight, stored.scale_or_none())
         return y.reshape(shape[:-1] + (stored.shape[0],))
-    return dense(x, stored.dequantized())
+    return dense(x, stored.dequantized(after=x))
 
 
 def zeros_param(shape, name: str, dtype=np.float32) -> ms.Parameter:

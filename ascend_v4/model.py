@@ -46,7 +46,7 @@ class Transformer(nn.Cell):
         vocab = cfg.vocab_size // par.tp
         self.embed = StoredWeight((vocab, cfg.dim), storage_kind("bf16", rt), dt, row_lookup=True)
         self.layers = nn.CellList([Block(cfg, rt, i) for i in range(cfg.n_layers)])
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dt, rt.kernels)
         self.head = Linear(cfg.dim, vocab, "bf16", rt)
         self.vocab_parallel = VocabParallel(vocab, par) if par.tp > 1 else None
         self.hc_head = HcHead(cfg, rt, "hc_head")

@@ -104,15 +104,40 @@ def rms_normalize(x, eps: float):
 
 
 class RMSNorm(nn.Cell):
-    """RMSNorm with an fp32 weight (`ops.rms_norm` has no CPU kernel)."""
+    """RMSNorm with a weight in the compute dtype (`ops.rms_norm` has no CPU kernel); kernels
+    'fused' runs it as one kernel (ascend_v4.kernels.rms_norm_op) when the weight is 1-D."""
 
-    def __init__(self, dim: int, eps: float, dtype=np.float32):
+    def __init__(self, dim, eps: float, dtype=np.float32, kernels: str = "composite"):
         super().__init__()
         self.eps = eps
         self.weight = ms.Parameter(Tensor(np.ones(dim, dtype)), name="weight", requires_grad=False)
+        from ascend_v4.kernels import rms_norm_op       # the registry imports this module
+        self.op = rms_norm_op(kernels) if isinstance(dim, int) else None
+        if self.op is not None:
+            self.attrs = Tensor(np.array([eps], np.float64))
 
     def construct(self, x):
+        if self.op is not None:
+            return self.op(x, self.weight, self.attrs)
         return rms_normalize(x, self.eps) * self.weight
+
+
+class Normalize(nn.Cell):
+    """rms_normalize (no weight) over the last dim: one kernel under kernels 'fused'."""
+
+    def __init__(self, eps: float, kernels: str = "composite"):
+        super().__init__()
+        self.eps = eps
+        from ascend_v4.kernels import rms_norm_op
+        self.op = rms_norm_op(kernels)
+        if self.op is not None:
+            self.attrs = Tensor(np.array([eps], np.float64))
+            self.no_weight = Tensor(np.zeros(1, np.float64))
+
+    def construct(self, x):
+        if self.op is not None:
+            return self.op(x, self.no_weight.astype(x.dtype), self.attrs)
+        return rms_normalize(x, self.eps)
 
 
 def hadamard_matrix(n: int, dtype=np.float32) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The fused CPU kernels (ascend_v4/kernels) against the numpy oracle and the composite chains.
 
 Block quant-dequant is exact arithmetic (power-of-two scales, round half to even), so the fused
-kernel must equal the oracle and the composite bit for bit in float32 and float64. Sinkhorn
-calls exp: float64 within 1e-13, float32 within 2e-6 of the oracle (relative to the maximum).
+kernel must equal the oracle and the composite bit for bit in float32 and float64; so must RoPE
+(products and sums per element) against the composite. Sinkhorn calls exp: float64 within 1e-13,
+float32 within 2e-6 of the oracle (relative to the maximum); RMSNorm sums in another order.
 """
 import mindspore as ms
 import numpy as np
@@ -62,6 +63,62 @@ def test_fused_sinkhorn_matches_the_oracle(dtype, tol):
     for g, w, name in zip(got, want, ("pre", "post", "comb")):
         assert g.shape == w.shape and g.dtype == DTYPES[dtype], name
         assert np.abs(g - w).max() <= tol * np.abs(w).max(), name
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("headed,inverse", [(True, False), (False, False), (True, True)])
+def test_fused_rope_is_bit_exact(dtype, headed, inverse):
+    """RoPE is a product and a sum per element: the fused kernel equals the composite chain bit
+    for bit, and the float64 oracle (angles from positions) to its rounding."""
+    from ascend_v4.kernels import Rope
+    from ascend_v4.rope import rope_tables
+    cfg = load_config("tiny")
+    rd, dt = cfg.rope_head_dim, DTYPES[dtype]
+    rng = np.random.default_rng(7)
+    positions = rng.integers(0, 4000, 6)
+    shape = (1, 6, 3, 96) if headed else (1, 6, 96)                  # [b, s, (h,) D], D - rd nope dims
+    x = rng.normal(size=shape).astype(dt)
+    cos, sin = (t[positions][None].astype(dt) for t in rope_tables(cfg, True, 4096))   # [1, s, rd/2]
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    got = {k: Rope(_runtime(k, dtype), rd, inverse)(Tensor(x), Tensor(cos), Tensor(sin)).asnumpy()
+           for k in ("fused", "composite")}
+    ms.set_context(mode=ms.GRAPH_MODE)
+    assert got["fused"].dtype == dt and got["fused"].shape == shape
+    np.testing.assert_array_equal(got["fused"], got["composite"])
+    np.testing.assert_array_equal(got["fused"][..., :-rd], x[..., :-rd])
+    with oracle.precision(dtype):
+        want = oracle.numerics.rope(x, positions, cfg, True, inverse)
+    tol = 1e-14 if dtype == "float64" else 2e-6
+    assert np.abs(got["fused"] - want).max() <= tol * np.abs(want).max()
+
+
+@pytest.mark.parametrize("dtype,tol,composite_tol", [("float64", 1e-15, 1e-11), ("float32", 6e-8, 1e-6)])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_fused_rms_norm_matches_the_oracle(dtype, tol, composite_tol, weighted):
+    """One-kernel RMSNorm against the oracle: the same float64 normalisation rounded once, so
+    float32 is within one rounding of each product. The composite's float32 mean differs in the last
+    bits; its float64 eps enters as float32(1e-6) (a Python scalar in the graph): 4e-12 relative
+    here on rows of small norm."""
+    from ascend_v4.numerics import Normalize, RMSNorm
+    dt = DTYPES[dtype]
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(2, 5, 256)) * np.exp2(rng.integers(-6, 6, size=(2, 5, 1)))).astype(dt)
+    w = rng.uniform(0.5, 1.5, 256).astype(dt)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    got = {}
+    for k in ("fused", "composite"):
+        if weighted:
+            cell = RMSNorm(256, 1e-6, dt, k)
+            cell.weight.set_data(Tensor(w))
+        else:
+            cell = Normalize(1e-6, k)
+        got[k] = cell(Tensor(x)).asnumpy()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    with oracle.precision(dtype):
+        want = oracle.numerics.rms_norm(x, w if weighted else None, 1e-6)
+    assert got["fused"].dtype == dt
+    assert np.abs(got["fused"] - want).max() <= tol * np.abs(want).max()
+    assert np.abs(got["composite"] - want).max() <= composite_tol * np.abs(want).max()
 
 
 def test_unknown_kernels_option_is_refused():

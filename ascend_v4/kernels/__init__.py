@@ -2,14 +2,15 @@
 
 RuntimeConfig.kernels picks, for the whole model:
   'fused'      one C++ CPU kernel per call (fused_cpu.cpp via ops.Custom aot) for the block
-               quant-dequant chain, the Sinkhorn split and the weight-quant matmul of few-row
-               products (decode): float32 and float64, bit-identical to the composite where it
-               is exact (the default for running)
+               quant-dequant chain, the Sinkhorn split, RoPE, RMSNorm and the weight-quant matmul
+               of few-row products (decode): float32 and float64, bit-identical to the composite
+               where it is exact (the default for running)
   'composite'  the chains as MindSpore primitives (ascend_v4/numerics.py, mhc.py): what graph
                export lowers to MindIR / ONNX, and the reference the fused kernels are tested on
 custom_ops=True additionally routes the operator boundaries to the AscendC kernels' CPU twins
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
-Cells ask here (`QuantDequant(rt, fmt, block)`, `sinkhorn_kind(rt)`, `weight_matmul(...)`) instead of branching themselves.
+Cells ask here (`QuantDequant(rt, fmt, block)`, `Rope(rt, rd)`, `rms_norm_op(kernels)`, `sinkhorn_kind(rt)`,
+`weight_matmul(...)`) instead of branching themselves.
 The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
 here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
 queries. 'int8' and 'bf16' run as composite primitives in both kernel modes (no fused kernel).
@@ -23,6 +24,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ascend_v4.numerics import FORMATS, int8_quant_dequant, quant_dequant, round_bf16
+from ascend_v4.rope import apply_rope
 from ascend_v4.runtime import RuntimeConfig
 
 SOURCE = Path(__file__).resolve().parent / "fused_cpu.cpp"
@@ -117,6 +119,37 @@ class FusedSinkhorn(nn.Cell):
         lead, n = mixes.shape[:-1], self.n
         pre, post, comb = self.op(mixes.reshape(-1, mixes.shape[-1]), scale, base, self.attrs)
         return pre.reshape(lead + (n,)), post.reshape(lead + (n,)), comb.reshape(lead + (n, n))
+
+
+class Rope(nn.Cell):
+    """RoPE on the last `rd` dims of x [..rows.., (h,) D] by the rows' cos/sin [..rows.., rd/2]
+    (inverse: by -angle), the first D - rd dims unchanged: one kernel (fused) or the slice /
+    rotate / concat chain of rope.apply_rope (composite). Bit-identical either way."""
+
+    def __init__(self, rt: RuntimeConfig, rd: int, inverse: bool = False):
+        super().__init__()
+        self.rd, self.inverse = rd, inverse
+        self.fused = rt.kernels == "fused"
+        if self.fused:
+            self.attrs = Tensor(np.array([rd, float(inverse)], np.float64))
+            self.op = _aot("RopeAot", lambda x, c, s, a: x, lambda x, c, s, a: x)
+
+    def construct(self, x, cos, sin):
+        headed = x.ndim == cos.ndim + 1                      # x has a head dim the angles broadcast over
+        if self.fused and x.shape[:cos.ndim - 1] == cos.shape[:-1]:
+            return self.op(x, cos, sin, self.attrs)
+        if headed:
+            cos, sin = cos.expand_dims(-2), sin.expand_dims(-2)
+        rd = self.rd
+        return ops.concat((x[..., :-rd], apply_rope(x[..., -rd:], cos, sin, self.inverse)), -1)
+
+
+def rms_norm_op(kernels: str):
+    """The one-kernel RMSNorm (x [.., d], weight [d] or a 1-element tensor for none, attrs [eps])
+    under kernels 'fused', else None (numerics.rms_normalize's primitives)."""
+    if kernels != "fused":
+        return None
+    return _aot("RmsNormAot", lambda x, w, a: x, lambda x, w, a: x)
 
 
 # checkpoint formats the fused weight-quant matmul reads (fused_cpu.cpp WeightKind)

@@ -1,9 +1,10 @@
-// Fused CPU kernels of the model's two longest elementwise chains, for MindSpore's
-// ops.Custom(func_type="aot"): one kernel instead of ~40 (block quant-dequant) or ~130 (Sinkhorn)
-// per call. float32 and float64, each computed in its own precision with exactly the operation
-// order of the composite graph (ascend_v4/numerics.py quant_dequant, ascend_v4/mhc.py
-// sinkhorn_split), so results are bit-identical to it where the composite is exact (all of the
-// quantisation; Sinkhorn up to the libm exp/sigmoid).
+// Fused CPU kernels of the model's elementwise chains and weight products, for MindSpore's
+// ops.Custom(func_type="aot"): one kernel instead of ~40 (block quant-dequant), ~130 (Sinkhorn),
+// ~12 (RoPE on a head's last dims) or 6 (RMSNorm) primitives per call. float32 and float64, each
+// computed in its own precision with exactly the operation order of the composite graph
+// (ascend_v4/numerics.py quant_dequant, ascend_v4/mhc.py sinkhorn_split, ascend_v4/rope.py), so
+// results are bit-identical to it where the composite is exact (all of the quantisation and RoPE;
+// Sinkhorn up to the libm exp/sigmoid; RMSNorm is the oracle's float64 normalisation instead).
 //
 // aot signature: int Fn(int nparam, void** params, int* ndims, int64_t** shapes,
 //                       const char** dtypes, void* stream, void* extra); returns 0 or 1.
@@ -197,6 +198,49 @@ int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, 
     return rc;
 }
 
+// ---- RoPE on the last rd dims, RMSNorm ------------------------------------------------------
+// x [R, H, D]: each of the R rows' H heads rotated by the row's angles cos/sin [R, rd/2] on its
+// interleaved pairs D-rd.., the first D-rd dims copied; inverse rotates by -angle. Operation
+// order as rope.apply_rope: y0 = x0 cos - x1 sin, y1 = x0 sin + x1 cos (products rounded each).
+template <class T>
+void Rope(const T* x, const T* cos, const T* sin, T* y, int64_t R, int64_t H, int64_t D, int64_t rd, bool inverse) {
+    const int64_t half = rd / 2, nope = D - rd;
+    for (int64_t r = 0; r < R; ++r) {
+        const T* c = cos + r * half;
+        const T* sn = sin + r * half;
+        for (int64_t h = 0; h < H; ++h) {
+            const T* xi = x + (r * H + h) * D;
+            T* yo = y + (r * H + h) * D;
+            for (int64_t i = 0; i < nope; ++i) yo[i] = xi[i];
+            for (int64_t i = 0; i < half; ++i) {
+                const T s = inverse ? -sn[i] : sn[i];
+                const T x0 = xi[nope + 2 * i], x1 = xi[nope + 2 * i + 1];
+                const T a = x0 * c[i], b = x1 * s, e = x0 * s, f = x1 * c[i];
+                yo[nope + 2 * i] = a - b;
+                yo[nope + 2 * i + 1] = e + f;
+            }
+        }
+    }
+}
+
+// x [R, d] -> x / sqrt(mean(x^2) + eps) (* weight [d]): the mean and the division in float64
+// whatever T, one rounding to T, then the weight's product in T (as the oracle's rms_norm; the
+// composite's float32 ReduceMean differs from both in the last bits)
+template <class T>
+void RmsNorm(const T* x, const T* weight, T* y, int64_t R, int64_t d, double eps) {
+    for (int64_t r = 0; r < R; ++r) {
+        const T* xi = x + r * d;
+        T* yo = y + r * d;
+        double sum = 0;
+        for (int64_t i = 0; i < d; ++i) sum += double(xi[i]) * double(xi[i]);
+        const double root = std::sqrt(sum / double(d) + eps);
+        for (int64_t i = 0; i < d; ++i) {
+            const T v = T(double(xi[i]) / root);
+            yo[i] = weight ? T(v * weight[i]) : v;
+        }
+    }
+}
+
 int64_t Numel(int nd, const int64_t* shape) {
     int64_t k = 1;
     for (int d = 0; d < nd; ++d) k *= shape[d];
@@ -311,5 +355,46 @@ extern "C" __attribute__((visibility("default"))) int DequantAot(int nparam, voi
                            static_cast<float*>(params[oi]) + (t * N + n) * K);
         }
     }
+    return 0;
+}
+
+// params: x [.., H, D] (or [.., D]: H = 1), cos [R, rd/2], sin [R, rd/2] with R * H * D = numel(x),
+// attrs float64 [2] = rd, inverse; y like x
+extern "C" __attribute__((visibility("default"))) int RopeAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                       void*, void*) {
+    if (nparam != 5 || std::strcmp(dtypes[3], "float64") != 0) return 1;
+    if (std::strcmp(dtypes[0], dtypes[1]) != 0 || std::strcmp(dtypes[0], dtypes[2]) != 0) return 1;
+    const double* attrs = static_cast<const double*>(params[3]);
+    const int64_t rd = int64_t(attrs[0]);
+    const bool inverse = attrs[1] != 0;
+    const int64_t D = shapes[0][ndims[0] - 1], half = rd / 2;
+    const int64_t total = Numel(ndims[0], shapes[0]), angles = Numel(ndims[1], shapes[1]);
+    if (rd <= 0 || rd % 2 || rd > D || angles % half || Numel(ndims[2], shapes[2]) != angles) return 1;
+    const int64_t R = angles / half;
+    if (R == 0 || total % (R * D)) return 1;
+    const int64_t H = total / (R * D);
+    if (IsF64(dtypes[0]))
+        Rope(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]),
+             static_cast<const double*>(params[2]), static_cast<double*>(params[4]), R, H, D, rd, inverse);
+    else
+        Rope(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+             static_cast<const float*>(params[2]), static_cast<float*>(params[4]), R, H, D, rd, inverse);
+    return 0;
+}
+
+// params: x [.., d], weight [d] (a weight of another size: none), attrs float64 [1] = eps, y like x
+extern "C" __attribute__((visibility("default"))) int RmsNormAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void*, void*) {
+    if (nparam != 4 || std::strcmp(dtypes[2], "float64") != 0 || std::strcmp(dtypes[0], dtypes[1]) != 0) return 1;
+    const double eps = static_cast<const double*>(params[2])[0];
+    const int64_t d = shapes[0][ndims[0] - 1];
+    const int64_t R = d ? Numel(ndims[0], shapes[0]) / d : 0;
+    const bool weighted = Numel(ndims[1], shapes[1]) == d;
+    if (IsF64(dtypes[0]))
+        RmsNorm(static_cast<const double*>(params[0]), weighted ? static_cast<const double*>(params[1]) : nullptr,
+                static_cast<double*>(params[3]), R, d, eps);
+    else
+        RmsNorm(static_cast<const float*>(params[0]), weighted ? static_cast<const float*>(params[1]) : nullptr,
+                static_cast<float*>(params[3]), R, d, eps);
     return 0;
 }

@@ -346,12 +346,12 @@ def decode_graph(tmp: str) -> list:
     return rows
 
 
-def small(tmp: str, prompt: int = 1024, steps: int = 8, prefill_chunk: int = 16) -> dict:
+def small(tmp: str, prompt: int = 1024, steps: int = 8, prefill_chunk: int = 64) -> dict:
     """The `small` preset end to end (module docstring); the 2.5 GB checkpoint is deleted after.
-    prefill_chunk 16: the fewest expert tiles per call (96 x 2 MiB float32 per matrix; 256 gives
-    304). Measured when this was added: the write and the load succeed, the prefill runs out of
-    the address-space limit at any chunk (MindSpore keeps many tile dequantisations alive at
-    once), which the report shows as `error` next to the load figures."""
+    prefill_chunk 64: a prefill call's activations are not reused across layers on MindSpore's CPU
+    runtime (measured: about 0.9 MB per token per layer stays allocated), so the chunk bounds
+    the peak: chunk 64 peaks at 6.9 GB RSS, chunk 256 at 12.4 GB (over SMALL_AS_LIMIT) while
+    prefilling 1.6x faster (docs/DESIGN.md 'Prefill memory')."""
     from ascend_v4.config import load_config
     from ascend_v4.params import count_params, weight_memory
     cfg = load_config("small")
