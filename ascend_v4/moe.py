@@ -161,10 +161,15 @@ class RoutedExperts(nn.Cell):
         T, k = indices.shape
         P = T * k
         experts = indices.reshape(P).astype(ms.int32)
-        rank, counts = rank_in_group(experts, self.n_experts)                  # among its expert's pairs
         xq = self.quant(x) if self.act_quant else x
         token = ops.arange(P).astype(ms.int32) // k
-        out = self._pairs_forward(xq, token, weights.reshape(P), experts, rank, counts)
+        if tile_plan(P, self.n_experts)[0] == 1:
+            # tiles of one row (decode batches): pair p is tile p, in pair order, so no grouping by
+            # expert is needed; the same per-row products as the grouped path
+            out = self._tiles_forward(ops.gather(xq, token, 0), weights.reshape(P).astype(x.dtype), experts, 1)
+        else:
+            rank, counts = rank_in_group(experts, self.n_experts)              # among its expert's pairs
+            out = self._pairs_forward(xq, token, weights.reshape(P), experts, rank, counts)
         return out.reshape(T, k, -1).sum(1)
 
     def _expert_parallel(self, x, weights, indices):

@@ -99,7 +99,7 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("tokens,routing", [(40, "random"), (300, "random"), (300, "one expert"),
-                                            (3, "random")])
+                                            (3, "random"), (3, "one expert")])   # 3: one-row tiles
 def test_sparse_experts_equal_the_oracle_loop(tiny, tokens, routing):
     ckpt, model, W = tiny
     cfg = ckpt.config
