@@ -5,7 +5,7 @@ import mindspore as ms
 from mindspore import mint, nn, ops
 
 from ascend_v4.config import ModelConfig
-from ascend_v4.kernels import FusedSinkhorn, sinkhorn_kind
+from ascend_v4.kernels import FUSED_MAX_ROWS, FusedHcPost, FusedHcPre, FusedSinkhorn, sinkhorn_kind
 from ascend_v4.linear import dense, zeros_param
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
@@ -72,18 +72,30 @@ class HyperConnection(nn.Cell):
         self.fn = zeros_param((cfg.mix_hc, n * cfg.dim), f"{prefix}_fn", dt)
         self.base = zeros_param((cfg.mix_hc,), f"{prefix}_base", dt)
         self.scale = zeros_param((3,), f"{prefix}_scale", dt)
-        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, sinkhorn_kind(rt))
+        kind = sinkhorn_kind(rt)
+        self.sinkhorn = SinkhornSplit(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, kind)
+        # kernels 'fused': pre and post as one kernel each for few tokens (decode)
+        self.fused = kind == "fused"
+        if self.fused:
+            self.fused_pre = FusedHcPre(n, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps)
+            self.fused_post = FusedHcPost()
+
+    def _few(self, X) -> bool:
+        return self.fused and X.shape[0] * X.shape[1] <= FUSED_MAX_ROWS
 
     def pre(self, X):
         """X [b, s, n, d] -> u [b, s, d], post [b, s, n], comb [b, s, n, n]."""
+        if self._few(X):
+            return self.fused_pre(X, self.fn, self.scale, self.base)
         mixes = hc_mixes(X, self.fn, self.norm_eps)
         pre, post, comb = self.sinkhorn(mixes, self.scale, self.base)
         u = (pre.expand_dims(-1) * X).sum(2)
         return u, post, comb
 
-    @staticmethod
-    def post(f, X, post, comb):
+    def post(self, f, X, post, comb):
         """X'_j = post_j f + sum_i comb[i, j] X_i  ->  [b, s, n, d]."""
+        if self._few(X):
+            return self.fused_post(f, X, post, comb)
         return post.expand_dims(-1) * f.expand_dims(2) + ops.matmul(comb.swapaxes(-1, -2), X)
 
 

@@ -121,6 +121,39 @@ def test_fused_rms_norm_matches_the_oracle(dtype, tol, composite_tol, weighted):
     assert np.abs(got["composite"] - want).max() <= composite_tol * np.abs(want).max()
 
 
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-13), ("float32", 2e-6)])
+def test_fused_mhc_pre_and_post_match_the_oracle(dtype, tol):
+    """mHC pre (mixes, Sinkhorn, stream sum) and post as one kernel each for few tokens, against
+    the oracle's hc_pre / hc_post; the composite (more tokens than FUSED_MAX_ROWS) on the same
+    values within the same tolerance."""
+    from ascend_v4.kernels import FUSED_MAX_ROWS
+    from ascend_v4.mhc import HyperConnection
+    cfg, dt = load_config("tiny"), DTYPES[dtype]
+    n, d = cfg.hc_mult, cfg.dim
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(2, 3, n, d)).astype(dt)                     # 6 tokens: the fused path
+    f = rng.normal(size=(2, 3, d)).astype(dt)
+    fn = (rng.normal(size=(cfg.mix_hc, n * d)) * 0.05).astype(dt)
+    scale, base = rng.uniform(0.5, 2.0, 3).astype(dt), rng.normal(size=cfg.mix_hc).astype(dt)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    got = {}
+    for k in ("fused", "composite"):
+        hc = HyperConnection(cfg, _runtime(k, dtype), "hc_attn")
+        for param, value in ((hc.fn, fn), (hc.scale, scale), (hc.base, base)):
+            param.set_data(Tensor(value))
+        assert hc._few(Tensor(X)) == (k == "fused") and 6 <= FUSED_MAX_ROWS
+        u, post, comb = hc.pre(Tensor(X))
+        got[k] = [t.asnumpy() for t in (u, post, comb, hc.post(Tensor(f), Tensor(X), post, comb))]
+    ms.set_context(mode=ms.GRAPH_MODE)
+    with oracle.precision(dtype):
+        u, post, comb = oracle.hc.hc_pre(X, fn, scale, base, cfg)
+        want = [u, post, comb, oracle.hc.hc_post(f, X, post, comb)]
+    for name, g, c, w in zip(("u", "post", "comb", "post-mix"), got["fused"], got["composite"], want):
+        assert g.dtype == dt and g.shape == w.shape, name
+        assert np.abs(g - w).max() <= tol * np.abs(w).max(), name
+        assert np.abs(c - w).max() <= tol * np.abs(w).max(), name
+
+
 def test_unknown_kernels_option_is_refused():
     from ascend_v4.config import ConfigError
     with pytest.raises(ConfigError, match="kernels must be one of fused, composite, got 'fast'"):

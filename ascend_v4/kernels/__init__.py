@@ -2,8 +2,8 @@
 
 RuntimeConfig.kernels picks, for the whole model:
   'fused'      one C++ CPU kernel per call (fused_cpu.cpp via ops.Custom aot) for the block
-               quant-dequant chain, the Sinkhorn split, RoPE, RMSNorm and the weight-quant matmul
-               of few-row products (decode): float32 and float64, bit-identical to the composite
+               quant-dequant chain, the Sinkhorn split, RoPE, RMSNorm, and for few-row products
+               (decode) the mHC pre/post and the weight-quant matmul: float32 and float64, bit-identical to the composite
                where it is exact (the default for running)
   'composite'  the chains as MindSpore primitives (ascend_v4/numerics.py, mhc.py): what graph
                export lowers to MindIR / ONNX, and the reference the fused kernels are tested on
@@ -150,6 +150,38 @@ def rms_norm_op(kernels: str):
     if kernels != "fused":
         return None
     return _aot("RmsNormAot", lambda x, w, a: x, lambda x, w, a: x)
+
+
+class FusedHcPre(nn.Cell):
+    """mHC pre of few tokens as one kernel (HcPreAot): X [b, s, n, d], fn, scale, base ->
+    (u [b, s, d], post [b, s, n], comb [b, s, n, n]); mixes in float64 rounded once (as the
+    oracle), then the fused Sinkhorn split."""
+
+    def __init__(self, n: int, iters: int, hc_eps: float, norm_eps: float):
+        super().__init__()
+        self.n = n
+        self.attrs = Tensor(np.array([n, iters, hc_eps, norm_eps], np.float64))
+        self.op = _aot("HcPreAot", lambda x, f, s, b, a: ([x[0], x[2]], [x[0], n], [x[0], n], [x[0], n, n]),
+                       lambda x, f, s, b, a: (x, x, x, x))
+
+    def construct(self, X, fn, scale, base):
+        b, s, n, d = X.shape
+        u, pre, post, comb = self.op(X.reshape(b * s, n, d), fn, scale, base, self.attrs)
+        return u.reshape(b, s, d), post.reshape(b, s, n), comb.reshape(b, s, n, n)
+
+
+class FusedHcPost(nn.Cell):
+    """mHC post as one kernel (HcPostAot): f [b, s, d], X [b, s, n, d], post, comb -> X'
+    [b, s, n, d], X'_j = post_j f + sum_i comb[i, j] X_i."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = _aot("HcPostAot", lambda f, x, p, c: x, lambda f, x, p, c: x)
+
+    def construct(self, f, X, post, comb):
+        b, s, n, d = X.shape
+        return self.op(f.reshape(b * s, d), X.reshape(b * s, n, d), post.reshape(b * s, n),
+                       comb.reshape(b * s, n, n)).reshape(b, s, n, d)
 
 
 # checkpoint formats the fused weight-quant matmul reads (fused_cpu.cpp WeightKind)

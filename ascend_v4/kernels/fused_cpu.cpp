@@ -95,6 +95,60 @@ void Sinkhorn(const T* mixes, const T* scale, const T* base, T* pre, T* post, T*
     }
 }
 
+// ---- mHC around a sublayer (few tokens: decode) --------------------------------------------
+// X [T, n, d], fn [(2+n)n, n d]; attrs: n, iters, hc_eps, norm_eps -> u [T, d] = sum_i pre_i X_i,
+// post [T, n], comb [T, n, n]. mixes = (flatten(X) . fn_r) / sqrt(mean(x^2) + norm_eps): the dot
+// products and the norm in float64, rounded once to T (the oracle's _mixes up to its T matmul),
+// then the Sinkhorn split above and u in T in stream order.
+template <class T>
+void HcPre(const T* X, const T* fn, const T* scale, const T* base, T* u, T* pre, T* post, T* comb,
+           int64_t tokens, int64_t d, const double* attrs) {
+    const int n = int(attrs[0]);
+    const int width = (2 + n) * n;
+    const int64_t k = n * d;
+    T* mixes = new T[width];
+    const double sink_attrs[3] = {attrs[0], attrs[1], attrs[2]};
+    for (int64_t t = 0; t < tokens; ++t) {
+        const T* x = X + t * k;
+        double sq = 0;
+        for (int64_t i = 0; i < k; ++i) sq += double(x[i]) * double(x[i]);
+        const double root = std::sqrt(sq / double(k) + attrs[3]);
+        for (int r = 0; r < width; ++r) {
+            const T* w = fn + r * k;
+            double acc = 0;
+            for (int64_t i = 0; i < k; ++i) acc += double(x[i]) * double(w[i]);
+            mixes[r] = T(acc / root);
+        }
+        Sinkhorn(mixes, scale, base, pre + t * n, post + t * n, comb + t * n * n, 1, sink_attrs);
+        T* ut = u + t * d;
+        for (int64_t j = 0; j < d; ++j) {
+            T acc = 0;
+            for (int i = 0; i < n; ++i) acc += pre[t * n + i] * x[i * d + j];
+            ut[j] = acc;
+        }
+    }
+    delete[] mixes;
+}
+
+// f [T, d], X [T, n, d], post [T, n], comb [T, n, n] -> Y [T, n, d],
+// Y_j = post_j f + sum_i comb[i, j] X_i (in T, stream order)
+template <class T>
+void HcPost(const T* f, const T* X, const T* post, const T* comb, T* Y, int64_t tokens, int64_t n, int64_t d) {
+    for (int64_t t = 0; t < tokens; ++t) {
+        const T* x = X + t * n * d;
+        const T* c = comb + t * n * n;
+        for (int64_t j = 0; j < n; ++j) {
+            T* y = Y + (t * n + j) * d;
+            const T pj = post[t * n + j];
+            for (int64_t e = 0; e < d; ++e) {
+                T acc = 0;
+                for (int64_t i = 0; i < n; ++i) acc += c[i * n + j] * x[i * d + e];
+                y[e] = pj * f[t * d + e] + acc;
+            }
+        }
+    }
+}
+
 // ---- weight-quant matmul: y = x @ dequant(W)^T with W in its checkpoint format -------------
 // The CPU counterpart of Ascend's weight-quant matmuls (WeightQuantBatchMatmul: bf16/fp8 weights
 // dequantised per tile inside the kernel; GroupedMatmul for expert tiles). Each weight row is
@@ -396,5 +450,45 @@ extern "C" __attribute__((visibility("default"))) int RmsNormAot(int nparam, voi
     else
         RmsNorm(static_cast<const float*>(params[0]), weighted ? static_cast<const float*>(params[1]) : nullptr,
                 static_cast<float*>(params[3]), R, d, eps);
+    return 0;
+}
+
+// params: X [T, n, d], fn [(2+n)n, n d], scale [3], base [(2+n)n], attrs float64 [4] (n, iters,
+// hc_eps, norm_eps), u [T, d], pre [T, n], post [T, n], comb [T, n, n]
+extern "C" __attribute__((visibility("default"))) int HcPreAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                        void*, void*) {
+    if (nparam != 9 || std::strcmp(dtypes[4], "float64") != 0 || ndims[0] != 3) return 1;
+    const double* attrs = static_cast<const double*>(params[4]);
+    const int64_t n = int64_t(attrs[0]), T = shapes[0][0], d = shapes[0][2];
+    if (shapes[0][1] != n || Numel(ndims[1], shapes[1]) != (2 + n) * n * n * d) return 1;
+    for (int i = 1; i < 4; ++i) if (std::strcmp(dtypes[0], dtypes[i]) != 0) return 1;
+    if (IsF64(dtypes[0]))
+        HcPre(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]),
+              static_cast<const double*>(params[2]), static_cast<const double*>(params[3]),
+              static_cast<double*>(params[5]), static_cast<double*>(params[6]), static_cast<double*>(params[7]),
+              static_cast<double*>(params[8]), T, d, attrs);
+    else
+        HcPre(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+              static_cast<const float*>(params[2]), static_cast<const float*>(params[3]),
+              static_cast<float*>(params[5]), static_cast<float*>(params[6]), static_cast<float*>(params[7]),
+              static_cast<float*>(params[8]), T, d, attrs);
+    return 0;
+}
+
+// params: f [T, d], X [T, n, d], post [T, n], comb [T, n, n], Y [T, n, d]
+extern "C" __attribute__((visibility("default"))) int HcPostAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                         void*, void*) {
+    if (nparam != 5 || ndims[1] != 3) return 1;
+    for (int i = 1; i < 4; ++i) if (std::strcmp(dtypes[0], dtypes[i]) != 0) return 1;
+    const int64_t T = shapes[1][0], n = shapes[1][1], d = shapes[1][2];
+    if (Numel(ndims[0], shapes[0]) != T * d || Numel(ndims[3], shapes[3]) != T * n * n) return 1;
+    if (IsF64(dtypes[0]))
+        HcPost(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]),
+               static_cast<const double*>(params[2]), static_cast<const double*>(params[3]),
+               static_cast<double*>(params[4]), T, n, d);
+    else
+        HcPost(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+               static_cast<const float*>(params[2]), static_cast<const float*>(params[3]),
+               static_cast<float*>(params[4]), T, n, d);
     return 0;
 }
