@@ -20,7 +20,7 @@ from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
-from ascend_v4.kernels import KVEntryRound, Rope
+from ascend_v4.kernels import FUSED_ATTENTION_MACS, FusedSinkAttention, KVEntryRound, Rope
 from ascend_v4.numerics import Normalize, RMSNorm
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import rope_tables
@@ -49,14 +49,19 @@ def sink_attention(q, keys, mask, sink, scale: float):
 
 
 class SinkAttention(nn.Cell):
-    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope."""
+    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope;
+    kernels 'fused' runs small calls (decode) as one kernel (kernels.FusedSinkAttention)."""
 
-    def __init__(self, scale: float, dtype=ms.float32):
+    def __init__(self, scale: float, dtype=ms.float32, kernels: str = "composite"):
         super().__init__()
         # a tensor of the compute dtype: a Python float would enter the graph as float32
         self.scale = Tensor(scale, dtype)
+        self.fused = FusedSinkAttention(scale) if kernels == "fused" else None
 
     def construct(self, q, keys, mask, sink):
+        b, s, h, d = q.shape
+        if self.fused is not None and b * s * h * d * keys.shape[1] <= FUSED_ATTENTION_MACS:
+            return self.fused(q, keys, mask, sink)
         return sink_attention(q, keys, mask, sink, self.scale)
 
 
@@ -91,7 +96,7 @@ class Attention(nn.Cell):
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, rt, lin) if self.ratio == 4 else None
-        self.core = SinkAttention(self.scale, self.mdt)
+        self.core = SinkAttention(self.scale, self.mdt, rt.kernels)
         self.use_kernels = rt.custom_ops
         self.n_comp = rt.max_seq_len // self.ratio if self.ratio else 0
         self.tiered = self.ratio == 4 and rt.kv_budget is not None   # entries in the tiered cache

@@ -154,6 +154,30 @@ def test_fused_mhc_pre_and_post_match_the_oracle(dtype, tol):
         assert np.abs(c - w).max() <= tol * np.abs(w).max(), name
 
 
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-14), ("float32", 2e-7)])
+def test_fused_sink_attention_matches_the_oracle(dtype, tol):
+    """Attention with sinks as one kernel (float64 inside, rounded once) against the oracle's
+    sparse_attention, with masked keys, a fully masked query (sink only) and a dominant sink;
+    the composite on the same inputs within 1e-6 (float32) / 1e-14 relative."""
+    from ascend_v4.attention import SinkAttention
+    dt = DTYPES[dtype]
+    rng = np.random.default_rng(4)
+    b, s, h, d, n = 2, 3, 4, 64, 40
+    q, keys = rng.normal(size=(b, s, h, d)).astype(dt), rng.normal(size=(b, n, d)).astype(dt)
+    mask = rng.uniform(size=(b, s, n)) < 0.6
+    mask[1, 2] = False                                                # a query that sees no key
+    sink = np.array([0.0, -2.0, 1.0, 30.0], dt)                        # head 3: the sink dominates
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    got = {k: SinkAttention(d ** -0.5, ms.float64 if dtype == "float64" else ms.float32, k)(
+        Tensor(q), Tensor(keys), Tensor(mask), Tensor(sink)).asnumpy() for k in ("fused", "composite")}
+    ms.set_context(mode=ms.GRAPH_MODE)
+    with oracle.precision(dtype):
+        want = oracle.attention.sparse_attention(q, keys, mask, sink, d ** -0.5)
+    assert got["fused"].dtype == dt
+    assert np.abs(got["fused"] - want).max() <= tol * np.abs(want).max()
+    assert np.abs(got["composite"] - want).max() <= max(tol, 1e-6 if dtype == "float32" else 1e-14) * np.abs(want).max()
+
+
 def test_unknown_kernels_option_is_refused():
     from ascend_v4.config import ConfigError
     with pytest.raises(ConfigError, match="kernels must be one of fused, composite, got 'fast'"):

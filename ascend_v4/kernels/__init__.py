@@ -3,7 +3,7 @@
 RuntimeConfig.kernels picks, for the whole model:
   'fused'      one C++ CPU kernel per call (fused_cpu.cpp via ops.Custom aot) for the block
                quant-dequant chain, the Sinkhorn split, RoPE, RMSNorm, and for few-row products
-               (decode) the mHC pre/post and the weight-quant matmul: float32 and float64, bit-identical to the composite
+               (decode) the mHC pre/post, attention with sinks and the weight-quant matmul: float32 and float64, bit-identical to the composite
                where it is exact (the default for running)
   'composite'  the chains as MindSpore primitives (ascend_v4/numerics.py, mhc.py): what graph
                export lowers to MindIR / ONNX, and the reference the fused kernels are tested on
@@ -182,6 +182,25 @@ class FusedHcPost(nn.Cell):
         b, s, n, d = X.shape
         return self.op(f.reshape(b * s, d), X.reshape(b * s, n, d), post.reshape(b * s, n),
                        comb.reshape(b * s, n, n)).reshape(b, s, n, d)
+
+
+# multiply-adds per call up to which attention runs as one kernel (float64 loops: decode of the
+# tiny configs; larger products keep the BLAS batched matmuls)
+FUSED_ATTENTION_MACS = 1 << 21
+
+
+class FusedSinkAttention(nn.Cell):
+    """Attention with sinks as one kernel (SinkAttentionAot): q [b, s, h, d], keys [b, n, d],
+    mask [b, s, n] bool, sink [h] -> o [b, s, h, d], in float64 rounded once (the oracle's
+    sparse_attention); used for calls of at most FUSED_ATTENTION_MACS multiply-adds."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.attrs = Tensor(np.array([scale], np.float64))
+        self.op = _aot("SinkAttentionAot", lambda q, k, m, s, a: q, lambda q, k, m, s, a: q)
+
+    def construct(self, q, keys, mask, sink):
+        return self.op(q, keys, mask, sink, self.attrs)
 
 
 # checkpoint formats the fused weight-quant matmul reads (fused_cpu.cpp WeightKind)
