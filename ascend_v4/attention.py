@@ -91,7 +91,7 @@ class Attention(nn.Cell):
         self.wo_b = Linear(self.groups * cfg.o_lora_rank, cfg.dim, lin, rt)
         self.attn_sink = zeros_param((self.n_heads,), "attn_sink", dt)
         self.tp_out = TensorParallelOutput(self.wo_b, par) if par.tp > 1 else None
-        self.kv_round = KVEntryRound(rt, cfg.rope_head_dim)      # the KV cache's format (rt.kv_cache)
+        self.kv_round = KVEntryRound(rt, cfg.rope_head_dim, cfg.head_dim)   # the KV cache's format (rt.kv_cache)
         cos, sin = rope_tables(cfg, self.ratio > 0, rt.max_seq_len)
         self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
         self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None

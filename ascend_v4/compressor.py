@@ -38,7 +38,7 @@ class Compressor(nn.Cell):
         self.norm = RMSNorm(head_dim, cfg.norm_eps, self.dt, rt.kernels)
         self.rope = Rope(rt, self.rd)
         # indexer keys (rotate): Hadamard then the indexer cache's rounding; KV entries: the KV cache's
-        self.quant = index_quant(rt, head_dim) if rotate else KVEntryRound(rt, self.rd)
+        self.quant = index_quant(rt, head_dim) if rotate else KVEntryRound(rt, self.rd, head_dim)
         if rotate:
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
 

@@ -178,6 +178,22 @@ def test_fused_sink_attention_matches_the_oracle(dtype, tol):
     assert np.abs(got["composite"] - want).max() <= max(tol, 1e-6 if dtype == "float32" else 1e-14) * np.abs(want).max()
 
 
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_fused_kv_entry_round_is_bit_exact(dtype):
+    """The FP8 KV entry (nope dims e4m3 per 64, rope dims kept) as one kernel over the whole
+    entry: equal to the composite (slice, quantise, concat) and the oracle's kv_cache_round."""
+    from ascend_v4.kernels import KVEntryRound
+    x = _awkward(np.random.default_rng(5), (2, 3, 512), DTYPES[dtype])
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    got = {k: KVEntryRound(_runtime(k, dtype), 64, 512)(Tensor(x)).asnumpy() for k in ("fused", "composite")}
+    ms.set_context(mode=ms.GRAPH_MODE)
+    with oracle.precision(dtype):
+        want = oracle.numerics.kv_cache_round(x, 64, "fp8")
+    np.testing.assert_array_equal(got["fused"], want)
+    np.testing.assert_array_equal(got["composite"], want)
+    np.testing.assert_array_equal(got["fused"][..., -64:], x[..., -64:])
+
+
 def test_unknown_kernels_option_is_refused():
     from ascend_v4.config import ConfigError
     with pytest.raises(ConfigError, match="kernels must be one of fused, composite, got 'fast'"):

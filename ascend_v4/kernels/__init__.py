@@ -53,13 +53,14 @@ class QuantDequant(nn.Cell):
     composite chain); 'int8' symmetric with float scales max(amax, amax_floor) / 127
     (numerics.int8_quant_dequant); 'bf16' rounds every element (block unused)."""
 
-    def __init__(self, rt: RuntimeConfig, fmt: str, block: int, amax_floor: float = 0.0):
+    def __init__(self, rt: RuntimeConfig, fmt: str, block: int, amax_floor: float = 0.0, width: int = 0):
         super().__init__()
         self.fmt, self.block, self.floor = fmt, block, amax_floor
         self.fused = rt.kernels == "fused" and fmt in FORMATS
         self.params = FORMATS.get(fmt, ())
         if self.fused:
-            self.attrs = Tensor(np.array((block,) + self.params, np.float64))
+            # width > 0 (fused only): only each row's first `width` dims, the rest copied (prefix())
+            self.attrs = Tensor(np.array((block,) + self.params + ((width,) if width else ()), np.float64))
             self.op = _aot("QuantDequantAot", lambda x, a: x, lambda x, a: x)
 
     def construct(self, x):
@@ -78,16 +79,22 @@ class KVEntryRound(nn.Cell):
     'bf16' (C16) every dim rounded to bf16; 'int8' (C8) the nope dims symmetric INT8 per 64-dim tile
     (scale max(amax, 1e-4) / 127), rope dims bf16."""
 
-    def __init__(self, rt: RuntimeConfig, rope_dim: int):
+    def __init__(self, rt: RuntimeConfig, rope_dim: int, head_dim: int):
         super().__init__()
         self.fmt, self.rd = rt.kv_cache, rope_dim
         if self.fmt == "int8":
             self.nope = QuantDequant(rt, "int8", KV_INT8_TILE, KV_INT8_AMAX_FLOOR)
         else:      # bf16 rounds the whole entry in construct; its `nope` is never called
             self.nope = QuantDequant(rt, "fp8", KV_FP8_BLOCK)
+        # fp8 under kernels 'fused': one kernel quantises the nope dims and copies the rope dims
+        self.whole = None
+        if self.fmt == "fp8" and rt.kernels == "fused":
+            self.whole = QuantDequant(rt, "fp8", KV_FP8_BLOCK, width=head_dim - rope_dim)
 
     def construct(self, kv):
         rd = self.rd
+        if self.whole is not None:
+            return self.whole(kv)
         if self.fmt == "bf16":
             return round_bf16(kv)
         rope = kv[..., -rd:]

@@ -350,14 +350,35 @@ bool IsF64(const char* dt) { return std::strcmp(dt, "float64") == 0; }
 
 }  // namespace
 
-// params: x [..., K], attrs float64 [5], y [..., K]; block = attrs[0] divides K
+// each row's first `width` of K dims quant-dequantised in blocks, the other K - width copied
+template <class T>
+void QuantDequantPrefix(const T* x, T* y, int64_t rows, int64_t K, int64_t width, int64_t block, const double* attrs) {
+    for (int64_t r = 0; r < rows; ++r) {
+        QuantDequant(x + r * K, y + r * K, width / block, block, attrs);
+        for (int64_t j = width; j < K; ++j) y[r * K + j] = x[r * K + j];
+    }
+}
+
+// params: x [..., K], attrs float64 [6] (or [7]: + width, the leading dims of each row that are
+// quantised, the rest copied: a KV entry's nope dims before its RoPE dims), y [..., K];
+// block = attrs[0] divides K (width)
 extern "C" __attribute__((visibility("default"))) int QuantDequantAot(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
                                void*, void*) {
     if (nparam != 3 || std::strcmp(dtypes[1], "float64") != 0) return 1;
     const double* attrs = static_cast<const double*>(params[1]);
     const int64_t block = int64_t(attrs[0]);
-    const int64_t total = Numel(ndims[0], shapes[0]);
-    if (block <= 0 || shapes[0][ndims[0] - 1] % block) return 1;
+    const int64_t total = Numel(ndims[0], shapes[0]), K = shapes[0][ndims[0] - 1];
+    const int64_t width = Numel(ndims[1], shapes[1]) > 6 ? int64_t(attrs[6]) : K;
+    if (block <= 0 || width % block || width > K || width < 0) return 1;
+    if (width < K) {
+        if (IsF64(dtypes[0]))
+            QuantDequantPrefix(static_cast<const double*>(params[0]), static_cast<double*>(params[2]), total / K, K, width,
+                               block, attrs);
+        else
+            QuantDequantPrefix(static_cast<const float*>(params[0]), static_cast<float*>(params[2]), total / K, K, width,
+                               block, attrs);
+        return 0;
+    }
     if (IsF64(dtypes[0]))
         QuantDequant(static_cast<const double*>(params[0]), static_cast<double*>(params[2]), total / block, block, attrs);
     else
