@@ -7,11 +7,13 @@ Every measurement runs in a fresh child process (spawned), so RSS figures are it
 - reference_tiny: the official-format tiny configs (configs/reference-tiny-*.json: dim 256, 4
   layers, head_dim 128, 8 experts; batch 2 x 300-token prompts, then decode steps), against
   what the official torch reference measured on this kind of machine (REFERENCE);
+- decode_graph: kernels of one decode step of reference-tiny (batch 2): primitives in the
+  exported MindIR, and kernels launched per step as MindSpore's CPU profiler counts them;
 - weight_kernels: the fused weight-quant matmul / one-kernel dequantisation on vs off (reference-
   tiny bf16 and FP8/FP4, batch 2 x 300 tokens; both models in one process, timed interleaved);
 - small (not in --quick): the `small` preset (3.4B parameters, FP8/FP4, 2.5 GB): streaming
   write of its random checkpoint (time, bytes, writer peak RSS), load (time, RSS growth over
-  checkpoint bytes), prefill of 1,024 tokens in one sequence, decode steps, peak RSS. Each child
+  checkpoint bytes), prefill of 1,024 tokens in one sequence (chunks of 64), decode steps, peak RSS. Each child
   runs under an address-space limit (SMALL_AS_LIMIT), so running out fails the child, not the machine.
 """
 from __future__ import annotations
@@ -289,6 +291,38 @@ def _decode_graph_ops(path: str, batch: int) -> dict:
     return dict(kernels=len(nodes), top_ops=by_op.most_common(8), top_cells=by_cell.most_common(8))
 
 
+def _launched_per_step(path: str, batch: int, steps: int = 5) -> dict:
+    """Kernels launched per decode step as MindSpore's CPU profiler counts them (batch `batch`
+    after a 300-token prefill; the exported graph's count includes reshapes that launch nothing)."""
+    import csv
+    import glob
+    from mindspore import Profiler
+    from ascend_v4.api import build_model
+    from ascend_v4.checkpoint import open_checkpoint
+    model = build_model(open_checkpoint(path, overrides={"max_batch_size": batch, "max_seq_len": 1024}),
+                        prefill_chunk=512)
+    rng = np.random.default_rng(0)
+    vocab = model.cfg.vocab_size
+    model(rng.integers(0, vocab, (batch, 300)), 0)
+    for s in range(3):                                   # compile and warm the decode graph
+        model(rng.integers(0, vocab, (batch, 1)), 300 + s)
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = Profiler(output_path=tmp)
+        for s in range(steps):
+            model(rng.integers(0, vocab, (batch, 1)), 303 + s)
+        prof.stop()
+        prof.analyse()
+        table = glob.glob(os.path.join(tmp, "**", "cpu_op_type_info_0.csv"), recursive=True)
+        if not table:
+            return {"error": "the profiler wrote no cpu_op_type_info table"}
+        with open(table[0], encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    count = {r["op_type"]: int(r["type_occurrences"]) / steps for r in rows}
+    ms_total = sum(float(r["total_compute_time"]) for r in rows) / steps
+    return dict(launched_per_step=sum(count.values()), kernel_ms_per_step=ms_total,
+                top_launched=sorted(count.items(), key=lambda kv: -kv[1])[:8])
+
+
 def memory(tmp: str, quick: bool) -> list:
     from ascend_v4.checkpoint import write_random_checkpoint
     from ascend_v4.config import load_config
@@ -335,14 +369,16 @@ def reference_tiny(tmp: str, quick: bool) -> list:
 
 
 def decode_graph(tmp: str) -> list:
-    """Kernels of one decode step (batch 2) of the official-format tiny configs."""
+    """Kernels of one decode step (batch 2) of the official-format tiny configs: primitives in the
+    exported graph, and kernels launched as the CPU profiler counts them."""
     from ascend_v4.checkpoint import write_random_checkpoint
     from ascend_v4.config import load_config
     rows = []
     for fmt in ("bf16", "fp8"):
         cfg = load_config(os.path.join(CONFIGS, f"reference-tiny-{fmt}.json"))
         path = write_random_checkpoint(cfg, os.path.join(tmp, "graph-" + fmt), weight_format=fmt, seed=0)
-        rows.append(dict(config=f"reference-tiny-{fmt}", batch=2, **_isolated("decode_graph_ops", path=path, batch=2)))
+        rows.append(dict(config=f"reference-tiny-{fmt}", batch=2, **_isolated("decode_graph_ops", path=path, batch=2),
+                         **_isolated("launched_per_step", path=path, batch=2)))
     return rows
 
 
