@@ -2,15 +2,15 @@
 
 RuntimeConfig.kernels picks, for the whole model:
   'fused'      one C++ CPU kernel per call (fused_cpu.cpp via ops.Custom aot) for the block
-               quant-dequant chain, the Sinkhorn split, RoPE, RMSNorm, and for few-row products
-               (decode) the mHC pre/post, attention with sinks and the weight-quant matmul: float32 and float64, bit-identical to the composite
-               where it is exact (the default for running)
+               quant-dequant chain, the Sinkhorn split, RoPE and RMSNorm, and for decode-sized
+               calls the mHC pre/post, attention with sinks and the weight-quant matmul: float32
+               and float64, bit-identical to the composite where it is exact (the default)
   'composite'  the chains as MindSpore primitives (ascend_v4/numerics.py, mhc.py): what graph
                export lowers to MindIR / ONNX, and the reference the fused kernels are tested on
 custom_ops=True additionally routes the operator boundaries to the AscendC kernels' CPU twins
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
 Cells ask here (`QuantDequant(rt, fmt, block)`, `Rope(rt, rd)`, `rms_norm_op(kernels)`, `sinkhorn_kind(rt)`,
-`weight_matmul(...)`) instead of branching themselves.
+`FusedHcPre`, `FusedSinkAttention`, `weight_matmul(...)`) instead of branching themselves.
 The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
 here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
 queries. 'int8' and 'bf16' run as composite primitives in both kernel modes (no fused kernel).
@@ -59,7 +59,8 @@ class QuantDequant(nn.Cell):
         self.fused = rt.kernels == "fused" and fmt in FORMATS
         self.params = FORMATS.get(fmt, ())
         if self.fused:
-            # width > 0 (fused only): only each row's first `width` dims, the rest copied (prefix())
+            # width > 0 (fused only): each row's first `width` dims only, the rest copied
+            # (fused_cpu.cpp QuantDequantPrefix: a KV entry's nope dims before its rope dims)
             self.attrs = Tensor(np.array((block,) + self.params + ((width,) if width else ()), np.float64))
             self.op = _aot("QuantDequantAot", lambda x, a: x, lambda x, a: x)
 

@@ -4,7 +4,8 @@
 // computed in its own precision with exactly the operation order of the composite graph
 // (ascend_v4/numerics.py quant_dequant, ascend_v4/mhc.py sinkhorn_split, ascend_v4/rope.py), so
 // results are bit-identical to it where the composite is exact (all of the quantisation and RoPE;
-// Sinkhorn up to the libm exp/sigmoid; RMSNorm is the oracle's float64 normalisation instead).
+// Sinkhorn up to the libm exp/sigmoid). RMSNorm, the mHC mixes and attention with sinks compute in
+// float64 and round once, as the oracle does, instead of the composite's float32 reductions.
 //
 // aot signature: int Fn(int nparam, void** params, int* ndims, int64_t** shapes,
 //                       const char** dtypes, void* stream, void* extra); returns 0 or 1.
