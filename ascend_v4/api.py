@@ -538,7 +538,7 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
     missing = sorted(set(table) - set(checkpoint.formats))
     if missing:
         raise ConfigError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:5]}")
-    stacks: Dict[int, list] = {}          # id(cell) -> [cell, weight buffer, scale buffer]
+    stacks: Dict[int, list] = {}          # id(cell) -> [cell, weight buffer, scale buffer, slots filled]
     from tqdm import tqdm
     for name in tqdm(checkpoint.names(), desc="load", unit="tensor", disable=None, leave=False):
         if name not in table:
@@ -559,7 +559,7 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
         if slot < 0:
             target.set_arrays(weight, scale)
             continue
-        stack = stacks.setdefault(id(target), [target, None, None])
+        stack = stacks.setdefault(id(target), [target, None, None, 0])
         if stack[1] is None:
             E = target.lead[0]
             stack[1] = np.empty((E,) + weight.shape, weight.dtype)
@@ -567,8 +567,12 @@ def build_model(checkpoint, prefill_chunk: Optional[int] = None, layout=None) ->
         stack[1][slot] = weight
         if scale is not None:
             stack[2][slot] = scale
-    for target, weight, scale in stacks.values():
-        target.set_arrays(weight, scale)
+        stack[3] += 1
+        if stack[3] == target.lead[0]:    # complete: into the parameter now, one buffer alive at a time
+            target.set_arrays(stack[1], stack[2])
+            del stacks[id(target)]
+    if stacks:                            # the loader validated names: a stack is never left part-filled
+        raise ConfigError(f"{len(stacks)} expert stacks were not filled")
     from ascend_v4.tokenizer import TextTokenizer
     return Model(cfg, rt, transformer, checkpoint.weight_format, TextTokenizer.from_dir(checkpoint.folder),
                  engram=checkpoint.engram_host(rt.engram_table))
