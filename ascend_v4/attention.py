@@ -83,7 +83,7 @@ class Attention(nn.Cell):
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, lin, rt)
         self.wkv = Linear(cfg.dim, cfg.head_dim, lin_a, rt)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt, rt.kernels)
-        self.q_head_norm = Normalize(cfg.norm_eps, rt.kernels)                # per head, no weight
+        self.q_head_norm = Normalize(cfg.norm_eps, dt, rt.kernels)                # per head, no weight
         self.rope, self.inverse_rope = Rope(rt, cfg.rope_head_dim), Rope(rt, cfg.rope_head_dim, inverse=True)
         # wo_a: BF16 in the release (no activation quantisation), MXFP8 in the 950's mxfp8 scheme
         self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.groups * cfg.o_lora_rank,

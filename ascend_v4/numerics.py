@@ -125,18 +125,18 @@ class RMSNorm(nn.Cell):
 class Normalize(nn.Cell):
     """rms_normalize (no weight) over the last dim: one kernel under kernels 'fused'."""
 
-    def __init__(self, eps: float, kernels: str = "composite"):
+    def __init__(self, eps: float, dtype=np.float32, kernels: str = "composite"):
         super().__init__()
         self.eps = eps
         from ascend_v4.kernels import rms_norm_op
         self.op = rms_norm_op(kernels)
         if self.op is not None:
             self.attrs = Tensor(np.array([eps], np.float64))
-            self.no_weight = Tensor(np.zeros(1, np.float64))
+            self.no_weight = Tensor(np.zeros(1, dtype))     # the compute dtype: no Cast per call
 
     def construct(self, x):
         if self.op is not None:
-            return self.op(x, self.no_weight.astype(x.dtype), self.attrs)
+            return self.op(x, self.no_weight, self.attrs)
         return rms_normalize(x, self.eps)
 
 

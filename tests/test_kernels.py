@@ -111,7 +111,7 @@ def test_fused_rms_norm_matches_the_oracle(dtype, tol, composite_tol, weighted):
             cell = RMSNorm(256, 1e-6, dt, k)
             cell.weight.set_data(Tensor(w))
         else:
-            cell = Normalize(1e-6, k)
+            cell = Normalize(1e-6, dt, k)
         got[k] = cell(Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
     with oracle.precision(dtype):
