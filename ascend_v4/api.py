@@ -77,6 +77,7 @@ class Model:
 
     def __init__(self, cfg: ModelConfig, runtime, transformer, weight_format: str, tokenizer=None,
                  engram=None):
+        from ascend_v4.graph_call import CompiledCell
         from ascend_v4.model import ENGRAM_HISTORY, DecodeNet, ExtendNet, MtpNet, StepNet
         self.cfg = cfg                   # the model (config.json)
         self.tokenizer = tokenizer       # TextTokenizer of the checkpoint, or None (ids only)
@@ -86,11 +87,12 @@ class Model:
         self.weight_format = weight_format
         self.transformer = transformer
         self.spec = transformer.state_spec()
-        self._extend = ExtendNet(transformer)
-        self._extend_all = ExtendNet(transformer, all_logits=True)
-        self._decode = DecodeNet(transformer)
-        self._mtp = MtpNet(transformer)
-        self._step = StepNet(transformer)
+        # the compiled graphs, called past Cell.__call__'s per-call sub-cell walk (graph_call.py)
+        self._extend = CompiledCell(ExtendNet(transformer))
+        self._extend_all = CompiledCell(ExtendNet(transformer, all_logits=True))
+        self._decode = CompiledCell(DecodeNet(transformer))
+        self._mtp = CompiledCell(MtpNet(transformer))
+        self._step = CompiledCell(StepNet(transformer))
         self.max_batch = runtime.max_batch_size
         self.tiers = None        # the tiered KV cache's manager (runtime kv_budget), ascend_v4/kv_tiers
         if runtime.kv_budget is not None:

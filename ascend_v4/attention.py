@@ -21,7 +21,7 @@ from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import FUSED_ATTENTION_MACS, FusedSinkAttention, KVEntryRound, Rope
-from ascend_v4.numerics import Normalize, RMSNorm
+from ascend_v4.numerics import Normalize, RMSNorm, sum_last
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import rope_tables
 from ascend_v4.runtime import RuntimeConfig
@@ -44,7 +44,7 @@ def sink_attention(q, keys, mask, sink, scale: float):
     sink = sink.reshape(1, 1, -1, 1)
     m = ops.maximum(z.max(-1, keepdims=True), sink)
     p = mint.where(mask, ops.exp(z - m), 0.0)
-    denom = p.sum(-1, keepdims=True) + ops.exp(sink - m)
+    denom = sum_last(p) + ops.exp(sink - m)
     return ops.matmul(p.reshape(b, s * h, -1), keys).reshape(b, s, h, d) / denom
 
 

@@ -13,7 +13,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear, zeros_param
 from ascend_v4.kernels import KVEntryRound, Rope, index_quant
-from ascend_v4.numerics import RMSNorm, hadamard_matrix
+from ascend_v4.numerics import RMSNorm, hadamard_matrix, rotate_last
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import StateSlot, StateSpec
@@ -57,7 +57,7 @@ class Compressor(nn.Cell):
         """entry [..., head_dim]: RMSNorm, RoPE on the last rd dims, then the cache's rounding."""
         entry = self.rope(self.norm(entry), cos, sin)
         if self.rotate:  # indexer keys: Hadamard rotation then the indexer cache's rounding
-            return self.quant(ops.matmul(entry, self.hadamard))
+            return self.quant(rotate_last(entry, self.hadamard))
         return self.quant(entry)
 
     def _pool(self, kv, score, axis: int):

@@ -13,7 +13,7 @@ from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
 from ascend_v4.kernels import Rope, index_quant
-from ascend_v4.numerics import hadamard_matrix
+from ascend_v4.numerics import hadamard_matrix, rotate_last, weighted_sum
 from ascend_v4.parallel.comm import GroupSum
 from ascend_v4.precision import np_dtype
 from ascend_v4.runtime import RuntimeConfig
@@ -64,7 +64,7 @@ class Indexer(nn.Cell):
         b, s, _ = qr.shape
         q = self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)
         q = self.rope(q, cos, sin)
-        return self.quant(ops.matmul(q, self.hadamard))
+        return self.quant(rotate_last(q, self.hadamard))
 
     def scores(self, x, q, keys):
         """x [b, s, dim], q [b, s, h, d] (this rank's heads), keys [b, n, d] -> index scores [b, s, n]
@@ -72,7 +72,7 @@ class Indexer(nn.Cell):
         w = self.weights_proj(x) * self.weight_scale                 # [b, s, h]
         b, s, h, d = q.shape                                          # keys shared by every query and head
         dots = ops.relu(ops.matmul(q.reshape(b, s * h, d), keys.swapaxes(-1, -2)).reshape(b, s, h, -1))  # [b, s, h, n]
-        partial = (dots * w.expand_dims(-1)).sum(2)
+        partial = weighted_sum(w, dots)                               # [b, s, n]
         return self.tp_sum(partial) if self.tp_sum is not None else partial   # sum over all heads
 
     @staticmethod

@@ -7,6 +7,7 @@ from mindspore import mint, nn, ops
 from ascend_v4.config import ModelConfig
 from ascend_v4.kernels import FUSED_MAX_ROWS, FusedHcPost, FusedHcPre, FusedSinkhorn, sinkhorn_kind
 from ascend_v4.linear import dense, zeros_param
+from ascend_v4.numerics import sum_last, weighted_sum
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
 
@@ -15,7 +16,7 @@ def hc_mixes(X, fn, eps: float):
     """X [b, s, n, d] -> mixes [b, s, rows] = (fn @ flatten(X)) * rsqrt(mean(x^2) + eps)."""
     b, s, n, d = X.shape
     x = X.reshape(b, s, n * d)
-    return dense(x, fn) * ops.rsqrt(ops.mean(x * x, -1, True) + eps)
+    return dense(x, fn) * ops.rsqrt(sum_last(x * x) / (n * d) + eps)
 
 
 def sinkhorn_split(mixes, scale, base, n: int, iters: int, eps: float):
@@ -89,8 +90,7 @@ class HyperConnection(nn.Cell):
             return self.fused_pre(X, self.fn, self.scale, self.base)
         mixes = hc_mixes(X, self.fn, self.norm_eps)
         pre, post, comb = self.sinkhorn(mixes, self.scale, self.base)
-        u = (pre.expand_dims(-1) * X).sum(2)
-        return u, post, comb
+        return weighted_sum(pre, X), post, comb
 
     def post(self, f, X, post, comb):
         """X'_j = post_j f + sum_i comb[i, j] X_i  ->  [b, s, n, d]."""
@@ -113,4 +113,4 @@ class HcHead(nn.Cell):
 
     def construct(self, X):
         w = ops.sigmoid(hc_mixes(X, self.fn, self.norm_eps) * self.scale + self.base) + self.hc_eps
-        return (w.expand_dims(-1) * X).sum(2)
+        return weighted_sum(w, X)

@@ -98,9 +98,24 @@ def int8_quant_dequant(x, block: int, amax_floor: float = 0.0):
     return (q * scale).reshape(shape)
 
 
+def sum_last(x):
+    """x [..., n] -> its sum over the last axis [..., 1], as a product with a column of ones:
+    MindSpore's CPU ReduceSum / ReduceMean take 3-5x as long as that BLAS product (256 x 4 x 544
+    attention weights: 3.3 vs 0.6 ms; 256 x 1,024 squares: 1.8 vs 0.5 ms)."""
+    n = x.shape[-1]
+    return ops.matmul(x.reshape(-1, n), ops.ones((n, 1), x.dtype)).reshape(x.shape[:-1] + (1,))
+
+
+def weighted_sum(w, X):
+    """w [..., k], X [..., k, d] -> sum_j w[..., j] X[..., j, :]  [..., d], as one batched matmul
+    ([1, k] x [k, d] per leading index; the ReduceSum over the k axis takes 2.6x as long)."""
+    k, d = X.shape[-2], X.shape[-1]
+    return ops.bmm(w.reshape(-1, 1, k), X.reshape(-1, k, d)).reshape(X.shape[:-2] + (d,))
+
+
 def rms_normalize(x, eps: float):
     """x * rsqrt(mean(x^2) + eps) over the last dim (no weight)."""
-    return x * ops.rsqrt(ops.mean(x * x, -1, True) + eps)
+    return x * ops.rsqrt(sum_last(x * x) / x.shape[-1] + eps)
 
 
 class RMSNorm(nn.Cell):
@@ -146,4 +161,10 @@ def hadamard_matrix(n: int, dtype=np.float32) -> np.ndarray:
     while h.shape[0] < n:
         h = np.block([[h, h], [h, -h]])
     return (h * n ** -0.5).astype(dtype)
+
+
+def rotate_last(x, matrix):
+    """x [..., n] @ matrix [n, n] as one 2-D matmul: ops.matmul on [..., n] x [n, n] broadcasts the
+    matrix over every leading index first (a 16 MB copy for 1,024 indexer query rows of 128)."""
+    return ops.matmul(x.reshape(-1, x.shape[-1]), matrix).reshape(x.shape)
 

@@ -6,6 +6,7 @@ References are independent of the engine: the numpy oracle in float64 on each ro
 * float64: rows at different lengths decode together, one row idle for some steps, a slot refilled
   with a new prompt while the other continues; every row's logits at every step within 1e-9
   (relative, ||got - oracle|| / ||oracle||) and the same top-1. An idle row's state is bit-identical.
+  The steps after the first call the compiled graph directly (ascend_v4/graph_call.py).
 * A prompt prefilled in chunks of 1, 7, 64 or all at once: the same logits and the same state
   (every dense slot of the row within 1e-9 of its scale, -inf where the one-shot run has -inf).
 * float32: batched rows vs the same rows alone (measured max relative difference 0: each row's
@@ -87,6 +88,8 @@ def test_rows_at_mixed_positions_match_the_oracle(engine):
         check(logits[1], ref[1][lengths[1]], f"step {step} row 1 at position {lengths[1]}")
         lengths[1] += 1
     assert list(model.lengths) == lengths
+    # every step after the compiling one ran past Cell.__call__ (ascend_v4/graph_call.py)
+    assert model._decode.direct_calls >= 13
 
 
 def test_extend_all_logits_match_the_oracle(engine):
