@@ -170,7 +170,7 @@ class Attention(nn.Cell):
         state: this layer's slots in state_spec() order. -> (out [b, n, dim], new state)."""
         b, n, _ = x.shape
         W = self.window
-        k = ops.arange(n).reshape(1, n)
+        k = ops.arange(n, dtype=ms.int32).reshape(1, n)
         pos = start.reshape(b, 1) + k                                         # [b, n]
         cnt = count.reshape(b, 1)
         valid = k < cnt
@@ -178,10 +178,10 @@ class Attention(nn.Cell):
         cos, sin = ops.gather(self.cos, pc, 0), ops.gather(self.sin, pc, 0)   # [b, n, rd/2]
         q, qr, kv = self._qkv(x, cos, sin)
         # window: ring slot j holds position start - 1 - ((start - 1 - j) mod W) (< 0: empty)
-        j = ops.arange(W).reshape(1, W)
+        j = ops.arange(W, dtype=ms.int32).reshape(1, W)
         held = start.reshape(b, 1) - 1 - (start.reshape(b, 1) - 1 - j) % W      # [b, W]
         ring_vis = ops.logical_and(held.expand_dims(1) >= 0, held.expand_dims(1) > pos.expand_dims(-1) - W)
-        i = ops.arange(n).reshape(n, 1)
+        i = ops.arange(n, dtype=ms.int32).reshape(n, 1)
         causal = ops.logical_and(k <= i, k > i - W).expand_dims(0)              # [1, n, n]
         chunk_vis = ops.logical_and(causal, valid.expand_dims(1))               # [b, n, n]
         if self.ratio:
@@ -211,7 +211,7 @@ class Attention(nn.Cell):
             comp = comp + (("indexer.compressor.kv", ikv), ("indexer.compressor.score", isc),
                            ("indexer.keys", ikeys))
             return sel, entries, complete, comp
-        sel = ops.arange(self.n_comp).reshape(1, 1, -1) < ((pos + 1) // self.ratio).expand_dims(-1)
+        sel = ops.arange(self.n_comp, dtype=ms.int32).reshape(1, 1, -1) < ((pos + 1) // self.ratio).expand_dims(-1)
         return sel, entries, complete, comp
 
     def _assemble(self, updates):
@@ -241,7 +241,7 @@ class Attention(nn.Cell):
         o = self.core(q, keys, mask, self.attn_sink)
         # ring slot j takes the last real chunk token k with (start + k) % W == j, if any
         cnt = count.reshape(b, 1)
-        j = ops.arange(W).reshape(1, W)
+        j = ops.arange(W, dtype=ms.int32).reshape(1, W)
         last = cnt - 1 - (start.reshape(b, 1) + cnt - 1 - j) % W                 # [b, W]
         written = gather_rows(kv, ops.clamp(last, 0, n - 1))
         ring = mint.where((last >= 0).expand_dims(-1), written, ring)
@@ -259,12 +259,12 @@ class Attention(nn.Cell):
         none = Tensor(-1, i32)
         r = rows.astype(i32).reshape(b, 1)
         cnt = count.astype(i32).reshape(b, 1)
-        k = ops.arange(n).astype(i32).reshape(1, n)
+        k = ops.arange(n, dtype=ms.int32).reshape(1, n)
         ring = state[st["window"]]
         # the last W real tokens of the chunk go to ring slots (start + k) % W
         keep = ops.logical_and(k < cnt, k >= cnt - W)
         ring_slots = mint.where(keep, r * W + (start.astype(i32).reshape(b, 1) + k) % W, none)
-        j = ops.arange(W).astype(i32).reshape(1, 1, W)
+        j = ops.arange(W, dtype=ms.int32).reshape(1, 1, W)
         if n == 1:
             new_ring = self.kv_pack(ring, kv.reshape(b, hd).astype(f32), ring_slots.reshape(b))
             vis = ops.logical_or(ring_vis, ops.logical_and(
@@ -272,11 +272,11 @@ class Attention(nn.Cell):
             read_pool, idx = new_ring, mint.where(vis, r.reshape(b, 1, 1) * W + j, none)      # [b, 1, W]
         else:
             chunk = self.kv_pack(ops.zeros(page_pool_shape(b, n), ms.uint8), kv.reshape(b * n, hd).astype(f32),
-                                 ops.arange(b * n).astype(i32))
+                                 ops.arange(b * n, dtype=ms.int32))
             read_pool = ops.concat((ring, chunk), 0)
             offset = ring.shape[0] * PAGE_BLOCK
             ring_idx = mint.where(ring_vis, r.reshape(b, 1, 1) * W + j, none)                    # [b, n, W]
-            local = ops.arange(b).astype(i32).reshape(b, 1, 1) * n + k.reshape(1, 1, n)   # chunk pool slots
+            local = ops.arange(b, dtype=ms.int32).reshape(b, 1, 1) * n + k.reshape(1, 1, n)   # chunk pool slots
             chunk_idx = mint.where(chunk_vis, offset + local, none)                             # [b, n, n]
             idx = ops.concat((ring_idx, chunk_idx), -1)
             new_ring = self.kv_pack(ring, kv.reshape(b * n, hd).astype(f32), ring_slots.reshape(b * n))
@@ -285,7 +285,7 @@ class Attention(nn.Cell):
         if self.ratio:
             m, n_comp = self.ratio, self.n_comp
             nb = entries.shape[1]
-            jb = ops.arange(nb).astype(i32).reshape(1, nb)
+            jb = ops.arange(nb, dtype=ms.int32).reshape(1, nb)
             block = (start.astype(i32) // m).reshape(b, 1) + jb
             if self.tiered:
                 extra, extra_idx, tier = self._tiered_entries(r, k < cnt, block, sel, entries, complete, state)
@@ -295,7 +295,7 @@ class Attention(nn.Cell):
                 extra = self.kv_pack(state[st["entries"]], entries.reshape(b * nb, hd).astype(f32),
                                      cslots.reshape(b * nb))
                 comp = comp + (("entries", extra),)
-                e = ops.arange(n_comp).astype(i32).reshape(1, 1, n_comp)
+                e = ops.arange(n_comp, dtype=ms.int32).reshape(1, 1, n_comp)
                 extra_idx = mint.where(sel, r.reshape(b, 1, 1) * n_comp + e, none)             # [b, n, N]
         out, _ = self.sparse_attn(q.reshape(b * n, self.n_heads, hd).astype(f32), read_pool,
                                   idx.reshape(b * n, -1), extra, extra_idx.reshape(b * n, -1),
@@ -328,14 +328,14 @@ class Attention(nn.Cell):
                             cslots.reshape(b * nb))
         # top-k mask -> compact ascending entry indices: N - e is largest for the lowest e
         K = min(self.cfg.index_topk, N)
-        e = ops.arange(N).astype(i32).reshape(1, 1, N)
+        e = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
         key = mint.where(ops.logical_and(sel, valid.expand_dims(-1)), (N - e).astype(ms.float32), 0.0)
         top, _ = ops.topk(key, K)                                                  # [b, n, K] descending
         chosen = top > 0
         idx_e = mint.where(chosen, N - top.astype(i32), none)                      # entry ids, -1 = none
         slots = mint.where(chosen, device_slot(r.reshape(b, 1, 1), ops.maximum(idx_e, 0)), none)
         page_of = mint.where(chosen, idx_e // PAGE_BLOCK, none)
-        hit = page_of.reshape(b, n * K, 1) == ops.arange(pages).astype(i32).reshape(1, 1, pages)
+        hit = page_of.reshape(b, n * K, 1) == ops.arange(pages, dtype=ms.int32).reshape(1, 1, pages)
         used = hit.astype(i32).max(1)                                              # [b, pages]
         return pool, slots, (("entries", pool), ("entries_table", table), ("entries_used", used))
 

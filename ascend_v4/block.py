@@ -77,6 +77,6 @@ class MTPBlock(Block):
             full = ((b * shape[0] + PAGE_BLOCK - 1) // PAGE_BLOCK, PAGE_BLOCK * TOKEN_BYTES) if paged \
                 else (b,) + shape
             fresh = fresh + (ops.full(full, fill, dtype=dtype),)
-        X, _ = self.extend(self.inputs(H, emb), ids, ops.arange(b).astype(ms.int32), zero,
+        X, _ = self.extend(self.inputs(H, emb), ids, ops.arange(b, dtype=ms.int32), zero,
                            ops.full((b,), s, dtype=ms.int32), fresh)
         return self.norm(self.hc_head(X))

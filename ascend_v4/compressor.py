@@ -8,11 +8,12 @@ tokens to it and returns the entries of the blocks they complete.
 """
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear, zeros_param
-from ascend_v4.kernels import KVEntryRound, Rope, index_quant
+from ascend_v4.kernels import FusedCompressorDecode, KVEntryRound, Rope, index_quant
 from ascend_v4.numerics import RMSNorm, hadamard_matrix, rotate_last
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.runtime import RuntimeConfig
@@ -41,6 +42,8 @@ class Compressor(nn.Cell):
         self.quant = index_quant(rt, head_dim) if rotate else KVEntryRound(rt, self.rd, head_dim)
         if rotate:
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
+        # one token per row (decode) as one kernel under kernels 'fused'
+        self.step = FusedCompressorDecode(head_dim) if rt.kernels == "fused" else None
 
     @staticmethod
     def spec_for(ratio: int, head_dim: int, dtype) -> StateSpec:
@@ -73,6 +76,8 @@ class Compressor(nn.Cell):
         """
         b, n, _ = x.shape
         m, d, c = self.ratio, self.head_dim, self.coff
+        if n == 1 and self.step is not None:
+            return self._step(x, start, count, kv_state, score_state, cos, sin)
         prev = (c - 1) * m                               # slots of the previous block (overlap)
         nb = (2 * m - 2 + n) // m                       # blocks touched: ceil((m - 1 + n) / m)
         length = prev + nb * m
@@ -80,10 +85,10 @@ class Compressor(nn.Cell):
         first = start.reshape(b, 1) - r0                # position of the current block's first token
         cnt = count.reshape(b, 1)
         kv = self.wkv(x)                                            # [b, n, c*d]
-        in_block = (start.reshape(b, 1) + ops.arange(n).reshape(1, n)) % m
+        in_block = (start.reshape(b, 1) + ops.arange(n, dtype=ms.int32).reshape(1, n)) % m
         score = self.wgate(x) + ops.gather(self.ape, in_block, 0)  # [b, n, c*d]
         # buffer row u holds position first - prev + u: stored rows first, then the new tokens
-        u = ops.arange(length).reshape(1, length)
+        u = ops.arange(length, dtype=ms.int32).reshape(1, length)
         k = u - prev - r0                                                  # [b, L] chunk index
         stored = u < prev + r0
         new = ops.logical_and(k >= 0, k < cnt)
@@ -102,18 +107,31 @@ class Compressor(nn.Cell):
             kv_win = kv_buf.reshape(b, nb, m, d)
             s_win = s_buf.reshape(b, nb, m, d)
         pooled = self._pool(kv_win, s_win, 2)                              # [b, nb, d]
-        entry_pos = ops.clamp(first + ops.arange(nb).reshape(1, nb) * m, 0, cos.shape[0] - 1)
+        entry_pos = ops.clamp(first + ops.arange(nb, dtype=ms.int32).reshape(1, nb) * m, 0, cos.shape[0] - 1)
         entries = self.finish(pooled, ops.gather(cos, entry_pos, 0), ops.gather(sin, entry_pos, 0))
-        complete = (ops.arange(nb).reshape(1, nb) + 1) * m <= r0 + cnt
+        complete = (ops.arange(nb, dtype=ms.int32).reshape(1, nb) + 1) * m <= r0 + cnt
         # new state: the partial block after the chunk (and the block before it)
         end = start.reshape(b, 1) + cnt
         r1 = end % m
-        v = ops.arange(c * m).reshape(1, c * m)
+        v = ops.arange(c * m, dtype=ms.int32).reshape(1, c * m)
         src = ops.clamp(v + (end - r1 - first), 0, length - 1)
         keep = ops.logical_and(v < prev + r1, end - r1 - prev + v >= 0).expand_dims(-1)
         idle = (cnt == 0).reshape(b, 1, 1)               # an idle row (start may be a placeholder)
         kv_state = mint.where(idle, kv_state, mint.where(keep, gather_rows(kv_buf, src), 0.0))
         score_state = mint.where(idle, score_state, mint.where(keep, gather_rows(s_buf, src), NEG_INF))
+        return entries, complete, kv_state, score_state
+
+    def _step(self, x, start, count, kv_state, score_state, cos, sin):
+        """extend for one token per row: the block buffer, pooling and state update in one kernel
+        (the same entries and state as the general path; its one block is start // ratio)."""
+        b, m = x.shape[0], self.ratio
+        i32 = ms.int32
+        pooled, kv_state, score_state = self.step(self.wkv(x), self.wgate(x), self.ape, kv_state, score_state,
+                                                  start.astype(i32), count.astype(i32))
+        r0 = (start % m).reshape(b, 1)
+        first = start.reshape(b, 1) - r0                 # the block's first position (< max_seq_len)
+        entries = self.finish(pooled, ops.gather(cos, first, 0), ops.gather(sin, first, 0))
+        complete = r0 + count.reshape(b, 1) >= m         # the token fills its block
         return entries, complete, kv_state, score_state
 
 
@@ -123,7 +141,7 @@ def gather_rows(x, idx):
     of the broadcast index, measured at [2, 256, 128] and [2, 32, 512])."""
     b, t, c = x.shape
     l = idx.shape[1]
-    flat = idx + (ops.arange(b) * t).reshape(b, 1).astype(idx.dtype)              # [b, l]
+    flat = idx + (ops.arange(b, dtype=ms.int32) * t).reshape(b, 1).astype(idx.dtype)   # [b, l]
     return ops.gather(x.reshape(b * t, c), flat.reshape(-1), 0).reshape(b, l, c)
 
 
@@ -131,7 +149,7 @@ def write_entries(cache, entries, complete, first_block):
     """cache [b, N, d]: put entries[:, j] (where complete[:, j]) at index first_block + j."""
     b, n_max = cache.shape[0], cache.shape[1]
     nb = entries.shape[1]
-    j = ops.arange(n_max).reshape(1, n_max) - first_block.reshape(b, 1)   # [b, N]
+    j = ops.arange(n_max, dtype=ms.int32).reshape(1, n_max) - first_block.reshape(b, 1)   # [b, N]
     jc = ops.clamp(j, 0, nb - 1)
     hit = ops.logical_and(ops.logical_and(j >= 0, j < nb), ops.gather_elements(complete, 1, jc))
     return mint.where(hit.expand_dims(-1), gather_rows(entries, jc), cache)

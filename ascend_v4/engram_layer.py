@@ -28,7 +28,7 @@ def history_update(history, ids, count):
     -> the last N-1 ids of (history, ids[:, :count]) (count 0: unchanged), as engram.next_history."""
     b, k = history.shape
     buf = ops.concat([history, ids.astype(history.dtype)], 1)               # [b, N-1+n]
-    take = count.reshape(b, 1) + ops.arange(k).astype(ms.int32).reshape(1, k)
+    take = count.reshape(b, 1) + ops.arange(k, dtype=ms.int32).reshape(1, k)
     return ops.gather_elements(buf, 1, take)
 
 

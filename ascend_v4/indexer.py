@@ -94,6 +94,6 @@ class Indexer(nn.Cell):
         cache = write_entries(cache, keys, complete, start // self.ratio)
         n_max = cache.shape[1]
         q = self.queries(qr, cos_q, sin_q)
-        visible = ops.arange(n_max).reshape(1, 1, n_max) < ((pos + 1) // self.ratio).expand_dims(-1)
+        visible = ops.arange(n_max, dtype=ms.int32).reshape(1, 1, n_max) < ((pos + 1) // self.ratio).expand_dims(-1)
         sel = selected_mask(self.scores(x, q, cache), visible, min(self.topk, n_max))
         return sel, kv_state, score_state, cache

@@ -227,7 +227,7 @@ class RowView(nn.Cell):
         out = ()
         for s, new, is_dense in zip(states, new_rows, self.dense):
             if is_dense:
-                hit = (ops.arange(s.shape[0]) == row.reshape(())).reshape((-1,) + (1,) * (s.ndim - 1))
+                hit = (ops.arange(s.shape[0], dtype=ms.int32) == row.reshape(())).reshape((-1,) + (1,) * (s.ndim - 1))
                 out = out + (mint.where(hit, new.broadcast_to(s.shape), s),)
             else:
                 out = out + (new,)
@@ -272,7 +272,7 @@ class DecodeNet(nn.Cell):
         b = ids.shape[0]
         start = ops.maximum(positions, 0)
         count = (positions >= 0).astype(ms.int32)
-        logits, _, new_states, hidden = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count,
+        logits, _, new_states, hidden = self.model.extend(ids, ops.arange(b, dtype=ms.int32), start, count,
                                                           states, False, engram_rows)
         if self.layer_outputs:
             return (logits,) + new_states + hidden
@@ -291,7 +291,7 @@ class StepNet(nn.Cell):
     def construct(self, ids, start, count, *inputs):
         engram_rows, states = split_engram(self.engram, inputs)
         b = ids.shape[0]
-        logits, H, new_states, _ = self.model.extend(ids, ops.arange(b).astype(ms.int32), start, count, states,
+        logits, H, new_states, _ = self.model.extend(ids, ops.arange(b, dtype=ms.int32), start, count, states,
                                                      True, engram_rows)
         return (logits, H) + new_states
 

@@ -37,7 +37,7 @@ def route_scores(logits, score_func: str):
 def rank_in_group(group, n_groups: int, valid=None):
     """group [P] int32 in [0, n_groups) (valid [P] bool: others count nowhere) -> (each row's index
     among the earlier rows of its group [P], rows per group [n_groups])."""
-    hits = group.reshape(-1, 1) == ops.arange(n_groups).astype(ms.int32).reshape(1, -1)    # [P, n]
+    hits = group.reshape(-1, 1) == ops.arange(n_groups, dtype=ms.int32).reshape(1, -1)    # [P, n]
     if valid is not None:
         hits = ops.logical_and(hits, valid.reshape(-1, 1))
     hits = hits.astype(ms.int32)
@@ -71,7 +71,7 @@ def expert_tiles(expert_of_row, rank_of_row, counts, m: int, n_tiles: int):
     ends = ops.cumsum(tiles, 0)                                               # [E] exclusive ends
     first = ends - tiles
     slot = ops.gather(first, expert_of_row, 0) * m + rank_of_row
-    t = ops.arange(n_tiles).astype(ms.int32).reshape(-1, 1)
+    t = ops.arange(n_tiles, dtype=ms.int32).reshape(-1, 1)
     owner = (ends.reshape(1, E) <= t).astype(ms.int32).sum(1)                # tiles before t's expert
     return slot.astype(ms.int32), ops.minimum(owner, E - 1).astype(ms.int32)
 
@@ -146,7 +146,7 @@ class RoutedExperts(nn.Cell):
         slot, tile_expert = expert_tiles(expert, rank, counts, m, n_tiles)
         # tile slot -> its pair (P: an empty slot, reading the appended zero row / weight)
         source = ops.tensor_scatter_update(ops.full((n_tiles * m,), P, dtype=ms.int32), slot.reshape(-1, 1),
-                                           ops.arange(P).astype(ms.int32))
+                                           ops.arange(P, dtype=ms.int32))
         row = ops.gather(ops.concat((row_of_pair, ops.full((1,), rows.shape[0], dtype=ms.int32))), source, 0)
         xs = ops.gather(ops.concat((rows, ops.zeros((1, rows.shape[1]), dtype)), 0), row, 0)
         ws = ops.gather(ops.concat((pair_w.astype(dtype), ops.zeros((1,), dtype))), source, 0)
@@ -162,7 +162,7 @@ class RoutedExperts(nn.Cell):
         P = T * k
         experts = indices.reshape(P).astype(ms.int32)
         xq = self.quant(x) if self.act_quant else x
-        token = ops.arange(P).astype(ms.int32) // k
+        token = ops.arange(P, dtype=ms.int32) // k
         if tile_plan(P, self.n_experts)[0] == 1:
             # tiles of one row (decode batches): pair p is tile p, in pair order, so no grouping by
             # expert is needed; the same per-row products as the grouped path
@@ -178,7 +178,7 @@ class RoutedExperts(nn.Cell):
         xq = self.quant(x) if self.act_quant else x
         rows, w, expert, back = self.exchange.dispatch(xq, weights, indices)   # [R, d], [R], [R]
         rank, counts = rank_in_group(expert, self.n_experts)
-        out = self._pairs_forward(rows, ops.arange(rows.shape[0]).astype(ms.int32), w, expert, rank,
+        out = self._pairs_forward(rows, ops.arange(rows.shape[0], dtype=ms.int32), w, expert, rank,
                                   counts)                                      # [R, d] weighted outputs
         return self.exchange.combine(out, back, indices.shape)
 
@@ -190,7 +190,7 @@ class RoutedExperts(nn.Cell):
         dtype, f32 = x.dtype, ms.float32
         rows, _, row_w, _, slot_of, counts, offsets, _, _ = self.dispatch(
             x.astype(f32), indices.astype(ms.int32), weights.astype(f32))
-        r = ops.arange(rows.shape[0]).astype(ms.int32)
+        r = ops.arange(rows.shape[0], dtype=ms.int32)
         expert = ((offsets[1:].reshape(1, -1) <= r.reshape(-1, 1)).astype(ms.int32).sum(1)).astype(ms.int32)
         expert = ops.minimum(expert, self.n_experts - 1)
         grouped = rows.astype(dtype)
@@ -239,9 +239,9 @@ class ExpertExchange(nn.Cell):
             weights = ops.concat((weights, ops.zeros((pad, k), weights.dtype)), 0)
             indices = ops.concat((indices, ops.zeros((pad, k), indices.dtype)), 0)
         lo = self.index * Ts
-        token_ok = (ops.arange(Ts) + lo) < T                                       # [Ts]
+        token_ok = (ops.arange(Ts, dtype=ms.int32) + lo) < T                                       # [Ts]
         P = Ts * k
-        local_token = ops.arange(P).astype(ms.int32) // k
+        local_token = ops.arange(P, dtype=ms.int32) // k
         rows = ops.gather(xq[lo:lo + Ts], local_token, 0)
         valid = ops.tile(token_ok.reshape(Ts, 1), (1, k)).reshape(P)
         return rows, weights[lo:lo + Ts].reshape(P), indices[lo:lo + Ts].reshape(P).astype(ms.int32), \

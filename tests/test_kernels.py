@@ -275,3 +275,105 @@ def test_fused_dequantisation_is_bit_exact(kind, dtype):
     assert whole.dtype == taken.dtype == DTYPES[dtype]
     np.testing.assert_array_equal(whole, np.stack([v for _, _, v in stored]).astype(DTYPES[dtype]))
     np.testing.assert_array_equal(taken, np.stack([stored[e][2] for e in index]).astype(DTYPES[dtype]))
+
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-14), ("float32", 2e-7)])
+@pytest.mark.parametrize("ratio,head_dim,coff", [(4, 64, 2), (8, 32, 1)])
+def test_fused_compressor_step_matches_the_oracle(dtype, tol, ratio, head_dim, coff):
+    """The compressor's one-token step as one kernel, stepped through 3+ blocks for two rows at
+    different offsets, row 1 idle for a block's worth of steps (its state must not change): the
+    pooled entry of every block a step completes against the oracle's pool_blocks over the whole
+    sequence (relative to the maximum), with overlap (coff 2) and without."""
+    from ascend_v4.kernels import FusedCompressorDecode
+    dt = DTYPES[dtype]
+    rng = np.random.default_rng(6)
+    w, rows, steps = coff * head_dim, coff * ratio, 3 * ratio + 2
+    kv_seq = rng.normal(size=(2, steps + ratio, w)).astype(dt)
+    g_seq = rng.normal(size=(2, steps + ratio, w)).astype(dt)
+    ape = rng.normal(size=(ratio, w)).astype(dt)
+    state = [np.zeros((2, rows, w), dt), np.full((2, rows, w), -np.inf, dt)]
+    lengths, pooled_at = [0, 0], ({}, {})
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    step = FusedCompressorDecode(head_dim)
+    for i in range(steps + ratio - 1):
+        # row 1 starts ratio - 1 tokens later, then idles for `ratio` steps in its second block
+        count = np.array([int(i < steps), int(i >= ratio - 1 and not 2 * ratio <= i < 3 * ratio)], np.int32)
+        kv = np.stack([kv_seq[r, lengths[r]] for r in (0, 1)])[:, None]
+        g = np.stack([g_seq[r, lengths[r]] for r in (0, 1)])[:, None]
+        pooled, ks, ss = (t.asnumpy() for t in step(
+            Tensor(kv), Tensor(g), Tensor(ape), Tensor(state[0]), Tensor(state[1]),
+            Tensor(np.array(lengths, np.int32)), Tensor(count)))
+        assert pooled.dtype == dt and pooled.shape == (2, 1, head_dim)
+        for r in (0, 1):
+            if not count[r]:
+                np.testing.assert_array_equal(ks[r], state[0][r])
+                np.testing.assert_array_equal(ss[r], state[1][r])
+            elif (lengths[r] + 1) % ratio == 0:
+                pooled_at[r][lengths[r] // ratio] = pooled[r, 0]
+            lengths[r] += int(count[r])
+        state = [ks, ss]
+    ms.set_context(mode=ms.GRAPH_MODE)
+    for r in (0, 1):
+        with oracle.precision(dtype):
+            want = oracle.pool_blocks(kv_seq[r:r + 1, :lengths[r]], g_seq[r:r + 1, :lengths[r]], ape,
+                                      ratio, head_dim)[0]
+        assert sorted(pooled_at[r]) == list(range(len(want))) and len(want) >= 2
+        got = np.stack([pooled_at[r][j] for j in range(len(want))])
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+
+
+def _random_parameters(cell, rng):
+    """Normal values in every parameter of `cell` (bf16 codes for uint16 storage)."""
+    import ml_dtypes
+    for _, p in cell.parameters_and_names():
+        shape, dtype = p.shape, p.asnumpy().dtype
+        values = rng.normal(size=shape) * 0.1
+        if dtype == np.uint16:
+            values = values.astype(ml_dtypes.bfloat16).view(np.uint16)
+        p.set_data(Tensor(values.astype(dtype)))
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-13), ("float32", 2e-5)])
+@pytest.mark.parametrize("ratio,rotate", [(4, False), (4, True), (16, False)])
+def test_compressor_one_token_step_equals_the_general_path(dtype, tol, ratio, rotate):
+    """Compressor.extend of one token per row: the fused step against the general block-buffer
+    path (the same cell type and weights with its step kernel removed), stepped from position 0
+    with one row idle at times: the same state bit for bit, the same `complete`, and the entries
+    of completed blocks within tol (relative; the kernel pools with a float64 softmax)."""
+    from ascend_v4.compressor import Compressor
+    cfg = load_config("tiny")
+    hd = cfg.index_head_dim if rotate else cfg.head_dim
+    dt = DTYPES[dtype]
+    rng = np.random.default_rng(7)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    cells = {k: Compressor(cfg, _runtime("fused", dtype), ratio, hd, rotate) for k in ("fused", "composite")}
+    _random_parameters(cells["fused"], rng)
+    for (_, a), (_, b) in zip(cells["fused"].parameters_and_names(), cells["composite"].parameters_and_names()):
+        b.set_data(Tensor(a.asnumpy()))
+    assert cells["fused"].step is not None
+    cells["composite"].step = None                  # the general path, all else the same
+    spec = Compressor.spec_for(ratio, hd, dt)
+    state = {k: [Tensor(a) for a in spec.initial(2)] for k in cells}
+    cos = Tensor(rng.normal(size=(4 * ratio, cfg.rope_head_dim // 2)).astype(dt))
+    sin = Tensor(rng.normal(size=(4 * ratio, cfg.rope_head_dim // 2)).astype(dt))
+    lengths, completed = [0, 0], 0
+    for i in range(3 * ratio + 3):
+        count = np.array([1, int(i % 3 != 1)], np.int32)
+        x = Tensor(rng.normal(size=(2, 1, cfg.dim)).astype(dt))
+        out = {k: cells[k].extend(x, Tensor(np.array(lengths, np.int32)), Tensor(count), *state[k], cos, sin)
+               for k in cells}
+        entries, complete = ({k: out[k][j].asnumpy() for k in cells} for j in (0, 1))
+        np.testing.assert_array_equal(complete["fused"], complete["composite"])
+        for k in cells:
+            state[k] = list(out[k][2:])
+        for a, b in zip(state["fused"], state["composite"]):
+            np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+        done = complete["fused"][:, 0]
+        if done.any():
+            want = entries["composite"][done]
+            assert np.abs(entries["fused"][done] - want).max() <= tol * np.abs(want).max()
+            completed += int(done.sum())
+        lengths = [n + int(c) for n, c in zip(lengths, count)]
+    ms.set_context(mode=ms.GRAPH_MODE)
+    assert completed >= 2

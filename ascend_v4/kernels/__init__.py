@@ -3,14 +3,16 @@
 RuntimeConfig.kernels picks, for the whole model:
   'fused'      one C++ CPU kernel per call (fused_cpu.cpp via ops.Custom aot) for the block
                quant-dequant chain, the Sinkhorn split, RoPE and RMSNorm, and for decode-sized
-               calls the mHC pre/post, attention with sinks and the weight-quant matmul: float32
-               and float64, bit-identical to the composite where it is exact (the default)
+               calls the mHC pre/post, attention with sinks, the compressor's one-token step and
+               the weight-quant matmul: float32 and float64, bit-identical to the composite where
+               it is exact (the default)
   'composite'  the chains as MindSpore primitives (ascend_v4/numerics.py, mhc.py): what graph
                export lowers to MindIR / ONNX, and the reference the fused kernels are tested on
 custom_ops=True additionally routes the operator boundaries to the AscendC kernels' CPU twins
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
 Cells ask here (`QuantDequant(rt, fmt, block)`, `Rope(rt, rd)`, `rms_norm_op(kernels)`, `sinkhorn_kind(rt)`,
-`FusedHcPre`, `FusedSinkAttention`, `weight_matmul(...)`) instead of branching themselves.
+`FusedHcPre`, `FusedSinkAttention`, `FusedCompressorDecode`, `weight_matmul(...)`) instead of branching
+themselves.
 The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
 here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
 queries. 'int8' and 'bf16' run as composite primitives in both kernel modes (no fused kernel).
@@ -190,6 +192,26 @@ class FusedHcPost(nn.Cell):
         b, s, n, d = X.shape
         return self.op(f.reshape(b * s, d), X.reshape(b * s, n, d), post.reshape(b * s, n),
                        comb.reshape(b * s, n, n)).reshape(b, s, n, d)
+
+
+class FusedCompressorDecode(nn.Cell):
+    """One token per row into the compressor as one kernel (CompressorDecodeAot): kv, gate
+    [b, 1, c*d], ape [m, c*d], kv_state / score_state [b, c*m, c*d], start / count int32 [b] ->
+    (pooled [b, 1, d] (the token's block entry, before `finish`), kv_state, score_state); the
+    pooling softmax in float64 rounded once, as the oracle's compressor_pool."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.attrs = Tensor(np.array([head_dim], np.float64))
+        self.op = _aot("CompressorDecodeAot",
+                       lambda k, g, a, ks, ss, st, c, at: ([ks[0], head_dim], ks, ss),
+                       lambda k, g, a, ks, ss, st, c, at: (k, k, k))
+
+    def construct(self, kv, gate, ape, kv_state, score_state, start, count):
+        b = kv.shape[0]
+        pooled, kv_state, score_state = self.op(kv.reshape(b, -1), gate.reshape(b, -1), ape, kv_state,
+                                                score_state, start, count, self.attrs)
+        return pooled.reshape(b, 1, -1), kv_state, score_state
 
 
 # multiply-adds per call up to which attention runs as one kernel (float64 loops: decode of the

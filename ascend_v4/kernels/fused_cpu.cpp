@@ -11,7 +11,9 @@
 //                       const char** dtypes, void* stream, void* extra); returns 0 or 1.
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 namespace {
 
@@ -341,6 +343,82 @@ void SinkAttention(const T* q, const T* keys, const uint8_t* mask, const T* sink
     delete[] o;
 }
 
+// One decode token per row into the compressor (ascend_v4/compressor.py Compressor.extend, n = 1):
+// kv, gate [B, C*D] (gate before the position bias ape [M, C*D]), state kv_state / score_state
+// [B, C*M, C*D], start / count int32 [B] -> pooled [B, D] (the entry of the token's block, valid when
+// the block is complete), new kv_state / score_state. The block buffer holds the stored rows
+// [0, prev + r0), the token at prev + r0 and empty rows (kv 0, score -inf) after it; with overlap
+// (C = 2, prev = M) window row w < M reads channels [0, D) of buffer row w, row w >= M channels
+// [D, 2D). Softmax pooling over the window in float64, rounded once (the oracle's compressor_pool).
+template <class T>
+void CompressorDecode(const T* kv, const T* gate, const T* ape, const T* kv_state, const T* score_state,
+                      const int32_t* start, const int32_t* count, T* pooled, T* kv_out, T* score_out,
+                      int64_t B, int64_t M, int64_t C, int64_t D) {
+    const int64_t W = C * D, rows = C * M, prev = (C - 1) * M, length = prev + M;
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    T* buf_kv = new T[length * W];
+    T* buf_s = new T[length * W];
+    double* e = new double[length];
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t pos = start[b], cnt = count[b], r0 = pos % M;
+        const T* kb = kv + b * W;
+        const T* gb = gate + b * W;
+        const T* ks = kv_state + b * rows * W;
+        const T* ss = score_state + b * rows * W;
+        for (int64_t u = 0; u < length; ++u) {
+            T* bk = buf_kv + u * W;
+            T* bs = buf_s + u * W;
+            if (u < prev + r0) {
+                std::memcpy(bk, ks + u * W, W * sizeof(T));
+                std::memcpy(bs, ss + u * W, W * sizeof(T));
+            } else if (u == prev + r0 && cnt > 0) {
+                const T* a = ape + r0 * W;
+                for (int64_t j = 0; j < W; ++j) { bk[j] = kb[j]; bs[j] = T(gb[j] + a[j]); }
+            } else {
+                for (int64_t j = 0; j < W; ++j) { bk[j] = T(0); bs[j] = neg_inf; }
+            }
+        }
+        for (int64_t j = 0; j < D; ++j) {
+            double m = -std::numeric_limits<double>::infinity();
+            for (int64_t w = 0; w < length; ++w) {
+                const int64_t ch = (C == 2 && w >= M) ? D + j : j;
+                m = std::fmax(m, double(buf_s[w * W + ch]));
+            }
+            double den = 0;
+            for (int64_t w = 0; w < length; ++w) {
+                const int64_t ch = (C == 2 && w >= M) ? D + j : j;
+                e[w] = std::exp(double(buf_s[w * W + ch]) - m);
+                den += e[w];
+            }
+            double acc = 0;
+            for (int64_t w = 0; w < length; ++w) {
+                const int64_t ch = (C == 2 && w >= M) ? D + j : j;
+                acc += e[w] / den * double(buf_kv[w * W + ch]);
+            }
+            pooled[b * D + j] = T(acc);
+        }
+        // the partial block after the token (and, with overlap, the block before it)
+        const int64_t end = pos + cnt, r1 = end % M, first = pos - r0, shift = end - r1 - first;
+        T* ko = kv_out + b * rows * W;
+        T* so = score_out + b * rows * W;
+        for (int64_t v = 0; v < rows; ++v) {
+            if (cnt == 0) {
+                std::memcpy(ko + v * W, ks + v * W, W * sizeof(T));
+                std::memcpy(so + v * W, ss + v * W, W * sizeof(T));
+            } else if (v < prev + r1 && end - r1 - prev + v >= 0) {
+                const int64_t src = std::min(std::max(v + shift, int64_t(0)), length - 1);
+                std::memcpy(ko + v * W, buf_kv + src * W, W * sizeof(T));
+                std::memcpy(so + v * W, buf_s + src * W, W * sizeof(T));
+            } else {
+                for (int64_t j = 0; j < W; ++j) { ko[v * W + j] = T(0); so[v * W + j] = neg_inf; }
+            }
+        }
+    }
+    delete[] buf_kv;
+    delete[] buf_s;
+    delete[] e;
+}
+
 int64_t Numel(int nd, const int64_t* shape) {
     int64_t k = 1;
     for (int d = 0; d < nd; ++d) k *= shape[d];
@@ -578,5 +656,32 @@ extern "C" __attribute__((visibility("default"))) int SinkAttentionAot(int npara
     else
         SinkAttention(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]), mask,
                       static_cast<const float*>(params[3]), static_cast<float*>(params[5]), B, S, H, N, D, scale);
+    return 0;
+}
+
+// params: kv [B, C*D], gate [B, C*D], ape [M, C*D], kv_state [B, C*M, C*D], score_state (same),
+// start int32 [B], count int32 [B], attrs float64 [1] = D; outputs pooled [B, D], kv_state, score_state
+extern "C" __attribute__((visibility("default"))) int CompressorDecodeAot(int nparam, void** params, int* ndims,
+                                   int64_t** shapes, const char** dtypes, void*, void*) {
+    if (nparam != 11 || ndims[3] != 3 || ndims[2] != 2 || std::strcmp(dtypes[7], "float64") != 0) return 1;
+    for (int i = 1; i < 5; ++i) if (std::strcmp(dtypes[0], dtypes[i]) != 0) return 1;
+    if (std::strcmp(dtypes[5], "int32") != 0 || std::strcmp(dtypes[6], "int32") != 0) return 1;
+    const int64_t B = shapes[3][0], rows = shapes[3][1], W = shapes[3][2], M = shapes[2][0];
+    const int64_t D = int64_t(static_cast<const double*>(params[7])[0]), C = W / D;
+    if ((C != 1 && C != 2) || C * D != W || C * M != rows || shapes[2][1] != W ||
+        Numel(ndims[0], shapes[0]) != B * W || Numel(ndims[1], shapes[1]) != B * W ||
+        Numel(ndims[5], shapes[5]) != B || Numel(ndims[6], shapes[6]) != B) return 1;
+    const int32_t* start = static_cast<const int32_t*>(params[5]);
+    const int32_t* count = static_cast<const int32_t*>(params[6]);
+    if (IsF64(dtypes[0]))
+        CompressorDecode(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]),
+                         static_cast<const double*>(params[2]), static_cast<const double*>(params[3]),
+                         static_cast<const double*>(params[4]), start, count, static_cast<double*>(params[8]),
+                         static_cast<double*>(params[9]), static_cast<double*>(params[10]), B, M, C, D);
+    else
+        CompressorDecode(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+                         static_cast<const float*>(params[2]), static_cast<const float*>(params[3]),
+                         static_cast<const float*>(params[4]), start, count, static_cast<float*>(params[8]),
+                         static_cast<float*>(params[9]), static_cast<float*>(params[10]), B, M, C, D);
     return 0;
 }
