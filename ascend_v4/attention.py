@@ -21,7 +21,7 @@ from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import FUSED_ATTENTION_MACS, FusedSinkAttention, KVEntryRound, Rope
-from ascend_v4.numerics import Normalize, RMSNorm, sum_last
+from ascend_v4.numerics import Normalize, RMSNorm, dot_rows, sum_last
 from ascend_v4.precision import ms_dtype, np_dtype
 from ascend_v4.rope import rope_tables
 from ascend_v4.runtime import RuntimeConfig
@@ -38,7 +38,7 @@ def sink_attention(q, keys, mask, sink, scale: float):
     b, s, h, d = q.shape
     # one [s*h, d] x [d, n] product per row: the keys are shared by every query and head (MQA);
     # a broadcast matmul over s would first copy the keys s times ([b, s, d, n])
-    z = ops.matmul(q.reshape(b, s * h, d), keys.swapaxes(-1, -2)).reshape(b, s, h, -1) * scale   # [b, s, h, n]
+    z = dot_rows(q.reshape(b, s * h, d), keys).reshape(b, s, h, -1) * scale          # [b, s, h, n]
     mask = mask.expand_dims(2)
     z = mint.where(mask, z, NEG_INF)
     sink = sink.reshape(1, 1, -1, 1)

@@ -13,7 +13,7 @@ from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
 from ascend_v4.kernels import Rope, index_quant
-from ascend_v4.numerics import hadamard_matrix, rotate_last, weighted_sum
+from ascend_v4.numerics import dot_rows, hadamard_matrix, rotate_last, weighted_sum
 from ascend_v4.parallel.comm import GroupSum
 from ascend_v4.precision import np_dtype
 from ascend_v4.runtime import RuntimeConfig
@@ -71,7 +71,7 @@ class Indexer(nn.Cell):
         (summed over every head of the TP group)."""
         w = self.weights_proj(x) * self.weight_scale                 # [b, s, h]
         b, s, h, d = q.shape                                          # keys shared by every query and head
-        dots = ops.relu(ops.matmul(q.reshape(b, s * h, d), keys.swapaxes(-1, -2)).reshape(b, s, h, -1))  # [b, s, h, n]
+        dots = ops.relu(dot_rows(q.reshape(b, s * h, d), keys).reshape(b, s, h, -1))   # [b, s, h, n]
         partial = weighted_sum(w, dots)                               # [b, s, n]
         return self.tp_sum(partial) if self.tp_sum is not None else partial   # sum over all heads
 

@@ -113,6 +113,12 @@ def weighted_sum(w, X):
     return ops.bmm(w.reshape(-1, 1, k), X.reshape(-1, k, d)).reshape(X.shape[:-2] + (d,))
 
 
+def dot_rows(x, keys):
+    """x [b, m, d], keys [b, n, d] -> x @ keys^T [b, m, n], with the transpose inside the batched
+    matmul (keys.swapaxes would copy the keys first: the indexer's key cache every decode step)."""
+    return ops.BatchMatMul(transpose_b=True)(x, keys)
+
+
 def rms_normalize(x, eps: float):
     """x * rsqrt(mean(x^2) + eps) over the last dim (no weight)."""
     return x * ops.rsqrt(sum_last(x * x) / x.shape[-1] + eps)

@@ -197,8 +197,8 @@ class FusedHcPost(nn.Cell):
 class FusedCompressorDecode(nn.Cell):
     """One token per row into the compressor as one kernel (CompressorDecodeAot): kv, gate
     [b, 1, c*d], ape [m, c*d], kv_state / score_state [b, c*m, c*d], start / count int32 [b] ->
-    (pooled [b, 1, d] (the token's block entry, before `finish`), kv_state, score_state); the
-    pooling softmax in float64 rounded once, as the oracle's compressor_pool."""
+    (pooled [b, 1, d]: the entry, before `finish`, of the block the token completes, else 0,
+    kv_state, score_state); the pooling softmax in float64 rounded once, as the oracle's pool_blocks."""
 
     def __init__(self, head_dim: int):
         super().__init__()

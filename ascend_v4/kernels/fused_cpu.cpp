@@ -345,11 +345,12 @@ void SinkAttention(const T* q, const T* keys, const uint8_t* mask, const T* sink
 
 // One decode token per row into the compressor (ascend_v4/compressor.py Compressor.extend, n = 1):
 // kv, gate [B, C*D] (gate before the position bias ape [M, C*D]), state kv_state / score_state
-// [B, C*M, C*D], start / count int32 [B] -> pooled [B, D] (the entry of the token's block, valid when
-// the block is complete), new kv_state / score_state. The block buffer holds the stored rows
-// [0, prev + r0), the token at prev + r0 and empty rows (kv 0, score -inf) after it; with overlap
-// (C = 2, prev = M) window row w < M reads channels [0, D) of buffer row w, row w >= M channels
-// [D, 2D). Softmax pooling over the window in float64, rounded once (the oracle's compressor_pool).
+// [B, C*M, C*D], start / count int32 [B] -> pooled [B, D] (the entry of the token's block when the
+// token completes it, else 0: the caller keeps complete entries only), new kv_state / score_state.
+// The block buffer holds the stored rows [0, prev + r0), the token at prev + r0 and empty rows (kv 0,
+// score -inf) after it; with overlap (C = 2, prev = M) window row w < M reads channels [0, D) of
+// buffer row w, row w >= M channels [D, 2D). Softmax pooling over the window in float64, rounded
+// once (the oracle's pool_blocks).
 template <class T>
 void CompressorDecode(const T* kv, const T* gate, const T* ape, const T* kv_state, const T* score_state,
                       const int32_t* start, const int32_t* count, T* pooled, T* kv_out, T* score_out,
@@ -379,6 +380,7 @@ void CompressorDecode(const T* kv, const T* gate, const T* ape, const T* kv_stat
             }
         }
         for (int64_t j = 0; j < D; ++j) {
+            if (cnt == 0 || r0 != M - 1) { pooled[b * D + j] = T(0); continue; }   // no entry yet
             double m = -std::numeric_limits<double>::infinity();
             for (int64_t w = 0; w < length; ++w) {
                 const int64_t ch = (C == 2 && w >= M) ? D + j : j;
