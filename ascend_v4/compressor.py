@@ -123,7 +123,8 @@ class Compressor(nn.Cell):
 
     def _step(self, x, start, count, kv_state, score_state, cos, sin):
         """extend for one token per row: the block buffer, pooling and state update in one kernel
-        (the same entries and state as the general path; its one block is start // ratio)."""
+        (the general path's state, and its entry for the block start // ratio when the token
+        completes it; an incomplete block's entry is 0, which no caller keeps)."""
         b, m = x.shape[0], self.ratio
         i32 = ms.int32
         pooled, kv_state, score_state = self.step(self.wkv(x), self.wgate(x), self.ape, kv_state, score_state,

@@ -239,7 +239,7 @@ class ExpertExchange(nn.Cell):
             weights = ops.concat((weights, ops.zeros((pad, k), weights.dtype)), 0)
             indices = ops.concat((indices, ops.zeros((pad, k), indices.dtype)), 0)
         lo = self.index * Ts
-        token_ok = (ops.arange(Ts, dtype=ms.int32) + lo) < T                                       # [Ts]
+        token_ok = (ops.arange(Ts, dtype=ms.int32) + lo) < T                       # [Ts]
         P = Ts * k
         local_token = ops.arange(P, dtype=ms.int32) // k
         rows = ops.gather(xq[lo:lo + Ts], local_token, 0)
