@@ -85,14 +85,14 @@ class KVEntryRound(nn.Cell):
     def __init__(self, rt: RuntimeConfig, rope_dim: int, head_dim: int):
         super().__init__()
         self.fmt, self.rd = rt.kv_cache, rope_dim
+        self.nope = self.whole = None           # bf16 rounds the whole entry in construct
         if self.fmt == "int8":
             self.nope = QuantDequant(rt, "int8", KV_INT8_TILE, KV_INT8_AMAX_FLOOR)
-        else:      # bf16 rounds the whole entry in construct; its `nope` is never called
-            self.nope = QuantDequant(rt, "fp8", KV_FP8_BLOCK)
-        # fp8 under kernels 'fused': one kernel quantises the nope dims and copies the rope dims
-        self.whole = None
-        if self.fmt == "fp8" and rt.kernels == "fused":
+        elif self.fmt == "fp8" and rt.kernels == "fused":
+            # one kernel quantises the nope dims and copies the rope dims
             self.whole = QuantDequant(rt, "fp8", KV_FP8_BLOCK, width=head_dim - rope_dim)
+        elif self.fmt == "fp8":
+            self.nope = QuantDequant(rt, "fp8", KV_FP8_BLOCK)
 
     def construct(self, kv):
         rd = self.rd
