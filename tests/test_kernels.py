@@ -278,6 +278,61 @@ def test_fused_dequantisation_is_bit_exact(kind, dtype):
 
 
 
+@pytest.mark.parametrize("kind", ["bf16", "fp8", "fp4"])
+def test_vector_weight_paths_equal_the_scalar_loops_bit_for_bit(kind):
+    """float32 weight kernels take AVX2 paths (codes decoded by their bits, 8 lanes as one vector)
+    where the CPU has them: on every code value (all 256 e4m3 bytes, all e2m1 pairs, bf16 bits of
+    every exponent), in dims that leave vector tails (in 200) and partial row blocks (out 130),
+    the dequantised weight equals the numpy dequantiser, and the product equals the scalar loops
+    (SetVectorPaths(0)) bit for bit."""
+    import ctypes
+    import ml_dtypes
+    from ascend_v4 import quant
+    from ascend_v4.kernels import library_path
+    from ascend_v4.linear import stacked_product, stored_product
+    from ascend_v4.weights import StoredWeight
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.default_rng(5)
+    out, inp = 130, 256 if kind == "fp4" else 200
+    if kind == "bf16":
+        codes = rng.integers(0, 1 << 16, size=(out, inp), dtype=np.uint16)
+        codes[(codes >> 7 & 0xFF) >= 0xF0] &= 0x807F                  # finite values of every exponent
+        scale, want_w = None, (codes.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        codes = codes.view(ml_dtypes.bfloat16)
+    elif kind == "fp8":                                          # the two NaN codes hold 0
+        codes = (np.arange(out * inp) % 256).astype(np.uint8).reshape(out, inp).view(quant.E4M3)
+        scale = rng.integers(118, 136, size=((out + 127) // 128, (inp + 127) // 128)).astype(np.uint8)
+        scale = scale.view(quant.E8M0)
+        want_w = np.nan_to_num(quant.dequantize_fp8(codes, scale), nan=0.0).astype(np.float64)
+    else:
+        codes = (np.arange(out * inp // 2) % 256).astype(np.uint8).reshape(out, inp // 2)
+        scale = rng.integers(118, 136, size=(out, inp // 32)).astype(np.uint8).view(quant.E8M0)
+        want_w = quant.dequantize_fp4(codes, scale).astype(np.float64)
+    plain = StoredWeight((out, inp), kind, np.float32, kernels="fused")
+    plain.set_arrays(*plain.stored_arrays(kind, codes, scale))
+    stack = StoredWeight((2, out, inp), kind, np.float32, kernels="fused")
+    parts = plain.stored_arrays(kind, codes, scale)
+    stack.set_arrays(np.stack([parts[0]] * 2), None if parts[1] is None else np.stack([parts[1]] * 2))
+    x = rng.normal(size=(3, inp)).astype(np.float32)
+    xs = rng.normal(size=(2, 2, inp)).astype(np.float32)
+    index = Tensor(np.array([1, 0], np.int32))
+    lib = ctypes.CDLL(library_path())
+    runs = {}
+    try:
+        for vector in (0, 1):
+            lib.SetVectorPaths(vector)
+            runs[vector] = (plain.dequantized().asnumpy(), stored_product(Tensor(x), plain).asnumpy(),
+                            stacked_product(Tensor(xs), stack, index).asnumpy())
+    finally:
+        lib.SetVectorPaths(1)
+        ms.set_context(mode=ms.GRAPH_MODE)
+    np.testing.assert_array_equal(runs[1][0], want_w.astype(np.float32))
+    for scalar, vector in zip(runs[0], runs[1]):
+        np.testing.assert_array_equal(vector, scalar)
+    want = x.astype(np.float64) @ want_w.T
+    assert np.abs(runs[1][1] - want).max() <= 3e-6 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-14), ("float32", 2e-7)])
 @pytest.mark.parametrize("ratio,head_dim,coff", [(4, 64, 2), (8, 32, 1)])
 def test_fused_compressor_step_matches_the_oracle(dtype, tol, ratio, head_dim, coff):

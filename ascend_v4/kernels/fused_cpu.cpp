@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <immintrin.h>
 
 namespace {
 
@@ -212,7 +214,7 @@ void DequantRow(int kind, const void* codes, const uint8_t* scale, int64_t n, in
 
 // x [M, K] @ dequant(rows n0 .. n0+N of W [., K])^T -> y [M, N]
 template <class T>
-void WeightProduct(int kind, const T* x, int64_t M, int64_t K, const void* codes, const uint8_t* scale,
+void WeightProductScalar(int kind, const T* x, int64_t M, int64_t K, const void* codes, const uint8_t* scale,
                    int64_t n0, int64_t N, T* y, T* w) {
     for (int64_t n = 0; n < N; ++n) {
         DequantRow(kind, codes, scale, n0 + n, N, K, w);
@@ -230,6 +232,132 @@ void WeightProduct(int kind, const T* x, int64_t M, int64_t K, const void* codes
     }
 }
 
+// ---- the same product with AVX2 for float32 (no FMA, -ffp-contract=off: bit-identical) -----
+// One 8-float vector is the 8 lanes: lane l sums k = l mod 8 in k order. Codes decode by their bits
+// (the same values as CodeTables): e4m3 normal codes shift into a float32's exponent (bias 7 ->
+// 127) and mantissa, subnormal ones are m x 2^-9, the NaN codes +-0; bf16 is the high half.
+constexpr int kRowBlock = 4;   // weight rows decoded and dotted together (independent adds)
+
+__attribute__((target("avx2"))) inline __m256 Fp8x8(const uint8_t* c) {
+    __m128i bytes;
+    std::memcpy(&bytes, c, 8);
+    const __m256i b = _mm256_cvtepu8_epi32(bytes);
+    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+    const __m256 normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+    const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0x1p-9f));
+    const __m256 is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
+    const __m256 is_nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f)));
+    const __m256 v = _mm256_andnot_ps(is_nan, _mm256_blendv_ps(normal, sub, is_sub));
+    return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+}
+
+__attribute__((target("avx2"))) inline __m256 Bf16x8(const uint16_t* c) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// 8 e2m1 codes (4 bytes, low nibble first): magnitude by an 8-entry permute, sign bit or-ed
+__attribute__((target("avx2"))) inline __m256 Fp4x8(const uint8_t* c) {
+    int32_t four;
+    std::memcpy(&four, c, 4);
+    const __m128i b = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(four));
+    const __m128i lo = _mm_and_si128(b, _mm_set1_epi32(15)), hi = _mm_srli_epi32(b, 4);
+    const __m256i n = _mm256_set_m128i(_mm_unpackhi_epi32(lo, hi), _mm_unpacklo_epi32(lo, hi));
+    const __m256 magnitude = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), n);
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(n, _mm256_set1_epi32(8)), 28);
+    return _mm256_or_ps(magnitude, _mm256_castsi256_ps(sign));
+}
+
+// row n of W -> w [K] (K % 8 == 0 for the vector path; else the scalar DequantRow)
+__attribute__((target("avx2"))) void DequantRowAvx2(int kind, const void* codes, const uint8_t* scale, int64_t n,
+                                                    int64_t N, int64_t K, float* w) {
+    if (K % 8) return DequantRow(kind, codes, scale, n, N, K, w);
+    if (kind == kBf16) {
+        const uint16_t* c = static_cast<const uint16_t*>(codes) + n * K;
+        for (int64_t k = 0; k < K; k += 8) _mm256_storeu_ps(w + k, Bf16x8(c + k));
+        return;
+    }
+    const CodeTables<float>& t = Tables<float>();
+    if (kind == kFp4) {                                        // K % 32 == 0 (checked by the caller)
+        const uint8_t* c = static_cast<const uint8_t*>(codes) + n * (K / 2);
+        const uint8_t* s = scale + n * (K / kFp4Block);
+        for (int64_t k = 0; k < K; k += 8)
+            _mm256_storeu_ps(w + k, _mm256_mul_ps(Fp4x8(c + k / 2), _mm256_set1_ps(t.e8m0[s[k / kFp4Block]])));
+        return;
+    }
+    const uint8_t* c = static_cast<const uint8_t*>(codes) + n * K;
+    const uint8_t* s = scale + (n / kFp8Block) * ((K + kFp8Block - 1) / kFp8Block);
+    for (int64_t k = 0; k < K; k += 8)
+        _mm256_storeu_ps(w + k, _mm256_mul_ps(Fp8x8(c + k), _mm256_set1_ps(t.e8m0[s[k / kFp8Block]])));
+}
+
+// y[i] = x . w_i for kRowBlock rows of w [kRowBlock, K]
+__attribute__((target("avx2"))) inline void DotRowsAvx2(const float* x, const float* w, int64_t K, int rows, float* y) {
+    __m256 acc[kRowBlock] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t k = 0;
+    if (rows == kRowBlock) {
+        for (; k + 8 <= K; k += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + k);
+            for (int i = 0; i < kRowBlock; ++i)
+                acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(xv, _mm256_loadu_ps(w + i * K + k)));
+        }
+    } else {
+        for (; k + 8 <= K; k += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + k);
+            for (int i = 0; i < rows; ++i)
+                acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(xv, _mm256_loadu_ps(w + i * K + k)));
+        }
+    }
+    for (int i = 0; i < rows; ++i) {
+        alignas(32) float lane[8];
+        _mm256_store_ps(lane, acc[i]);
+        for (int64_t j = k, l = 0; j < K; ++j, ++l) lane[l] += x[j] * w[i * K + j];
+        float sum = 0;
+        for (int l = 0; l < 8; ++l) sum += lane[l];
+        y[i] = sum;
+    }
+}
+
+__attribute__((target("avx2"))) void WeightProductAvx2(int kind, const float* x, int64_t M, int64_t K,
+                                                       const void* codes, const uint8_t* scale, int64_t n0,
+                                                       int64_t N, float* y, float* w) {
+    float out[kRowBlock];
+    for (int64_t n = 0; n < N; n += kRowBlock) {
+        const int rows = int(std::min<int64_t>(kRowBlock, N - n));
+        for (int i = 0; i < rows; ++i) DequantRowAvx2(kind, codes, scale, n0 + n + i, N, K, w + i * K);
+        for (int64_t m = 0; m < M; ++m) {
+            DotRowsAvx2(x + m * K, w, K, rows, out);
+            for (int i = 0; i < rows; ++i) y[m * N + n + i] = out[i];
+        }
+    }
+}
+
+// the AVX2 paths run where the CPU has AVX2 and SetVectorPaths(0) did not turn them off (tests)
+bool g_vector_paths = true;
+bool UseAvx2() {
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    return avx2 && g_vector_paths;
+}
+
+// DequantRow, with the AVX2 decode for float32 where the CPU has it (the same values)
+template <class T>
+void DequantRowFast(int kind, const void* codes, const uint8_t* scale, int64_t n, int64_t N, int64_t K, T* w) {
+    if constexpr (std::is_same<T, float>::value) {
+        if (UseAvx2()) return DequantRowAvx2(kind, codes, scale, n, N, K, w);
+    }
+    DequantRow(kind, codes, scale, n, N, K, w);
+}
+
+template <class T>
+void WeightProduct(int kind, const T* x, int64_t M, int64_t K, const void* codes, const uint8_t* scale,
+                   int64_t n0, int64_t N, T* y, T* w) {
+    if constexpr (std::is_same<T, float>::value) {
+        if (UseAvx2()) return WeightProductAvx2(kind, x, M, K, codes, scale, n0, N, y, w);
+    }
+    WeightProductScalar(kind, x, M, K, codes, scale, n0, N, y, w);
+}
+
 // bytes of one [N, K] matrix's codes and scales in format `kind`
 int64_t CodeBytes(int kind, int64_t N, int64_t K) { return kind == kBf16 ? 2 * N * K : kind == kFp8 ? N * K : N * K / 2; }
 int64_t ScaleBytes(int kind, int64_t N, int64_t K) {
@@ -242,7 +370,7 @@ int64_t ScaleBytes(int kind, int64_t N, int64_t K) {
 template <class T>
 int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, const int32_t* index, int64_t E,
                      const void* codes, const uint8_t* scale, int64_t N, T* y) {
-    T* w = new T[K];
+    T* w = new T[kRowBlock * K];
     const int64_t cb = CodeBytes(kind, N, K), sb = ScaleBytes(kind, N, K);
     int rc = 0;
     for (int64_t t = 0; t < tiles && rc == 0; ++t) {
@@ -486,6 +614,9 @@ extern "C" __attribute__((visibility("default"))) int SinkhornSplitAot(int npara
     return 0;
 }
 
+// 0: the weight kernels take their scalar loops (the reference for the AVX2 paths in tests)
+extern "C" __attribute__((visibility("default"))) void SetVectorPaths(int on) { g_vector_paths = on != 0; }
+
 // Weight-quant matmul of one matrix, of row groups of one matrix, or of gathered experts.
 // params (attrs float64 [1] = kind):
 //   plain:   x [M, K], codes [N, Kc], scale, attrs, y [M, N]
@@ -549,10 +680,10 @@ extern "C" __attribute__((visibility("default"))) int DequantAot(int nparam, voi
         if (e < 0 || e >= stack) return 1;
         for (int64_t n = 0; n < N; ++n) {
             if (f64)
-                DequantRow(kind, codes + e * cb, sb ? scale + e * sb : nullptr, n, N, K,
+                DequantRowFast(kind, codes + e * cb, sb ? scale + e * sb : nullptr, n, N, K,
                            static_cast<double*>(params[oi]) + (t * N + n) * K);
             else
-                DequantRow(kind, codes + e * cb, sb ? scale + e * sb : nullptr, n, N, K,
+                DequantRowFast(kind, codes + e * cb, sb ? scale + e * sb : nullptr, n, N, K,
                            static_cast<float*>(params[oi]) + (t * N + n) * K);
         }
     }
