@@ -16,6 +16,7 @@ from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.config import ModelConfig
+from ascend_v4.kernels import fused_route, fused_swiglu
 from ascend_v4.linear import ACT_QUANT, Linear, act_quant, stacked_product, storage_kind, zeros_param
 from ascend_v4.parallel.comm import AllToAll, GroupGather
 from ascend_v4.runtime import RuntimeConfig
@@ -84,8 +85,11 @@ class SharedExpert(nn.Cell):
         self.w1 = Linear(dim, inter, ckpt_kind, rt)
         self.w2 = Linear(inter, dim, ckpt_kind, rt)
         self.w3 = Linear(dim, inter, ckpt_kind, rt)
+        self.swiglu = fused_swiglu(rt.kernels, 0.0)
 
     def construct(self, x):
+        if self.swiglu is not None:
+            return self.w2(self.swiglu(self.w1(x), self.w3(x)))
         return self.w2(ops.silu(self.w1(x)) * self.w3(x))
 
 
@@ -115,6 +119,7 @@ class RoutedExperts(nn.Cell):
         for w in (self.w1, self.w2, self.w3):
             w.expert_ids = ids
         self.exchange = ExpertExchange(par, cfg.n_routed_experts) if par.ep > 1 else None
+        self.swiglu = fused_swiglu(rt.kernels, self.limit)
         self.use_kernels = rt.custom_ops
         if self.use_kernels:
             from custom_ops import ms_ops
@@ -128,13 +133,20 @@ class RoutedExperts(nn.Cell):
         x = xs.reshape(n_tiles, m, -1)
         gate = stacked_product(x, self.w1, tile_expert)                                # [n_tiles, m, inter]
         up = stacked_product(x, self.w3, tile_expert)
-        if self.limit > 0:
-            gate = ops.minimum(gate, self.limit)
-            up = ops.clamp(up, -self.limit, self.limit)
-        h = ops.silu(gate) * up * ws.reshape(n_tiles, m, 1)
+        if self.swiglu is not None:
+            h = self.swiglu(gate, up, ws.reshape(n_tiles, m))
+        else:
+            h = self._swiglu(gate, up, ws.reshape(n_tiles, m, 1))
         if self.act_quant:
             h = self.quant(h)
         return stacked_product(h, self.w2, tile_expert).reshape(n_tiles * m, -1)
+
+    def _swiglu(self, gate, up, ws):
+        """The composite clamped SwiGLU times the routing weights ws (broadcast over the last dim)."""
+        if self.limit > 0:
+            gate = ops.minimum(gate, self.limit)
+            up = ops.clamp(up, -self.limit, self.limit)
+        return ops.silu(gate) * up * ws
 
     def _pairs_forward(self, rows, row_of_pair, pair_w, expert, rank, counts):
         """Run P (row, expert) pairs through their experts in tiles.
@@ -316,9 +328,14 @@ class MoE(nn.Cell):
         self.gate = Gate(cfg, rt, self.hash)
         self.experts = RoutedExperts(cfg, rt)
         self.shared_experts = SharedExpert(cfg.dim, cfg.moe_inter_dim, linear_kind(cfg, "shared"), rt)
+        self.fused_route = fused_route(rt.kernels, cfg, self.hash, np_dtype(rt))
 
     def route(self, x, ids):
         """x [T, dim], ids [T] -> weights [T, k], indices [T, k] int32."""
+        if self.fused_route is not None:
+            if self.hash:
+                return self.fused_route(self.gate(x), experts=ops.gather(self.gate.tid2eid, ids, 0))
+            return self.fused_route(self.gate(x), self.gate.bias)
         scores = route_scores(self.gate(x), self.score_func)
         if self.hash:
             idx = ops.gather(self.gate.tid2eid, ids, 0)

@@ -333,6 +333,67 @@ def test_vector_weight_paths_equal_the_scalar_loops_bit_for_bit(kind):
     assert np.abs(runs[1][1] - want).max() <= 3e-6 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("score_func", ["sqrtsoftplus", "sigmoid", "softmax"])
+@pytest.mark.parametrize("hash_routed", [False, True])
+def test_fused_route_matches_the_oracle_gate(dtype, score_func, hash_routed):
+    """The one-kernel routing (RouteAot) against oracle.moe.gate on the same logits (an identity
+    gate weight): the same experts in the same order, including exact ties (equal logits: the
+    lower expert first), weights within 2 ulp (both round a float64 value; softmax sums in
+    another order)."""
+    import dataclasses
+    from ascend_v4.kernels import FusedRoute
+    from ascend_v4.oracle.moe import gate
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.default_rng(13)
+    E, k, T = 16, 4, 9
+    cfg = dataclasses.replace(load_config("tiny"), n_routed_experts=E, n_activated_experts=k, score_func=score_func,
+                              route_scale=1.5, n_hash_layers=1 if hash_routed else 0)
+    z = (rng.normal(size=(T, E)) * 3).astype(DTYPES[dtype])
+    z[0, 3] = z[0, 7] = z[0, 12] = z[0].max() + 1.0                      # a three-way tie for the top
+    z[1] = 0.5                                                           # every expert tied
+    bias = rng.normal(size=E).astype(DTYPES[dtype]) * 0.1
+    bias[[3, 7, 12]] = 0.0                                               # the tie survives the bias
+    ids = rng.integers(0, 50, T)
+    tid2eid = np.stack([rng.permutation(E)[:k] for _ in range(50)]).astype(np.int32)
+    W = {"layers.0.ffn.gate.weight": np.eye(E), "layers.0.ffn.gate.bias": bias, "layers.0.ffn.gate.tid2eid": tid2eid}
+    with oracle.precision(dtype):
+        want_w, want_idx = gate(cfg, W, 0, z, ids)
+    route = FusedRoute(k, 1.5, score_func, hash_routed, E, DTYPES[dtype])
+    if hash_routed:
+        w, idx = route(Tensor(z), experts=Tensor(tid2eid[ids]))
+    else:
+        w, idx = route(Tensor(z), Tensor(bias))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    assert idx.dtype == ms.int32 and w.asnumpy().dtype == DTYPES[dtype]
+    np.testing.assert_array_equal(idx.asnumpy(), want_idx)
+    np.testing.assert_allclose(w.asnumpy(), want_w, rtol=2 * np.finfo(DTYPES[dtype]).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("limit,weighted", [(10.0, True), (0.0, False)])
+def test_fused_swiglu_matches_the_oracle(dtype, limit, weighted):
+    """The one-kernel SwiGLU (SwiGluAot) equals the oracle's expert activation bit for bit:
+    min / clamp at the limit (values past it on both sides), silu in float64 rounded once, the
+    products (and the routing weight) in the dtype."""
+    from ascend_v4.kernels import FusedSwiGlu
+    from ascend_v4.oracle.numerics import silu
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.default_rng(17)
+    g = (rng.normal(size=(3, 5, 64)) * 8).astype(DTYPES[dtype])
+    u = (rng.normal(size=(3, 5, 64)) * 8).astype(DTYPES[dtype])
+    w = rng.random(size=(3, 5)).astype(DTYPES[dtype])
+    cell = FusedSwiGlu(limit)
+    got = (cell(Tensor(g), Tensor(u), Tensor(w)) if weighted else cell(Tensor(g), Tensor(u))).asnumpy()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    with oracle.precision(dtype):
+        h, up = (np.minimum(g, limit), np.clip(u, -limit, limit)) if limit > 0 else (g, u)
+        want = silu(h) * up
+        want = w[..., None] * want if weighted else want
+    assert (np.abs(g) > limit).any() if limit > 0 else True
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-14), ("float32", 2e-7)])
 @pytest.mark.parametrize("ratio,head_dim,coff", [(4, 64, 2), (8, 32, 1)])
 def test_fused_compressor_step_matches_the_oracle(dtype, tol, ratio, head_dim, coff):

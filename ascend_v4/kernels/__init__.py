@@ -277,6 +277,60 @@ def weight_matmul(kernels: str, kind: str, out_features: int, experts: bool):
     return WeightMatmul(kind, out_features, experts)
 
 
+# the router's score functions as RouteAot numbers them
+SCORE_FUNCS = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2}
+
+
+class FusedRoute(nn.Cell):
+    """The gate's routing as one kernel (RouteAot): logits [T, E], bias [E] (score routing),
+    experts [T, k] int32 (hash routing: tid2eid of the tokens) -> (weights [T, k], experts [T, k]
+    int32). Scores in float64 as the oracle's moe.gate (top k of score + bias, descending, the
+    lower expert on ties), weights renormalised (not softmax) x route_scale, rounded once."""
+
+    def __init__(self, k: int, route_scale: float, score_func: str, hash_routed: bool, n_experts: int, dtype):
+        super().__init__()
+        self.hash = hash_routed
+        self.attrs = Tensor(np.array([k, route_scale, SCORE_FUNCS[score_func], float(hash_routed)], np.float64))
+        self.no_bias = Tensor(np.zeros(n_experts, dtype))          # hash routing has no bias
+        self.no_experts = Tensor(np.zeros(1, np.int32))            # score routing chooses them
+        self.op = _aot("RouteAot", lambda z, b, i, a: ([z[0], k], [z[0], k]), lambda z, b, i, a: (z, i))
+
+    def construct(self, logits, bias=None, experts=None):
+        return self.op(logits, self.no_bias if bias is None else bias,
+                       self.no_experts if experts is None else experts, self.attrs)
+
+
+class FusedSwiGlu(nn.Cell):
+    """silu(min(gate, limit)) * clamp(up, -limit, limit) [* weight per row] as one kernel
+    (SwiGluAot; limit 0: no clamp): gate, up [.., I], weight [..] (the leading dims) -> [.., I];
+    silu in float64 rounded once (the oracle's silu), the products in the compute dtype."""
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.plain = Tensor(np.array([limit, 0.0], np.float64))
+        self.weighted = Tensor(np.array([limit, 1.0], np.float64))
+        self.no_weight = Tensor(np.zeros(1, np.float32))            # read only with a weight
+        self.op = _aot("SwiGluAot", lambda g, u, w, a: g, lambda g, u, w, a: g)
+
+    def construct(self, gate, up, weight=None):
+        if weight is None:
+            return self.op(gate, up, self.no_weight, self.plain)
+        return self.op(gate, up, weight, self.weighted)
+
+
+def fused_route(kernels: str, cfg, hash_routed: bool, dtype):
+    """The one-kernel routing under kernels 'fused', else None (moe.route_scores' primitives)."""
+    if kernels != "fused":
+        return None
+    return FusedRoute(cfg.n_activated_experts, cfg.route_scale, cfg.score_func, hash_routed,
+                      cfg.n_routed_experts, dtype)
+
+
+def fused_swiglu(kernels: str, limit: float):
+    """The one-kernel SwiGLU under kernels 'fused', else None (the composite silu * up chain)."""
+    return FusedSwiGlu(limit) if kernels == "fused" else None
+
+
 class WeightDequant(nn.Cell):
     """A stored weight -> its values in the compute dtype as one kernel (fused_cpu.cpp DequantAot):
     `(codes, scale)` -> every matrix [*lead, out, in]; `(codes, scale, index [T])` -> experts

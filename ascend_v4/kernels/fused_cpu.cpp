@@ -104,7 +104,9 @@ void Sinkhorn(const T* mixes, const T* scale, const T* base, T* pre, T* post, T*
 // X [T, n, d], fn [(2+n)n, n d]; attrs: n, iters, hc_eps, norm_eps -> u [T, d] = sum_i pre_i X_i,
 // post [T, n], comb [T, n, n]. mixes = (flatten(X) . fn_r) / sqrt(mean(x^2) + norm_eps): the dot
 // products and the norm in float64, rounded once to T (the oracle's _mixes up to its T matmul),
-// then the Sinkhorn split above and u in T in stream order.
+// then the Sinkhorn split above and u in T in stream order. Each mix sums in stream order; kMixRows
+// of them advance together (independent adds keep the pipeline full: the same sums, 5x faster).
+constexpr int kMixRows = 8;
 template <class T>
 void HcPre(const T* X, const T* fn, const T* scale, const T* base, T* u, T* pre, T* post, T* comb,
            int64_t tokens, int64_t d, const double* attrs) {
@@ -118,7 +120,14 @@ void HcPre(const T* X, const T* fn, const T* scale, const T* base, T* u, T* pre,
         double sq = 0;
         for (int64_t i = 0; i < k; ++i) sq += double(x[i]) * double(x[i]);
         const double root = std::sqrt(sq / double(k) + attrs[3]);
-        for (int r = 0; r < width; ++r) {
+        int r = 0;
+        for (; r + kMixRows <= width; r += kMixRows) {          // kMixRows independent sums at once
+            double acc[kMixRows] = {};
+            for (int64_t i = 0; i < k; ++i)
+                for (int j = 0; j < kMixRows; ++j) acc[j] += double(x[i]) * double(fn[(r + j) * k + i]);
+            for (int j = 0; j < kMixRows; ++j) mixes[r + j] = T(acc[j] / root);
+        }
+        for (; r < width; ++r) {
             const T* w = fn + r * k;
             double acc = 0;
             for (int64_t i = 0; i < k; ++i) acc += double(x[i]) * double(w[i]);
@@ -557,6 +566,76 @@ int64_t Numel(int nd, const int64_t* shape) {
 
 bool IsF64(const char* dt) { return std::strcmp(dt, "float64") == 0; }
 
+// ---- MoE: the router's weights and experts, SwiGLU ------------------------------------------
+// The gate's routing as the oracle's moe.gate: scores of the logits in float64 (0 softmax,
+// 1 sigmoid, 2 sqrtsoftplus = sqrt(log(1 + e^z))); score routing takes the top k of score + bias,
+// descending, the lower expert first on ties; hash routing gets its experts in `index`. Weights:
+// the chosen scores, renormalised (not softmax), times route_scale, rounded once to T.
+// logits [R, E], bias [E], index int32 [R, k] (in: hash experts; out: the chosen experts), w [R, k]
+template <class T>
+int Route(const T* logits, const T* bias, int32_t* index, T* w, int64_t R, int64_t E, int64_t k, int func,
+          bool hash, double route_scale) {
+    double* score = new double[E];
+    bool* taken = new bool[E];
+    int rc = 0;
+    for (int64_t r = 0; r < R && rc == 0; ++r) {
+        const T* z = logits + r * E;
+        double mx = -std::numeric_limits<double>::infinity(), den = 0;
+        if (func == 0) {
+            for (int64_t e = 0; e < E; ++e) mx = std::fmax(mx, double(z[e]));
+            for (int64_t e = 0; e < E; ++e) { score[e] = std::exp(double(z[e]) - mx); den += score[e]; }
+            for (int64_t e = 0; e < E; ++e) score[e] /= den;
+        } else if (func == 1) {
+            for (int64_t e = 0; e < E; ++e) score[e] = 1.0 / (1.0 + std::exp(-double(z[e])));
+        } else {                                             // log(1 + e^z) = max(z, 0) + log1p(e^-|z|)
+            for (int64_t e = 0; e < E; ++e) {
+                const double v = double(z[e]);
+                score[e] = std::sqrt(std::fmax(v, 0.0) + std::log1p(std::exp(-std::fabs(v))));
+            }
+        }
+        int32_t* idx = index + r * k;
+        if (!hash) {
+            for (int64_t e = 0; e < E; ++e) taken[e] = false;
+            for (int64_t j = 0; j < k; ++j) {
+                int64_t best = -1;
+                double best_v = 0;
+                for (int64_t e = 0; e < E; ++e) {
+                    const double v = score[e] + double(bias[e]);
+                    if (!taken[e] && (best < 0 || v > best_v)) { best = e; best_v = v; }
+                }
+                taken[best] = true;
+                idx[j] = int32_t(best);
+            }
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < k; ++j) {
+            if (idx[j] < 0 || idx[j] >= E) { rc = 1; break; }
+            sum += score[idx[j]];
+        }
+        for (int64_t j = 0; j < k && rc == 0; ++j)
+            w[r * k + j] = T((func == 0 ? score[idx[j]] : score[idx[j]] / sum) * route_scale);
+    }
+    delete[] score;
+    delete[] taken;
+    return rc;
+}
+
+// h = silu(min(gate, L)) * clamp(up, -L, L) (L = 0: no clamp) [* weight of the row], silu in float64
+// rounded once (the oracle's silu), the products in T. gate / up / h [R, I], weight [R] or null
+template <class T>
+void SwiGlu(const T* gate, const T* up, const T* weight, T* h, int64_t R, int64_t I, double limit) {
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < I; ++i) {
+            T g = gate[r * I + i], u = up[r * I + i];
+            if (limit > 0) {
+                g = std::fmin(g, T(limit));
+                u = std::fmin(std::fmax(u, T(-limit)), T(limit));
+            }
+            const T silu = T(double(g) / (1.0 + std::exp(-double(g))));
+            h[r * I + i] = weight ? T(silu * u) * weight[r] : T(silu * u);
+        }
+}
+
 }  // namespace
 
 // each row's first `width` of K dims quant-dequantised in blocks, the other K - width copied
@@ -816,5 +895,46 @@ extern "C" __attribute__((visibility("default"))) int CompressorDecodeAot(int np
                          static_cast<const float*>(params[2]), static_cast<const float*>(params[3]),
                          static_cast<const float*>(params[4]), start, count, static_cast<float*>(params[8]),
                          static_cast<float*>(params[9]), static_cast<float*>(params[10]), B, M, C, D);
+    return 0;
+}
+
+// params: logits [R, E], bias [E], index int32 [R, k] (hash experts; ignored for score routing),
+// attrs float64 [4] = k, route_scale, score function (0 softmax, 1 sigmoid, 2 sqrtsoftplus), hash
+// -> weights [R, k] (logits' dtype), experts int32 [R, k]
+extern "C" __attribute__((visibility("default"))) int RouteAot(int nparam, void** params, int* ndims, int64_t** shapes,
+                                                              const char** dtypes, void*, void*) {
+    if (nparam != 6 || std::strcmp(dtypes[3], "float64") != 0 || std::strcmp(dtypes[2], "int32") != 0 ||
+        std::strcmp(dtypes[5], "int32") != 0 || ndims[0] != 2)
+        return 1;
+    const double* attrs = static_cast<const double*>(params[3]);
+    const int64_t R = shapes[0][0], E = shapes[0][1], k = int64_t(attrs[0]);
+    const bool hash = attrs[3] != 0;
+    if (k < 1 || k > E || (hash && Numel(ndims[2], shapes[2]) != R * k) || Numel(ndims[1], shapes[1]) != E) return 1;
+    int32_t* index = static_cast<int32_t*>(params[5]);
+    if (hash) std::memcpy(index, params[2], R * k * sizeof(int32_t));
+    if (IsF64(dtypes[0]))
+        return Route(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]), index,
+                     static_cast<double*>(params[4]), R, E, k, int(attrs[2]), hash, attrs[1]);
+    return Route(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]), index,
+                 static_cast<float*>(params[4]), R, E, k, int(attrs[2]), hash, attrs[1]);
+}
+
+// params: gate [.., I], up [.., I], weight [rows] (or [1] with attrs[1] = 0: none), attrs float64
+// [2] = limit, has weight -> h [.., I]
+extern "C" __attribute__((visibility("default"))) int SwiGluAot(int nparam, void** params, int* ndims, int64_t** shapes,
+                                                               const char** dtypes, void*, void*) {
+    if (nparam != 5 || std::strcmp(dtypes[3], "float64") != 0) return 1;
+    const double* attrs = static_cast<const double*>(params[3]);
+    const int64_t I = shapes[0][ndims[0] - 1], R = Numel(ndims[0], shapes[0]) / I;
+    const bool weighted = attrs[1] != 0;
+    if (Numel(ndims[1], shapes[1]) != R * I || (weighted && Numel(ndims[2], shapes[2]) != R)) return 1;
+    if (IsF64(dtypes[0]))
+        SwiGlu(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]),
+               weighted ? static_cast<const double*>(params[2]) : nullptr, static_cast<double*>(params[4]), R, I,
+               attrs[0]);
+    else
+        SwiGlu(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+               weighted ? static_cast<const float*>(params[2]) : nullptr, static_cast<float*>(params[4]), R, I,
+               attrs[0]);
     return 0;
 }
