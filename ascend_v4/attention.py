@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
-from ascend_v4.compressor import Compressor, gather_rows, write_entries
+from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
@@ -63,6 +63,28 @@ class SinkAttention(nn.Cell):
         if self.fused is not None and b * s * h * d * keys.shape[1] <= FUSED_ATTENTION_MACS:
             return self.fused(q, keys, mask, sink)
         return sink_attention(q, keys, mask, sink, self.scale)
+
+
+def window_geometry(start, count, n: int, W: int):
+    """Where a chunk of n tokens per row sits against a sliding window of W: the same for every
+    layer of one step, so Transformer.extend computes it once. start / count [b] int32 ->
+    pos [b, n] (the tokens' positions), ring_vis [b, n, W] (ring slot j, holding position
+    start - 1 - ((start - 1 - j) mod W), is in token k's window), chunk_vis [b, n, n] (causal within
+    the window, real tokens only), ring_src [b*W] (the flat chunk row [b*n] ring slot j takes: the
+    last real token with (start + k) mod W == j) and ring_hit [b, W, 1] (slot j takes one)."""
+    b = start.shape[0]
+    k = ops.arange(n, dtype=ms.int32).reshape(1, n)
+    st, cnt = start.reshape(b, 1), count.reshape(b, 1)
+    pos = st + k                                                               # [b, n]
+    j = ops.arange(W, dtype=ms.int32).reshape(1, W)
+    held = (st - 1 - (st - 1 - j) % W).expand_dims(1)                          # [b, 1, W]
+    ring_vis = ops.logical_and(held >= 0, held > pos.expand_dims(-1) - W)
+    i = ops.arange(n, dtype=ms.int32).reshape(n, 1)
+    causal = ops.logical_and(k <= i, k > i - W).expand_dims(0)                 # [1, n, n]
+    chunk_vis = ops.logical_and(causal, (k < cnt).expand_dims(1))
+    last = cnt - 1 - (st + cnt - 1 - j) % W                                    # [b, W]
+    ring_src = (ops.clamp(last, 0, n - 1) + (ops.arange(b, dtype=ms.int32) * n).reshape(b, 1)).reshape(-1)
+    return pos, ring_vis, chunk_vis, ring_src, (last >= 0).expand_dims(-1)
 
 
 class Attention(nn.Cell):
@@ -163,39 +185,31 @@ class Attention(nn.Cell):
         return self.tp_out(o) if self.tp_out is not None else self.wo_b(o)
 
     # ---- extend ------------------------------------------------------------------------
-    def extend(self, x, rows, start, count, state):
+    def extend(self, x, rows, start, count, state, geometry=None):
         """Append tokens x [b, n, dim] to b sequences: row i's token k sits at position
         start[i] + k and is real iff k < count[i] (count 0: the row is idle, its state unchanged).
         rows [b]: the batch rows of the sequences (addresses in the shared page pools).
-        state: this layer's slots in state_spec() order. -> (out [b, n, dim], new state)."""
+        state: this layer's slots in state_spec() order. geometry: window_geometry(start, count,
+        n, window), computed once per step for all layers (None: here). -> (out [b, n, dim], new state)."""
         b, n, _ = x.shape
-        W = self.window
-        k = ops.arange(n, dtype=ms.int32).reshape(1, n)
-        pos = start.reshape(b, 1) + k                                         # [b, n]
-        cnt = count.reshape(b, 1)
-        valid = k < cnt
+        if geometry is None:
+            geometry = window_geometry(start, count, n, self.window)
+        pos, ring_vis, chunk_vis, ring_src, ring_hit = geometry
         pc = ops.clamp(pos, 0, self.cos.shape[0] - 1)
         cos, sin = ops.gather(self.cos, pc, 0), ops.gather(self.sin, pc, 0)   # [b, n, rd/2]
         q, qr, kv = self._qkv(x, cos, sin)
-        # window: ring slot j holds position start - 1 - ((start - 1 - j) mod W) (< 0: empty)
-        j = ops.arange(W, dtype=ms.int32).reshape(1, W)
-        held = start.reshape(b, 1) - 1 - (start.reshape(b, 1) - 1 - j) % W      # [b, W]
-        ring_vis = ops.logical_and(held.expand_dims(1) >= 0, held.expand_dims(1) > pos.expand_dims(-1) - W)
-        i = ops.arange(n, dtype=ms.int32).reshape(n, 1)
-        causal = ops.logical_and(k <= i, k > i - W).expand_dims(0)              # [1, n, n]
-        chunk_vis = ops.logical_and(causal, valid.expand_dims(1))               # [b, n, n]
         if self.ratio:
             sel, entries, complete, comp = self._compress(x, qr, start, count, pos, cos, sin, state)
             if self.use_kernels:
                 return self._extend_paged(rows, start, count, pos, q, kv, cos, sin, ring_vis, chunk_vis,
                                           sel, entries, complete, state, comp)
-            return self._extend_dense(start, count, q, kv, cos, sin, ring_vis, chunk_vis, sel, entries,
-                                      complete, state, comp)
+            return self._extend_dense(start, q, kv, cos, sin, ring_vis, chunk_vis, ring_src, ring_hit, sel,
+                                      entries, complete, state, comp)
         if self.use_kernels:
             return self._extend_paged(rows, start, count, pos, q, kv, cos, sin, ring_vis, chunk_vis,
                                       None, None, None, state, ())
-        return self._extend_dense(start, count, q, kv, cos, sin, ring_vis, chunk_vis, None, None, None,
-                                  state, ())
+        return self._extend_dense(start, q, kv, cos, sin, ring_vis, chunk_vis, ring_src, ring_hit, None, None,
+                                  None, state, ())
 
     def _compress(self, x, qr, start, count, pos, cos, sin, state):
         """Advance the compressor (and indexer) -> (selected entries [b, n, N] bool, candidate
@@ -224,27 +238,22 @@ class Attention(nn.Cell):
             out = out + (values[name],)
         return out
 
-    def _extend_dense(self, start, count, q, kv, cos, sin, ring_vis, chunk_vis, sel, entries, complete,
-                      state, comp):
+    def _extend_dense(self, start, q, kv, cos, sin, ring_vis, chunk_vis, ring_src, ring_hit, sel, entries,
+                      complete, state, comp):
         """extend() on dense slots: attend [ring, chunk, entries] under the visibility mask, then
         write the chunk's last W tokens into the ring."""
         b, n = kv.shape[0], kv.shape[1]
         W, st = self.window, self.slot
         ring = state[st["window"]]
-        keys = ops.concat((ring, kv), 1)
-        mask = ops.concat((ring_vis, chunk_vis), -1)
+        keys, mask = (ring, kv), (ring_vis, chunk_vis)
         if self.ratio:
             cache = write_entries(state[st["entries"]], entries, complete, start // self.ratio)
             comp = comp + (("entries", cache),)
-            keys = ops.concat((keys, cache), 1)
-            mask = ops.concat((mask, sel), -1)
-        o = self.core(q, keys, mask, self.attn_sink)
-        # ring slot j takes the last real chunk token k with (start + k) % W == j, if any
-        cnt = count.reshape(b, 1)
-        j = ops.arange(W, dtype=ms.int32).reshape(1, W)
-        last = cnt - 1 - (start.reshape(b, 1) + cnt - 1 - j) % W                 # [b, W]
-        written = gather_rows(kv, ops.clamp(last, 0, n - 1))
-        ring = mint.where((last >= 0).expand_dims(-1), written, ring)
+            keys, mask = keys + (cache,), mask + (sel,)
+        o = self.core(q, ops.concat(keys, 1), ops.concat(mask, -1), self.attn_sink)
+        # ring slot j takes the last real chunk token with (start + k) % W == j, if any (geometry)
+        written = ops.gather(kv.reshape(b * n, -1), ring_src, 0).reshape(b, W, -1)
+        ring = mint.where(ring_hit, written, ring)
         return self._output(o, cos, sin), self._assemble(comp + (("window", ring),))
 
     def _extend_paged(self, rows, start, count, pos, q, kv, cos, sin, ring_vis, chunk_vis, sel, entries,

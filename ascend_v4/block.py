@@ -37,13 +37,14 @@ class Block(nn.Cell):
         u, post, comb = self.hc_ffn.pre(X)
         return self.hc_ffn.post(self.ffn(self.ffn_norm(u), ids), X, post, comb)
 
-    def extend(self, X, ids, rows, start, count, state, engram_rows=None):
+    def extend(self, X, ids, rows, start, count, state, engram_rows=None, geometry=None):
         """X [b, n, hc, d] of new tokens ids [b, n] (see Attention.extend) -> (X', new state).
-        engram_rows [b, n, T * head_dim]: this block's e_t (Engram blocks only)."""
+        engram_rows [b, n, T * head_dim]: this block's e_t (Engram blocks only); geometry: the
+        step's attention.window_geometry (None: the attention computes it)."""
         if self.has_engram:
             X = self.engram(X, engram_rows)
         u, post, comb = self.hc_attn.pre(X)
-        f, state = self.attn.extend(self.attn_norm(u), rows, start, count, state)
+        f, state = self.attn.extend(self.attn_norm(u), rows, start, count, state, geometry)
         X = self.hc_attn.post(f, X, post, comb)
         return self._ffn(X, ids), state
 

@@ -19,7 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from ascend_v4.attention import Attention
+from ascend_v4.attention import Attention, window_geometry
 from ascend_v4.block import Block, MTPBlock
 from ascend_v4.compressor import gather_rows
 from ascend_v4.config import ModelConfig
@@ -40,7 +40,7 @@ class Transformer(nn.Cell):
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig):
         super().__init__()
         self.cfg, self.runtime = cfg, rt
-        self.hc_mult = cfg.hc_mult
+        self.hc_mult, self.window = cfg.hc_mult, cfg.window_size
         dt = np_dtype(rt)
         par = rt.parallel                 # tensor parallel: embed and head rows split by vocabulary
         vocab = cfg.vocab_size // par.tp
@@ -94,14 +94,16 @@ class Transformer(nn.Cell):
         hidden = ()
         offset = 0
         k = 0
+        geometry = window_geometry(start, count, ids.shape[1], self.window)   # one for all layers
         for layer in self.layers:
             n = layer.attn.n_state
             if layer.has_engram:
                 H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n],
-                                        engram_rows[:, :, k])
+                                        engram_rows[:, :, k], geometry)
                 k += 1
             else:
-                H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n])
+                H, state = layer.extend(H, ids, rows, start, count, states[offset:offset + n],
+                                        geometry=geometry)
             new_states = new_states + state
             hidden = hidden + (H,)
             offset += n
@@ -212,32 +214,37 @@ class RowView(nn.Cell):
         self.fill = tuple(float(slot.fill) for slot in spec)
 
     def read(self, states, row, start):
-        """row, start: int32 [1] -> the row's state ([1, ...] for dense slots)."""
+        """row, start: int32 [B] (distinct rows) -> the rows' state ([B, ...] for dense slots; a
+        row starting at position 0 reads the initial values)."""
         out = ()
-        fresh = start.reshape(()) == 0
         for s, is_dense, fill in zip(states, self.dense, self.fill):
             if is_dense:
                 r = ops.gather(s, row, 0)
+                fresh = (start == 0).reshape(start.shape + (1,) * (r.ndim - 1))
                 out = out + (mint.where(fresh, ops.full(r.shape, fill, dtype=r.dtype), r),)
             else:
                 out = out + (s,)
         return out
 
     def write(self, states, new_rows, row):
+        """The rows' new state [B, ...] back into the full-batch slots (page pools: as returned)."""
         out = ()
         for s, new, is_dense in zip(states, new_rows, self.dense):
-            if is_dense:
+            if not is_dense:
+                out = out + (new,)
+            elif row.shape[0] == 1:
                 hit = (ops.arange(s.shape[0], dtype=ms.int32) == row.reshape(())).reshape((-1,) + (1,) * (s.ndim - 1))
                 out = out + (mint.where(hit, new.broadcast_to(s.shape), s),)
             else:
-                out = out + (new,)
+                out = out + (ops.tensor_scatter_update(s, row.reshape(-1, 1), new),)
         return out
 
 
 class ExtendNet(nn.Cell):
-    """One sequence (batch row `row`) extended by ids [1, n] from position start [1], count [1]
-    real tokens (the rest is bucket padding) -> (logits [1, vocab] (all_logits: [1, n, vocab]),
-    H [1, n, hc, d], *state[, *H_layer]); layer_outputs adds each block's output stream."""
+    """B sequences (distinct batch rows `row` [B]; one for the engine) extended by ids [B, n] from
+    positions start [B], count [B] real tokens (the rest is bucket padding) -> (logits [B, vocab]
+    (all_logits: [B, n, vocab]), H [B, n, hc, d], *state[, *H_layer]); layer_outputs adds each
+    block's output stream."""
 
     def __init__(self, model: Transformer, all_logits: bool = False, layer_outputs: bool = False):
         super().__init__()

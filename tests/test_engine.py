@@ -9,6 +9,8 @@ References are independent of the engine: the numpy oracle in float64 on each ro
   The steps after the first call the compiled graph directly (ascend_v4/graph_call.py).
 * A prompt prefilled in chunks of 1, 7, 64 or all at once: the same logits and the same state
   (every dense slot of the row within 1e-9 of its scale, -inf where the one-shot run has -inf).
+* A reference-style prefill of 2 rows (one [2, bucket] call per chunk) against each row alone and
+  the oracle, 1e-9; the chunk plan's cost against the greedy plan's.
 * float32: batched rows vs the same rows alone (measured max relative difference 0: each row's
   arithmetic does not depend on the others; tolerance 1e-5).
 """
@@ -126,12 +128,50 @@ def test_chunked_prefill_equals_one_shot(engine):
     for chunk in (64, 7, 1):
         got_logits, got_state = runs[chunk]
         check(got_logits, logits, f"chunks of {chunk}")
-        for name, ref in state.items():
-            got = got_state[name]
-            inf = np.isinf(ref)
-            np.testing.assert_array_equal(np.isinf(got), inf, err_msg=f"chunks of {chunk}: {name}")
-            scale = max(np.abs(ref[~inf]).max(initial=0.0), 1e-300)
-            assert np.abs(got[~inf] - ref[~inf]).max(initial=0.0) <= REL * scale, f"chunks of {chunk}: {name}"
+        _same_state(got_state, state, f"chunks of {chunk}")
+
+
+def _same_state(got, ref, what):
+    """Dense slot rows equal within REL of their scale, -inf where ref has -inf."""
+    for name, r in ref.items():
+        g, inf = got[name], np.isinf(r)
+        np.testing.assert_array_equal(np.isinf(g), inf, err_msg=f"{what}: {name}")
+        scale = max(np.abs(r[~inf]).max(initial=0.0), 1e-300)
+        assert np.abs(g[~inf] - r[~inf]).max(initial=0.0) <= REL * scale, f"{what}: {name}"
+
+
+def test_reference_style_prefill_runs_the_rows_together(engine):
+    """model(ids, 0) with 2 rows prefills them in one [2, bucket] call per chunk (75 tokens: 64 +
+    11 in the 16-bucket): each row's logits match the oracle on that row alone, and each row's state
+    equals the row prefilled by itself, within 1e-9 (float64)."""
+    model, cfg, W = engine
+    ids = np.random.default_rng(6).integers(0, cfg.vocab_size, (2, 75))
+    model.reset()
+    together = model(ids, 0)
+    rows = [_dense_row(model, r) for r in range(2)]
+    model.reset()
+    for r in range(2):
+        check(together[r], oracle_logits(cfg, W, ids[r])[-1], f"row {r} prefilled with the other")
+        alone = model.extend(r, ids[r], 0)
+        check(together[r], alone, f"row {r}: together vs alone")
+        _same_state(rows[r], _dense_row(model, r), f"row {r}: together vs alone")
+
+
+def test_chunk_plan_costs_least_and_pads_only_the_last_call():
+    from ascend_v4.api import CALL_OVERHEAD_TOKENS, chunk_plan, extend_buckets
+    buckets = extend_buckets(512)                                       # 16, 64, 256, 512
+    assert chunk_plan(300, buckets) in ([(64, 64), (236, 256)], [(256, 256), (44, 64)])
+    for n in list(range(1, 700)) + [1100, 5000]:
+        plan = chunk_plan(n, buckets)
+        assert sum(c for c, _ in plan) == n and all(b in buckets and 0 < c <= b for c, b in plan)
+        assert all(c == b for c, b in plan[:-1]), f"{n}: only the last call is padded: {plan}"
+        greedy, left = [], n                                           # largest fitting bucket first
+        while left > 0:
+            b = max([b for b in buckets if b <= left], default=buckets[0])
+            greedy.append(b)
+            left -= min(b, left)
+        cost = sum(b + CALL_OVERHEAD_TOKENS for _, b in plan)
+        assert cost <= sum(b + CALL_OVERHEAD_TOKENS for b in greedy), f"{n}: {plan} costs more than {greedy}"
 
 
 def test_bad_engine_input_names_the_slot(engine):
