@@ -53,28 +53,33 @@ CALL_OVERHEAD_TOKENS = 32
 
 
 def chunk_plan(n: int, buckets: Sequence[int]) -> List[Tuple[int, int]]:
-    """Split n tokens into (tokens, bucket) calls of the compiled bucket sizes at the least cost,
-    a call costing its bucket plus CALL_OVERHEAD_TOKENS: whole largest buckets while more than two
-    of them are left, then the cheapest split of the rest (full calls first, the padded one last;
-    ties go to less padding). 300 tokens with buckets 16/64/256/512 run as 256 + 64 (44 real)
-    instead of 256 + 16 + 16 + 16: one call and one compiled shape fewer."""
+    """Split n tokens into (tokens, bucket) calls of the compiled bucket sizes. A call costs its
+    bucket plus CALL_OVERHEAD_TOKENS; at each point the rest either goes into the smallest bucket
+    that holds it (the last, padded call) or the largest bucket that fits runs full, whichever
+    costs less in total (ties: the split, less padding). The plan of what is left depends only on
+    its length, so a prompt resumed at any of its chunk ends runs the same remaining chunks.
+    300 tokens with buckets 16/64/256/512 run as 256 + 64 (44 real) instead of 256 + 16 + 16 + 16:
+    two calls and one compiled shape fewer; the cost is never above the greedy plan's."""
     plan, left, top = [], n, buckets[-1]
-    while left > 2 * top:
+    while left > 2 * top:                                   # long prompts: whole top buckets first
         plan.append((top, top))
         left -= top
-    cost, choice = [0] + [0] * left, [0] * (left + 1)       # least cost of m tokens, its first bucket
+    cost, pad = [0] * (left + 1), [False] * (left + 1)      # least cost of m tokens; pad them at once?
     for m in range(1, left + 1):
-        cost[m] = -1
-        for b in buckets:
-            c = b + CALL_OVERHEAD_TOKENS + cost[max(m - b, 0)]
-            if cost[m] < 0 or c < cost[m]:
-                cost[m], choice[m] = c, b
-    tail = []
+        fit = max((b for b in buckets if b <= m), default=0)
+        holds = min((b for b in buckets if b >= m), default=0)
+        split = fit + CALL_OVERHEAD_TOKENS + cost[m - fit] if fit else None
+        whole = holds + CALL_OVERHEAD_TOKENS if holds else None
+        pad[m] = split is None or (whole is not None and whole < split)
+        cost[m] = whole if pad[m] else split
     while left > 0:
-        b = choice[left]
-        tail.append((min(b, left), b))
-        left -= min(b, left)
-    return plan + sorted(tail, key=lambda call: call[0] < call[1])       # the padded call last
+        if pad[left]:
+            plan.append((left, min(b for b in buckets if b >= left)))
+            break
+        fit = max(b for b in buckets if b <= left)
+        plan.append((fit, fit))
+        left -= fit
+    return plan
 
 
 class Model:

@@ -147,9 +147,18 @@ def gather_rows(x, idx):
 
 
 def write_entries(cache, entries, complete, first_block):
-    """cache [b, N, d]: put entries[:, j] (where complete[:, j]) at index first_block + j."""
+    """cache [b, N, d]: put entries[:, j] (where complete[:, j]) at index first_block + j.
+    One candidate per row (decode) rewrites that row only (a scatter, not a select over the cache)."""
     b, n_max = cache.shape[0], cache.shape[1]
     nb = entries.shape[1]
+    if nb == 1:
+        d = cache.shape[2]
+        first = first_block.reshape(b).astype(ms.int32)
+        flat = ops.clamp(first, 0, n_max - 1) + ops.arange(b, dtype=ms.int32) * n_max      # [b]
+        rows = cache.reshape(b * n_max, d)
+        keep = ops.logical_and(complete.reshape(b, 1), (first < n_max).reshape(b, 1))
+        new = mint.where(keep, entries.reshape(b, d), ops.gather(rows, flat, 0))
+        return ops.tensor_scatter_update(rows, flat.reshape(b, 1), new).reshape(b, n_max, d)
     j = ops.arange(n_max, dtype=ms.int32).reshape(1, n_max) - first_block.reshape(b, 1)   # [b, N]
     jc = ops.clamp(j, 0, nb - 1)
     hit = ops.logical_and(ops.logical_and(j >= 0, j < nb), ops.gather_elements(complete, 1, jc))
