@@ -289,7 +289,6 @@ class FusedRoute(nn.Cell):
 
     def __init__(self, k: int, route_scale: float, score_func: str, hash_routed: bool, n_experts: int, dtype):
         super().__init__()
-        self.hash = hash_routed
         self.attrs = Tensor(np.array([k, route_scale, SCORE_FUNCS[score_func], float(hash_routed)], np.float64))
         self.no_bias = Tensor(np.zeros(n_experts, dtype))          # hash routing has no bias
         self.no_experts = Tensor(np.zeros(1, np.int32))            # score routing chooses them
