@@ -171,7 +171,9 @@ def test_write_entries_puts_complete_entries_only(nb):
     cache = rng.normal(size=(b, N, d))
     entries = rng.normal(size=(b, nb, d))
     complete = np.array([[True] * nb, [False] * nb, [True] * nb, [True, False, True][:nb]])
-    first = np.array([2, 3, N - 1, 0 if nb > 1 else N], np.int32)           # row 2/3: past the end
+    # row 2 starts at the last entry (nb 3: the rest past the end); row 3 past the end (nb 1) or
+    # with an incomplete entry between complete ones (nb 3)
+    first = np.array([2, 3, N - 1, 0 if nb > 1 else N], np.int32)
     got = write_entries(Tensor(cache), Tensor(entries), Tensor(complete), Tensor(first)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
     want = cache.copy()
@@ -190,8 +192,8 @@ def test_chunk_plan_costs_least_and_pads_only_the_last_call():
         plan = chunk_plan(n, buckets)
         assert sum(c for c, _ in plan) == n and all(b in buckets and 0 < c <= b for c, b in plan)
         assert all(c == b for c, b in plan[:-1]), f"{n}: only the last call is padded: {plan}"
-        done = plan[0][0]                                              # resumed at a chunk end:
-        assert chunk_plan(n - done, buckets) == plan[1:] if done < n else len(plan) == 1   # the same rest
+        if len(plan) > 1:                                   # resumed at its first chunk end: the same rest
+            assert chunk_plan(n - plan[0][0], buckets) == plan[1:], f"{n}: {plan}"
         greedy, left = [], n                                           # largest fitting bucket first
         while left > 0:
             b = max([b for b in buckets if b <= left], default=buckets[0])
