@@ -21,10 +21,34 @@ class InputError(ValueError):
 
 _CONTEXT_SET = False
 
+# MindSpore's CPU kernel threads per process (see cpu_kernel_threads)
+CPU_THREADS_ENV = "ASCEND_V4_CPU_THREADS"
+
+
+def cpu_kernel_threads() -> int:
+    """The CPU kernel threads MindSpore may split one kernel over: $ASCEND_V4_CPU_THREADS, default 1.
+
+    MindSpore's default (one per core, up to 25) hands every split kernel to a second thread.
+    When the cores are shared (other processes, two test workers, ranks on one host) the runtime
+    after a few steps lets that thread sleep between kernels, and each handoff then waits its turn
+    on the run queue: a tiny-preset decode step went from ~60 ms to 0.3-2.5 s with two busy
+    processes beside it (DESIGN "The call path"). The weight products are this package's own
+    single-threaded kernels, so one thread costs little (prefill ~10% on 2 idle cores); set more on
+    a host whose cores are this process's alone."""
+    raw = os.environ.get(CPU_THREADS_ENV, "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{CPU_THREADS_ENV} must be a positive integer, got {raw!r}")
+    return n
+
 
 def _set_graph_mode() -> None:
-    """GRAPH_MODE (15-30x faster than PyNative here) with the light O0 pass pipeline, set once
-    per process (a caller that switches to PyNative switches back itself).
+    """GRAPH_MODE (15-30x faster than PyNative here) with the light O0 pass pipeline and
+    cpu_kernel_threads(), set once per process (a caller that switches to PyNative switches back
+    itself).
 
     MindSpore's on-disk compile cache is deliberately not used: measured here, it served a graph
     compiled for another prompt length (a Reshape size error), so every process compiles afresh.
@@ -33,7 +57,11 @@ def _set_graph_mode() -> None:
     if _CONTEXT_SET:
         return
     import mindspore as ms
+    from mindspore._c_expression import RuntimeConf
+    threads = cpu_kernel_threads()
     ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+    if not RuntimeConf.get_instance().is_op_threads_num_configured():    # settable once per process
+        ms.device_context.cpu.op_tuning.threads_num(threads)
     _CONTEXT_SET = True
 
 

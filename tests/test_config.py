@@ -91,3 +91,17 @@ def test_bad_json_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize("raw, expected", [(None, 1), ("3", 3), ("0", None), ("two", None), ("", None)])
+def test_cpu_kernel_threads_come_from_the_environment(monkeypatch, raw, expected):
+    from ascend_v4.api import CPU_THREADS_ENV, cpu_kernel_threads
+    if raw is None:
+        monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CPU_THREADS_ENV, raw)
+    if expected is None:
+        with pytest.raises(ConfigError, match=f"{CPU_THREADS_ENV} must be a positive integer, got {raw!r}"):
+            cpu_kernel_threads()
+    else:
+        assert cpu_kernel_threads() == expected
