@@ -177,11 +177,11 @@ class Attention(nn.Cell):
         """o [b, s, h, hd]: inverse RoPE, grouped wo_a, then wo_b -> [b, s, dim]."""
         b, s = o.shape[0], o.shape[1]
         o = self.inverse_rope(o, cos, sin)
-        o = o.reshape(b * s, self.groups, -1).swapaxes(0, 1)              # [g, b*s, h*hd/g]
+        o = o.reshape(b * s, self.groups, -1)                                    # [b*s, g, h*hd/g]
         if self.wo_a.act_quant:                                                  # MXFP8 wo_a: per group
             o = self.wo_a.quant(o)
-        o = grouped_product(o, self.wo_a)                                        # [g, b*s, r]
-        o = o.swapaxes(0, 1).reshape(b, s, self.groups * self.o_rank)
+        o = grouped_product(o, self.wo_a)                                        # [b*s, g, r]
+        o = o.reshape(b, s, self.groups * self.o_rank)
         return self.tp_out(o) if self.tp_out is not None else self.wo_b(o)
 
     # ---- extend ------------------------------------------------------------------------

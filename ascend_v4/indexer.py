@@ -12,7 +12,7 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.linear import Linear
-from ascend_v4.kernels import Rope, index_quant
+from ascend_v4.kernels import Rope, fused_topk_mask, index_quant
 from ascend_v4.numerics import dot_rows, hadamard_matrix, rotate_last, weighted_sum
 from ascend_v4.parallel.comm import GroupSum
 from ascend_v4.precision import np_dtype
@@ -58,6 +58,8 @@ class Indexer(nn.Cell):
         self.quant = index_quant(rt, self.head_dim)           # per token-head for int8
         self.weight_scale = self.head_dim ** -0.5 * cfg.index_n_heads ** -0.5
         self.tp_sum = GroupSum(par.tp_members(), par.world) if par.tp > 1 else None
+        self.k = min(self.topk, rt.max_seq_len // self.ratio)    # entries kept per query
+        self.fused_select = fused_topk_mask(rt.kernels, self.k)
 
     def queries(self, qr, cos, sin):
         """qr [b, s, q_lora_rank] -> rotated queries [b, s, heads, head_dim], rounded (FP4 or INT8)."""
@@ -95,5 +97,8 @@ class Indexer(nn.Cell):
         n_max = cache.shape[1]
         q = self.queries(qr, cos_q, sin_q)
         visible = ops.arange(n_max, dtype=ms.int32).reshape(1, 1, n_max) < ((pos + 1) // self.ratio).expand_dims(-1)
-        sel = selected_mask(self.scores(x, q, cache), visible, min(self.topk, n_max))
+        scores = self.scores(x, q, cache)                                                   # [b, n, N]
+        if self.fused_select is not None:
+            return self.fused_select(scores, visible), kv_state, score_state, cache
+        sel = selected_mask(scores, visible, self.k)
         return sel, kv_state, score_state, cache

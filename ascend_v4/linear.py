@@ -87,12 +87,14 @@ def stacked_product(x, stored, index):
 
 
 def grouped_product(x, stored):
-    """x [g, m, in] through row group i of a 2-D StoredWeight [g*r, in] for x[i] -> [g, m, r]
-    (the attention's grouped wo_a): fused for at most FUSED_MAX_ROWS rows, else dequantised."""
-    g, m = x.shape[0], x.shape[1]
+    """x [m, g, in] through row group i of a 2-D StoredWeight [g*r, in] for x[:, i] -> [m, g, r]
+    (the attention's grouped wo_a): fused for at most FUSED_MAX_ROWS rows (in this layout), else
+    dequantised and batched over the groups."""
+    m, g = x.shape[0], x.shape[1]
     if stored.matmul is not None and m <= FUSED_MAX_ROWS:
         return stored.matmul(x, stored.weight, stored.scale_or_none())
-    return batched_dense(x, stored.dequantized(after=x).reshape(g, stored.shape[0] // g, -1))
+    w = stored.dequantized(after=x).reshape(g, stored.shape[0] // g, -1)
+    return batched_dense(x.swapaxes(0, 1), w).swapaxes(0, 1)
 
 
 def stored_product(x, stored):

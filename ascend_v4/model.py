@@ -23,6 +23,7 @@ from ascend_v4.attention import Attention, window_geometry
 from ascend_v4.block import Block, MTPBlock
 from ascend_v4.compressor import gather_rows
 from ascend_v4.config import ModelConfig
+from ascend_v4.kernels import fused_window_geometry
 from ascend_v4.linear import Linear, storage_kind
 from ascend_v4.mhc import HcHead, HyperConnection
 from ascend_v4.numerics import RMSNorm
@@ -52,6 +53,7 @@ class Transformer(nn.Cell):
         self.hc_head = HcHead(cfg, rt, "hc_head")
         self.mtp = nn.CellList([MTPBlock(cfg, rt, cfg.n_layers + i) for i in range(cfg.n_mtp_layers)])
         self.engram_state = cfg.has_engram
+        self.fused_geometry = fused_window_geometry(rt.kernels, self.window)
 
     # ---- pieces shared by the graphs ---------------------------------------------------------
     def widen(self, ids):
@@ -94,7 +96,10 @@ class Transformer(nn.Cell):
         hidden = ()
         offset = 0
         k = 0
-        geometry = window_geometry(start, count, ids.shape[1], self.window)   # one for all layers
+        if self.fused_geometry is not None:                                     # one for all layers
+            geometry = self.fused_geometry(start, count, ids)
+        else:
+            geometry = window_geometry(start, count, ids.shape[1], self.window)
         for layer in self.layers:
             n = layer.attn.n_state
             if layer.has_engram:
@@ -227,16 +232,11 @@ class RowView(nn.Cell):
         return out
 
     def write(self, states, new_rows, row):
-        """The rows' new state [B, ...] back into the full-batch slots (page pools: as returned)."""
+        """The rows' new state [B, ...] back into the full-batch slots, one scatter of the B rows
+        per dense slot (page pools: as returned)."""
         out = ()
         for s, new, is_dense in zip(states, new_rows, self.dense):
-            if not is_dense:
-                out = out + (new,)
-            elif row.shape[0] == 1:
-                hit = (ops.arange(s.shape[0], dtype=ms.int32) == row.reshape(())).reshape((-1,) + (1,) * (s.ndim - 1))
-                out = out + (mint.where(hit, new.broadcast_to(s.shape), s),)
-            else:
-                out = out + (ops.tensor_scatter_update(s, row.reshape(-1, 1), new),)
+            out = out + ((ops.tensor_scatter_update(s, row.reshape(-1, 1), new) if is_dense else new),)
         return out
 
 

@@ -241,9 +241,10 @@ def test_fused_weight_matmul_matches_numpy(kind, dtype, tol):
         x = rng.normal(size=(rows, inp)).astype(DTYPES[dtype])
         got.append(stored_product(Tensor(x), plain).asnumpy())
         want.append(x.astype(np.float64) @ stored[0][2].T)
-    x = rng.normal(size=(2, 3, inp)).astype(DTYPES[dtype])      # 2 row groups of 65 (wo_a)
-    got.append(grouped_product(Tensor(x), plain).asnumpy())
-    want.append(np.stack([x[i].astype(np.float64) @ stored[0][2][65 * i:65 * (i + 1)].T for i in range(2)]))
+    for rows in (3, 40):                                         # 2 row groups of 65 (wo_a): fused, BLAS
+        x = rng.normal(size=(rows, 2, inp)).astype(DTYPES[dtype])
+        got.append(grouped_product(Tensor(x), plain).asnumpy())
+        want.append(np.stack([x[:, i].astype(np.float64) @ stored[0][2][65 * i:65 * (i + 1)].T for i in range(2)], 1))
     index = np.array([2, 0, 2, 1], np.int32)
     x = rng.normal(size=(4, 2, inp)).astype(DTYPES[dtype])
     got.append(stacked_product(Tensor(x), stack, Tensor(index)).asnumpy())
@@ -392,6 +393,60 @@ def test_fused_swiglu_matches_the_oracle(dtype, limit, weighted):
         want = w[..., None] * want if weighted else want
     assert (np.abs(g) > limit).any() if limit > 0 else True
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n,window", [(1, 8), (5, 4), (16, 32)])
+def test_fused_window_geometry_equals_the_primitives(n, window):
+    """The step's window geometry as one kernel (WindowGeometryAot) equals
+    attention.window_geometry's primitives in every output: rows at position 0, inside the first
+    window, past it by non-multiples of the window, idle (count 0) and partly padded; chunks
+    longer than the window (n 5, W 4) wrap the ring."""
+    from ascend_v4.attention import window_geometry
+    from ascend_v4.kernels import FusedWindowGeometry
+    start = np.array([0, 3, window - 1, window + 2, 7 * window + 5, 40], np.int32)
+    count = np.array([n, n, 0, max(n - 2, 1), n, 1], np.int32)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        got = FusedWindowGeometry(window)(Tensor(start), Tensor(count), Tensor(np.zeros((6, n), np.int32)))
+        want = window_geometry(Tensor(start), Tensor(count), n, window)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    names = ("pos", "ring_vis", "chunk_vis", "ring_src", "ring_hit")
+    for name, g, w in zip(names, got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        np.testing.assert_array_equal(g.asnumpy(), w.asnumpy(), err_msg=name)
+    assert got[1].asnumpy().any() and got[4].asnumpy().any() and not got[4].asnumpy()[2].any()
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_fused_topk_mask_matches_a_stable_sort_and_the_composite(dtype):
+    """The indexer's top-k selection as one kernel (TopKMaskAot) against the oracle's rule (a
+    stable descending sort of the visible scores keeps the first min(k, visible)) and against
+    selected_mask's primitives, exactly: rows full of ties (ReLU zeros, repeated values, the k-th
+    value shared by entries on both sides of the cut), fewer visible entries than k, none."""
+    from ascend_v4.indexer import selected_mask
+    from ascend_v4.kernels import FusedTopKMask
+    rng = np.random.default_rng(23)
+    R, n, k = 40, 48, 8
+    scores = np.maximum(rng.normal(size=(R, n)), 0).astype(DTYPES[dtype])     # ~half exact zeros
+    scores[5:10] = rng.integers(0, 3, size=(5, n))                              # three values only
+    scores[10] = 1.0                                                            # all equal
+    visible = rng.random((R, n)) < 0.8
+    visible[20:25] = np.arange(n) < np.array([[0], [1], [5], [8], [9]])        # prefixes around k
+    visible[25] = False
+    order = np.argsort(-np.where(visible, scores, -np.inf), axis=-1, kind="stable")
+    want = np.zeros((R, n), bool)
+    for r in range(R):
+        want[r, order[r, :min(k, visible[r].sum())]] = True
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        got = FusedTopKMask(k)(Tensor(scores.reshape(4, 10, n)), Tensor(visible.reshape(4, 10, n))).asnumpy()
+        composite = selected_mask(Tensor(scores), Tensor(visible), k).asnumpy()
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    np.testing.assert_array_equal(got.reshape(R, n), want)
+    np.testing.assert_array_equal(composite, want)
+    assert want[5:11].sum() == 6 * k                    # the tie rows do cut through their ties
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-14), ("float32", 2e-7)])

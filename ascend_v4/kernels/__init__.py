@@ -11,7 +11,8 @@ RuntimeConfig.kernels picks, for the whole model:
 custom_ops=True additionally routes the operator boundaries to the AscendC kernels' CPU twins
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
 Cells ask here (`QuantDequant(rt, fmt, block)`, `Rope(rt, rd)`, `rms_norm_op(kernels)`, `sinkhorn_kind(rt)`,
-`FusedHcPre`, `FusedSinkAttention`, `FusedCompressorDecode`, `weight_matmul(...)`) instead of branching
+`FusedHcPre`, `FusedSinkAttention`, `FusedCompressorDecode`, `weight_matmul(...)`, `fused_route`,
+`fused_swiglu`, `fused_topk_mask`, `fused_window_geometry`) instead of branching
 themselves.
 The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
 here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from mindspore import Tensor, nn, ops
+from mindspore.common import dtype as mstype
 
 from ascend_v4.numerics import FORMATS, int8_quant_dequant, quant_dequant, round_bf16
 from ascend_v4.rope import apply_rope
@@ -246,8 +248,8 @@ class WeightMatmul(nn.Cell):
     weight-quant matmul. plain: x [M, K], codes [N, Kc], scale -> [M, N]; experts: x [T, M, K],
     index [T], codes [E, N, Kc], scale [E, ..] -> [T, M, N]. Dequantised values are exact (as
     StoredWeight._dequant); products are summed in the compute dtype in 8 fixed lanes.
-    grouped (a plain weight with a 3-D x): x [G, M, K], codes [G*N, Kc] -> [G, M, N], group g
-    through rows g*N.. of the one matrix (the attention's grouped wo_a)."""
+    grouped (a plain weight with a 3-D x): x [M, G, K], codes [G*N, Kc] -> [M, G, N], x[:, g]
+    through rows g*N.. of the one matrix (the attention's grouped wo_a, in its token-major layout)."""
 
     def __init__(self, kind: str, out_features: int, experts: bool):
         super().__init__()
@@ -258,7 +260,7 @@ class WeightMatmul(nn.Cell):
             self.op = _aot("WeightMatmulAot", lambda x, i, c, s, a: [x[0], x[1], out_features],
                            lambda x, i, c, s, a: x)
         else:
-            self.op = _aot("WeightMatmulAot", lambda x, c, s, a: x[:-1] + [c[0] // x[0] if len(x) == 3 else c[0]],
+            self.op = _aot("WeightMatmulAot", lambda x, c, s, a: x[:-1] + [c[0] // x[1] if len(x) == 3 else c[0]],
                            lambda x, c, s, a: x)
 
     def construct(self, x, codes, scale=None, index=None):
@@ -315,6 +317,47 @@ class FusedSwiGlu(nn.Cell):
         if weight is None:
             return self.op(gate, up, self.no_weight, self.plain)
         return self.op(gate, up, weight, self.weighted)
+
+
+class FusedTopKMask(nn.Cell):
+    """The indexer's top-k selection as one kernel (TopKMaskAot): scores [.., n], visible bool
+    [.., n] -> bool [.., n], the k largest visible scores with ties at the k-th value going to the
+    lower entry index: the same choice as indexer.selected_mask's primitives (values compared
+    exactly, in the compute dtype)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.attrs = Tensor(np.array([k], np.float64))
+        self.op = _aot("TopKMaskAot", lambda s, v, a: s, lambda s, v, a: v)
+
+    def construct(self, scores, visible):
+        return self.op(scores, visible, self.attrs)
+
+
+def fused_topk_mask(kernels: str, k: int):
+    """The one-kernel top-k selection under kernels 'fused', else None (selected_mask's primitives)."""
+    return FusedTopKMask(k) if kernels == "fused" else None
+
+
+class FusedWindowGeometry(nn.Cell):
+    """attention.window_geometry of a step as one kernel (WindowGeometryAot): start, count int32
+    [b], tokens [b, n] (its shape only) -> (pos, ring_vis, chunk_vis, ring_src, ring_hit), the
+    primitives' integers and masks exactly."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.attrs = Tensor(np.array([window], np.float64))
+        self.op = _aot("WindowGeometryAot",
+                       lambda s, c, t, a: (t, t + [window], t + [t[1]], [t[0] * window], [t[0], window, 1]),
+                       lambda s, c, t, a: (s, mstype.bool_, mstype.bool_, s, mstype.bool_))
+
+    def construct(self, start, count, tokens):
+        return self.op(start, count, tokens, self.attrs)
+
+
+def fused_window_geometry(kernels: str, window: int):
+    """The one-kernel window geometry under kernels 'fused', else None (the primitives)."""
+    return FusedWindowGeometry(window) if kernels == "fused" else None
 
 
 def fused_route(kernels: str, cfg, hash_routed: bool, dtype):

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 #include <immintrin.h>
 
 namespace {
@@ -374,7 +375,6 @@ int64_t ScaleBytes(int kind, int64_t N, int64_t K) {
 }
 
 // x [T, M, K] -> y [T, M, N]. experts (index set): x[t] through matrix index[t] of a stack [E, N, K];
-// grouped (index null, T > 1): x[t] through rows t*N .. (t+1)*N of one matrix [T*N, K]
 template <class T>
 int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, const int32_t* index, int64_t E,
                      const void* codes, const uint8_t* scale, int64_t N, T* y) {
@@ -389,6 +389,25 @@ int WeightProductAll(int kind, const T* x, int64_t tiles, int64_t M, int64_t K, 
     }
     delete[] w;
     return rc;
+}
+
+// Row groups in the activation's own layout: x [M, G, K], y [M, G, N], x[m, g] through rows
+// g*N .. (g+1)*N of one matrix [G*N, K] (the attention's wo_a on [tokens, groups, K] without
+// transposing); each group's rows are copied out and back, the products as WeightProduct.
+template <class T>
+void WeightProductGroups(int kind, const T* x, int64_t M, int64_t G, int64_t K, const void* codes,
+                         const uint8_t* scale, int64_t N, T* y) {
+    T* w = new T[kRowBlock * K];
+    T* xg = new T[M * K];
+    T* yg = new T[M * N];
+    for (int64_t g = 0; g < G; ++g) {
+        for (int64_t m = 0; m < M; ++m) std::memcpy(xg + m * K, x + (m * G + g) * K, K * sizeof(T));
+        WeightProduct(kind, xg, M, K, static_cast<const uint8_t*>(codes), scale, g * N, N, yg, w);
+        for (int64_t m = 0; m < M; ++m) std::memcpy(y + (m * G + g) * N, yg + m * N, N * sizeof(T));
+    }
+    delete[] yg;
+    delete[] xg;
+    delete[] w;
 }
 
 // ---- RoPE on the last rd dims, RMSNorm ------------------------------------------------------
@@ -698,7 +717,7 @@ extern "C" __attribute__((visibility("default"))) void SetVectorPaths(int on) { 
 // Weight-quant matmul of one matrix, of row groups of one matrix, or of gathered experts.
 // params (attrs float64 [1] = kind):
 //   plain:   x [M, K], codes [N, Kc], scale, attrs, y [M, N]
-//   grouped: x [G, M, K], codes [G*N, Kc], scale, attrs, y [G, M, N] (group g: rows g*N ..)
+//   grouped: x [M, G, K], codes [G*N, Kc], scale, attrs, y [M, G, N] (group g: rows g*N ..)
 //   experts: x [T, M, K], index int32 [T], codes [E, N, Kc], scale [E, ..], attrs, y [T, M, N]
 // codes: bf16 bits (uint16 or bfloat16) [.., N, K] | fp8 uint8 [.., N, K] | fp4 uint8 [.., N, K/2];
 // scale: uint8 ue8m0 [.., ceil(N/128), ceil(K/128)] (fp8) | [.., N, K/32] (fp4) | any (bf16, unused)
@@ -711,7 +730,10 @@ extern "C" __attribute__((visibility("default"))) int WeightMatmulAot(int nparam
     const int kind = int(static_cast<const double*>(params[ai])[0]);
     const int xd = ndims[xi], cd = ndims[ci];
     if (cd != (experts ? 3 : 2) || (experts && xd != 3) || xd < 2 || xd > 3) return 1;
-    const int64_t K = shapes[xi][xd - 1], M = shapes[xi][xd - 2], tiles = xd == 3 ? shapes[xi][0] : 1;
+    const bool grouped = !experts && xd == 3;
+    const int64_t K = shapes[xi][xd - 1];
+    const int64_t M = grouped ? shapes[xi][0] : shapes[xi][xd - 2];
+    const int64_t tiles = xd == 3 ? shapes[xi][grouped ? 1 : 0] : 1;
     const int64_t rows = shapes[ci][cd - 2], E = experts ? shapes[ci][0] : 1;
     if (!experts && rows % tiles) return 1;
     const int64_t N = experts ? rows : rows / tiles;
@@ -720,6 +742,13 @@ extern "C" __attribute__((visibility("default"))) int WeightMatmulAot(int nparam
     const int32_t* index = experts ? static_cast<const int32_t*>(params[1]) : nullptr;
     if (experts && std::strcmp(dtypes[1], "int32") != 0) return 1;
     const uint8_t* scale = static_cast<const uint8_t*>(params[si]);
+    if (grouped && IsF64(dtypes[xi]))
+        WeightProductGroups(kind, static_cast<const double*>(params[xi]), M, tiles, K, params[ci], scale, N,
+                            static_cast<double*>(params[yi]));
+    else if (grouped)
+        WeightProductGroups(kind, static_cast<const float*>(params[xi]), M, tiles, K, params[ci], scale, N,
+                            static_cast<float*>(params[yi]));
+    if (grouped) return 0;
     if (IsF64(dtypes[xi]))
         return WeightProductAll(kind, static_cast<const double*>(params[xi]), tiles, M, K, index, E, params[ci], scale, N,
                                 static_cast<double*>(params[yi]));
@@ -935,5 +964,89 @@ extern "C" __attribute__((visibility("default"))) int SwiGluAot(int nparam, void
         SwiGlu(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
                weighted ? static_cast<const float*>(params[2]) : nullptr, static_cast<float*>(params[4]), R, I,
                attrs[0]);
+    return 0;
+}
+
+// The indexer's top-k selection (ascend_v4/indexer.py selected_mask) of each row of n entries:
+// with the invisible entries at -inf, the entries above the k-th largest value, then the
+// lowest-index entries equal to it up to k in all; only visible entries are returned. Values
+// are compared as they are (exact), so the choice is the composite's.
+template <typename T>
+void TopKMask(const T* scores, const bool* visible, bool* out, int64_t R, int64_t n, int64_t k) {
+    std::vector<T> masked(n), order(n);
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    for (int64_t r = 0; r < R; ++r) {
+        const T* s = scores + r * n;
+        const bool* v = visible + r * n;
+        for (int64_t i = 0; i < n; ++i) masked[i] = v[i] ? s[i] : neg_inf;
+        order = masked;
+        std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), std::greater<T>());
+        const T kth = order[k - 1];
+        int64_t room = k;
+        for (int64_t i = 0; i < n; ++i) room -= masked[i] > kth;
+        int64_t ties = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const bool tie = masked[i] == kth && ++ties <= room;
+            out[r * n + i] = v[i] && (masked[i] > kth || tie);
+        }
+    }
+}
+
+// params: scores [.., n], visible bool [.., n], attrs float64 [1] = k (1 <= k <= n) -> selected bool [.., n]
+extern "C" __attribute__((visibility("default"))) int TopKMaskAot(int nparam, void** params, int* ndims, int64_t** shapes,
+                                                                 const char** dtypes, void*, void*) {
+    if (nparam != 4 || std::strcmp(dtypes[1], "bool") != 0 || std::strcmp(dtypes[2], "float64") != 0 ||
+        std::strcmp(dtypes[3], "bool") != 0)
+        return 1;
+    const int64_t n = shapes[0][ndims[0] - 1], total = Numel(ndims[0], shapes[0]);
+    const int64_t k = int64_t(static_cast<const double*>(params[2])[0]);
+    if (n < 1 || k < 1 || k > n || Numel(ndims[1], shapes[1]) != total) return 1;
+    const bool* visible = static_cast<const bool*>(params[1]);
+    bool* out = static_cast<bool*>(params[3]);
+    if (IsF64(dtypes[0]))
+        TopKMask(static_cast<const double*>(params[0]), visible, out, total / n, n, k);
+    else
+        TopKMask(static_cast<const float*>(params[0]), visible, out, total / n, n, k);
+    return 0;
+}
+
+// attention.window_geometry of one step (see there): start / count int32 [b], tokens [b, n] (only
+// its shape), attrs float64 [1] = W -> pos int32 [b, n], ring_vis bool [b, n, W], chunk_vis bool
+// [b, n, n], ring_src int32 [b*W], ring_hit bool [b, W, 1]. Integer arithmetic with floor modulo,
+// as the primitives.
+extern "C" __attribute__((visibility("default"))) int WindowGeometryAot(int nparam, void** params, int* ndims,
+                                                                       int64_t** shapes, const char** dtypes, void*,
+                                                                       void*) {
+    if (nparam != 9 || std::strcmp(dtypes[0], "int32") != 0 || std::strcmp(dtypes[1], "int32") != 0 ||
+        std::strcmp(dtypes[3], "float64") != 0 || ndims[2] != 2)
+        return 1;
+    const int64_t b = shapes[2][0], n = shapes[2][1];
+    const int64_t W = int64_t(static_cast<const double*>(params[3])[0]);
+    if (W < 1 || Numel(ndims[0], shapes[0]) != b || Numel(ndims[1], shapes[1]) != b) return 1;
+    const int32_t* start = static_cast<const int32_t*>(params[0]);
+    const int32_t* count = static_cast<const int32_t*>(params[1]);
+    int32_t* pos = static_cast<int32_t*>(params[4]);
+    bool* ring_vis = static_cast<bool*>(params[5]);
+    bool* chunk_vis = static_cast<bool*>(params[6]);
+    int32_t* ring_src = static_cast<int32_t*>(params[7]);
+    bool* ring_hit = static_cast<bool*>(params[8]);
+    auto floor_mod = [W](int64_t a) { return ((a % W) + W) % W; };
+    for (int64_t r = 0; r < b; ++r) {
+        const int64_t st = start[r], cnt = count[r];
+        for (int64_t k = 0; k < n; ++k) {
+            pos[r * n + k] = int32_t(st + k);
+            for (int64_t j = 0; j < W; ++j) {
+                const int64_t held = st - 1 - floor_mod(st - 1 - j);     // the position ring slot j holds
+                ring_vis[(r * n + k) * W + j] = held >= 0 && held > st + k - W;
+            }
+            for (int64_t c = 0; c < n; ++c)                           // chunk token c seen by token k
+                chunk_vis[(r * n + k) * n + c] = c <= k && c > k - W && c < cnt;
+        }
+        for (int64_t j = 0; j < W; ++j) {
+            const int64_t last = cnt - 1 - floor_mod(st + cnt - 1 - j);
+            ring_src[r * W + j] = int32_t(std::min(std::max(last, int64_t(0)), n - 1) + r * n);
+            ring_hit[r * W + j] = last >= 0;
+        }
+    }
     return 0;
 }
