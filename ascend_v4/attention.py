@@ -10,6 +10,8 @@ the batch (see ascend_v4/state.py), written by kv_pack_fp8 and attended with spa
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
@@ -18,12 +20,12 @@ from ascend_v4.compressor import Compressor, write_entries
 from ascend_v4.config import ModelConfig
 from ascend_v4.indexer import Indexer
 from ascend_v4.checkpoint.schema import linear_kind
-from ascend_v4.linear import Linear, dense, grouped_product, zeros_param
+from ascend_v4.linear import Linear, dense, grouped_product, paired_product, weight_pair, zeros_param
 from ascend_v4.parallel.comm import GroupGather, GroupSum
 from ascend_v4.kernels import FUSED_ATTENTION_MACS, FusedSinkAttention, KVEntryRound, Rope
 from ascend_v4.numerics import Normalize, RMSNorm, dot_rows, sum_last
 from ascend_v4.precision import ms_dtype, np_dtype
-from ascend_v4.rope import rope_tables
+from ascend_v4.rope import rope_frequencies, rope_tables
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.state import DENSE, PAGE_BLOCK, PAGES, TABLE, TIERED, StateSlot, StateSpec, page_pool_shape
 
@@ -87,6 +89,31 @@ def window_geometry(start, count, n: int, W: int):
     return pos, ring_vis, chunk_vis, ring_src, (last >= 0).expand_dims(-1)
 
 
+# (frequencies, length, dtype) -> the (cos, sin) Tensors every layer of that kind holds
+_ROPE_TABLES: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+def shared_rope_tables(cfg: ModelConfig, compressed: bool, max_seq_len: int, dtype):
+    """rope.rope_tables as Tensors of `dtype` [max_seq_len, rd/2], one pair per process for equal
+    frequencies, length and dtype -> a pair with .cos / .sin. The layers of a kind then hold the
+    same constants, so a model keeps two pairs instead of one per layer and the graph gathers a
+    step's rows once for all of them (common subexpressions). Cached while some layer holds it."""
+    key = (rope_frequencies(cfg, compressed).tobytes(), max_seq_len, np.dtype(dtype).str)
+    pair = _ROPE_TABLES.get(key)
+    if pair is None:
+        cos, sin = rope_tables(cfg, compressed, max_seq_len)
+        pair = _TablePair(Tensor(cos.astype(dtype)), Tensor(sin.astype(dtype)))
+        _ROPE_TABLES[key] = pair
+    return pair
+
+
+class _TablePair:
+    """A weakly cached (cos, sin) pair (a tuple cannot be weakly referenced)."""
+
+    def __init__(self, cos, sin):
+        self.cos, self.sin = cos, sin
+
+
 class Attention(nn.Cell):
     def __init__(self, cfg: ModelConfig, rt: RuntimeConfig, layer_id: int):
         super().__init__()
@@ -105,6 +132,7 @@ class Attention(nn.Cell):
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, lin, rt)
         self.wkv = Linear(cfg.dim, cfg.head_dim, lin_a, rt)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dt, rt.kernels)
+        self.q_kv = weight_pair(self.wq_a, self.wkv)              # both products of x in one call (decode)
         self.q_head_norm = Normalize(cfg.norm_eps, dt, rt.kernels)                # per head, no weight
         self.rope, self.inverse_rope = Rope(rt, cfg.rope_head_dim), Rope(rt, cfg.rope_head_dim, inverse=True)
         # wo_a: BF16 in the release (no activation quantisation), MXFP8 in the 950's mxfp8 scheme
@@ -114,8 +142,8 @@ class Attention(nn.Cell):
         self.attn_sink = zeros_param((self.n_heads,), "attn_sink", dt)
         self.tp_out = TensorParallelOutput(self.wo_b, par) if par.tp > 1 else None
         self.kv_round = KVEntryRound(rt, cfg.rope_head_dim, cfg.head_dim)   # the KV cache's format (rt.kv_cache)
-        cos, sin = rope_tables(cfg, self.ratio > 0, rt.max_seq_len)
-        self.cos, self.sin = Tensor(cos.astype(dt)), Tensor(sin.astype(dt))
+        self.rope_pair = shared_rope_tables(cfg, self.ratio > 0, rt.max_seq_len, dt)   # held: keeps it shared
+        self.cos, self.sin = self.rope_pair.cos, self.rope_pair.sin
         self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, rt, lin) if self.ratio == 4 else None
         self.core = SinkAttention(self.scale, self.mdt, rt.kernels)
@@ -168,9 +196,10 @@ class Attention(nn.Cell):
         """x [b, s, dim] -> q [b, s, h, hd], qr [b, s, q_lora], kv [b, s, hd] (rope'd, rounded as the
         KV cache stores it)."""
         b, s, _ = x.shape
-        qr = self.q_norm(self.wq_a(x))
+        q_low, kv = paired_product(self.q_kv, x, self.wq_a, self.wkv)
+        qr = self.q_norm(q_low)
         q = self.rope(self.q_head_norm(self.wq_b(qr).reshape(b, s, self.n_heads, self.head_dim)), cos, sin)
-        kv = self.kv_round(self.rope(self.kv_norm(self.wkv(x)), cos, sin))
+        kv = self.kv_round(self.rope(self.kv_norm(kv), cos, sin))
         return q, qr, kv
 
     def _output(self, o, cos, sin):

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import Tensor, mint, nn, ops
 
 from ascend_v4.config import ModelConfig
-from ascend_v4.linear import Linear, zeros_param
+from ascend_v4.linear import Linear, paired_product, weight_pair, zeros_param
 from ascend_v4.kernels import FusedCompressorDecode, KVEntryRound, Rope, index_quant
 from ascend_v4.numerics import RMSNorm, hadamard_matrix, rotate_last
 from ascend_v4.precision import ms_dtype, np_dtype
@@ -44,6 +44,7 @@ class Compressor(nn.Cell):
             self.hadamard = Tensor(hadamard_matrix(head_dim, self.dt))
         # one token per row (decode) as one kernel under kernels 'fused'
         self.step = FusedCompressorDecode(head_dim) if rt.kernels == "fused" else None
+        self.kv_gate = weight_pair(self.wkv, self.wgate)          # both products in one call (decode)
 
     @staticmethod
     def spec_for(ratio: int, head_dim: int, dtype) -> StateSpec:
@@ -127,7 +128,8 @@ class Compressor(nn.Cell):
         completes it; an incomplete block's entry is 0, which no caller keeps)."""
         b, m = x.shape[0], self.ratio
         i32 = ms.int32
-        pooled, kv_state, score_state = self.step(self.wkv(x), self.wgate(x), self.ape, kv_state, score_state,
+        kv, gate = paired_product(self.kv_gate, x, self.wkv, self.wgate)
+        pooled, kv_state, score_state = self.step(kv, gate, self.ape, kv_state, score_state,
                                                   start.astype(i32), count.astype(i32))
         r0 = (start % m).reshape(b, 1)
         first = start.reshape(b, 1) - r0                 # the block's first position (< max_seq_len)

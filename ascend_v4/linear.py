@@ -6,7 +6,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from ascend_v4.kernels import FUSED_MAX_ROWS, QuantDequant
+from ascend_v4.kernels import FUSED_MAX_ROWS, QuantDequant, WeightMatmulPair
 from ascend_v4.numerics import int8_quant
 from ascend_v4.precision import np_dtype
 from ascend_v4.runtime import RuntimeConfig
@@ -95,6 +95,43 @@ def grouped_product(x, stored):
         return stored.matmul(x, stored.weight, stored.scale_or_none())
     w = stored.dequantized(after=x).reshape(g, stored.shape[0] // g, -1)
     return batched_dense(x.swapaxes(0, 1), w).swapaxes(0, 1)
+
+
+def paired_product(pair, x, first, second, index=None):
+    """(first(x), second(x)) for two weights read by the same x. pair: the owner's
+    weight_pair(first, second) (None: two calls). Two Linears: x [..., in] (FP8 / FP4 quantise x
+    once); two expert stacks: x [n, m, in] through experts `index` [n], as stacked_product (the
+    caller has quantised x). Up to FUSED_MAX_ROWS rows per matrix one kernel reads both weights;
+    the results are the two calls' exactly."""
+    shape = x.shape
+    if index is not None:
+        if pair is None or shape[1] > FUSED_MAX_ROWS:
+            return stacked_product(x, first, index), stacked_product(x, second, index)
+        return pair(x, first.weight, first.scale_or_none(), second.weight, second.scale_or_none(), index)
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    if pair is None or rows > FUSED_MAX_ROWS:
+        return first(x), second(x)
+    if first.act_quant:
+        x = first.quant(x)
+    a, b = pair(x.reshape(rows, shape[-1]), first.weight, first.scale_or_none(), second.weight,
+                second.scale_or_none())
+    return a.reshape(shape[:-1] + (first.shape[0],)), b.reshape(shape[:-1] + (second.shape[0],))
+
+
+def weight_pair(first, second):
+    """The one-kernel product of two weights that read the same x (paired_product), or None: only
+    when both run the fused weight matmul on one format, as two Linears with the same activation
+    quantisation or as two expert stacks of the same experts."""
+    experts = len(first.shape) == 3
+    same = (first.kind == second.kind and len(second.shape) == len(first.shape)
+            and first.shape[:-2] == second.shape[:-2] and first.shape[-1] == second.shape[-1]
+            and getattr(first, "act_quant", False) == getattr(second, "act_quant", False)
+            and getattr(first, "act_block", 0) == getattr(second, "act_block", 0))
+    if first.matmul is None or second.matmul is None or not same:
+        return None
+    return WeightMatmulPair(first.kind, experts)
 
 
 def stored_product(x, stored):

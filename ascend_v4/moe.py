@@ -17,7 +17,8 @@ from mindspore import Tensor, mint, nn, ops
 from ascend_v4.checkpoint.schema import linear_kind
 from ascend_v4.config import ModelConfig
 from ascend_v4.kernels import fused_route, fused_swiglu
-from ascend_v4.linear import ACT_QUANT, Linear, act_quant, stacked_product, storage_kind, zeros_param
+from ascend_v4.linear import (ACT_QUANT, Linear, act_quant, paired_product, stacked_product, storage_kind,
+                              weight_pair, zeros_param)
 from ascend_v4.parallel.comm import AllToAll, GroupGather
 from ascend_v4.runtime import RuntimeConfig
 from ascend_v4.precision import np_dtype
@@ -86,11 +87,13 @@ class SharedExpert(nn.Cell):
         self.w2 = Linear(inter, dim, ckpt_kind, rt)
         self.w3 = Linear(dim, inter, ckpt_kind, rt)
         self.swiglu = fused_swiglu(rt.kernels, 0.0)
+        self.gate_up = weight_pair(self.w1, self.w3)              # both products in one call (decode)
 
     def construct(self, x):
+        gate, up = paired_product(self.gate_up, x, self.w1, self.w3)
         if self.swiglu is not None:
-            return self.w2(self.swiglu(self.w1(x), self.w3(x)))
-        return self.w2(ops.silu(self.w1(x)) * self.w3(x))
+            return self.w2(self.swiglu(gate, up))
+        return self.w2(ops.silu(gate) * up)
 
 
 class RoutedExperts(nn.Cell):
@@ -120,6 +123,7 @@ class RoutedExperts(nn.Cell):
             w.expert_ids = ids
         self.exchange = ExpertExchange(par, cfg.n_routed_experts) if par.ep > 1 else None
         self.swiglu = fused_swiglu(rt.kernels, self.limit)
+        self.gate_up = weight_pair(self.w1, self.w3)              # both products in one call (decode tiles)
         self.use_kernels = rt.custom_ops
         if self.use_kernels:
             from custom_ops import ms_ops
@@ -131,8 +135,7 @@ class RoutedExperts(nn.Cell):
         tile_expert [n_tiles] -> weighted expert outputs [n_tiles * m, dim]."""
         n_tiles = tile_expert.shape[0]
         x = xs.reshape(n_tiles, m, -1)
-        gate = stacked_product(x, self.w1, tile_expert)                                # [n_tiles, m, inter]
-        up = stacked_product(x, self.w3, tile_expert)
+        gate, up = paired_product(self.gate_up, x, self.w1, self.w3, tile_expert)      # [n_tiles, m, inter] x 2
         if self.swiglu is not None:
             h = self.swiglu(gate, up, ws.reshape(n_tiles, m))
         else:

@@ -257,6 +257,64 @@ def test_fused_weight_matmul_matches_numpy(kind, dtype, tol):
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("kind", ["bf16", "fp8", "fp4"])
+def test_paired_product_equals_the_two_products(kind, dtype):
+    """Two Linears of one format on the same x in one kernel (WeightMatmulPairAot, with FP8/FP4's
+    activation quantised once) equal the two Linears called apart bit for bit, and the x @ W^T of
+    the numpy dequantisers (of the oracle's FP8 activations) within the products' rounding; two
+    expert stacks through gathered experts equal two stacked_product calls; past FUSED_MAX_ROWS
+    rows the pair is the two calls. Out dims 130 / 64 leave partial 128-row blocks."""
+    from ascend_v4.kernels import FUSED_MAX_ROWS
+    from ascend_v4.linear import Linear, paired_product, stacked_product, weight_pair
+    from ascend_v4.weights import StoredWeight
+    rt = RuntimeConfig.for_model(load_config("tiny"), compute_dtype=dtype)
+    rng = np.random.default_rng(29)
+    inp = 256
+    lins, exact = [], []
+    for out in (130, 64):
+        lin = Linear(inp, out, kind, rt)
+        q, sc, value = _stored(kind, rng.normal(size=(out, inp)) * np.exp2(rng.integers(-4, 4, size=(out, 1))))
+        lin.set_arrays(*lin.stored_arrays(kind, q, sc))
+        lins.append(lin)
+        exact.append(value)
+    pair = weight_pair(*lins)
+    assert pair is not None and weight_pair(lins[0], Linear(inp, 64, "fp8" if kind != "fp8" else "bf16", rt)) is None
+    stacks = []                                                   # two expert stacks [3, out, in] (w1 / w3)
+    for out in (130, 64):
+        stack = StoredWeight((3, out, inp), kind, DTYPES[dtype], kernels="fused")
+        parts = [stack.stored_arrays(kind, *_stored(kind, rng.normal(size=(out, inp)))[:2]) for _ in range(3)]
+        stack.set_arrays(np.stack([p[0] for p in parts]), None if parts[0][1] is None else np.stack([p[1] for p in parts]))
+        stacks.append(stack)
+    stack_pair = weight_pair(*stacks)
+    assert stack_pair is not None and weight_pair(stacks[0], lins[1]) is None
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        for rows in (2, FUSED_MAX_ROWS + 1):
+            x = Tensor(rng.normal(size=(4, rows, inp)).astype(DTYPES[dtype]))
+            index = Tensor(np.array([2, 0, 2, 1], np.int32))
+            got = [y.asnumpy() for y in paired_product(stack_pair, x, *stacks, index)]
+            apart = [stacked_product(x, stack, index).asnumpy() for stack in stacks]
+            for g, a in zip(got, apart):
+                assert g.shape == (4, rows, a.shape[-1])
+                np.testing.assert_array_equal(g, a)
+        for shape in ((1, 2, inp), (3, inp), (FUSED_MAX_ROWS + 4, inp)):
+            x = Tensor(rng.normal(size=shape).astype(DTYPES[dtype]))
+            got = [y.asnumpy() for y in paired_product(pair, x, *lins)]
+            apart = [lin(x).asnumpy() for lin in lins]
+            xs = x.asnumpy().astype(np.float64)
+            if kind != "bf16":                                   # the release's FP8 activations (1x128)
+                with oracle.precision(dtype):
+                    xs = oracle.numerics.fp8_quant_dequant(x.asnumpy()).astype(np.float64)
+            for g, a, w in zip(got, apart, exact):
+                np.testing.assert_array_equal(g, a)
+                want = xs @ w.T
+                tol = 1e-13 if dtype == "float64" else 3e-6
+                assert np.abs(g - want).max() <= tol * np.abs(want).max()
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("kind", ["bf16", "fp8", "fp4"])
 def test_fused_dequantisation_is_bit_exact(kind, dtype):
     """The one-kernel dequantisation (fused_cpu.cpp DequantAot) of a plain weight and of gathered
     experts equals the numpy dequantisers of ascend_v4.quant bit for bit (exact values)."""

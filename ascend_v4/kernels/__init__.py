@@ -12,7 +12,7 @@ custom_ops=True additionally routes the operator boundaries to the AscendC kerne
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
 Cells ask here (`QuantDequant(rt, fmt, block)`, `Rope(rt, rd)`, `rms_norm_op(kernels)`, `sinkhorn_kind(rt)`,
 `FusedHcPre`, `FusedSinkAttention`, `FusedCompressorDecode`, `weight_matmul(...)`, `fused_route`,
-`fused_swiglu`, `fused_topk_mask`, `fused_window_geometry`) instead of branching
+`fused_swiglu`, `fused_topk_mask`, `fused_window_geometry`, `weight_pair`) instead of branching
 themselves.
 The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
 here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
@@ -269,6 +269,32 @@ class WeightMatmul(nn.Cell):
         if self.experts:
             return self.op(x, index, codes, scale, self.attrs)
         return self.op(x, codes, scale, self.attrs)
+
+
+class WeightMatmulPair(nn.Cell):
+    """Two weights of one format on the same x as one kernel (WeightMatmulPairAot), each product
+    exactly as WeightMatmul's: plain x [M, K] -> ([M, Na], [M, Nb]); experts x [T, M, K] through
+    index [T] of two stacks -> ([T, M, Na], [T, M, Nb]) (linear.paired_product)."""
+
+    def __init__(self, kind: str, experts: bool):
+        super().__init__()
+        self.experts = experts
+        self.attrs = Tensor(np.array([WEIGHT_KINDS[kind]], np.float64))
+        self.no_scale = Tensor(np.zeros(1, np.uint8))
+        if experts:
+            self.op = _aot("WeightMatmulPairAot",
+                           lambda x, i, ca, sa, cb, sb, a: (x[:2] + [ca[1]], x[:2] + [cb[1]]),
+                           lambda x, i, ca, sa, cb, sb, a: (x, x))
+        else:
+            self.op = _aot("WeightMatmulPairAot", lambda x, ca, sa, cb, sb, a: ([x[0], ca[0]], [x[0], cb[0]]),
+                           lambda x, ca, sa, cb, sb, a: (x, x))
+
+    def construct(self, x, codes_a, scale_a, codes_b, scale_b, index=None):
+        scale_a = self.no_scale if scale_a is None else scale_a
+        scale_b = self.no_scale if scale_b is None else scale_b
+        if self.experts:
+            return self.op(x, index, codes_a, scale_a, codes_b, scale_b, self.attrs)
+        return self.op(x, codes_a, scale_a, codes_b, scale_b, self.attrs)
 
 
 def weight_matmul(kernels: str, kind: str, out_features: int, experts: bool):

@@ -1050,3 +1050,39 @@ extern "C" __attribute__((visibility("default"))) int WindowGeometryAot(int npar
     }
     return 0;
 }
+
+// Two weights of one format on the same activation (an owner's pair: wkv / wgate, wq_a / wkv,
+// w1 / w3 of the shared or the routed experts): one call, each product exactly as
+// WeightMatmulAot's plain or experts product. params (attrs float64 [1] = kind):
+//   plain:   x [M, K], codes_a [Na, Kc], scale_a, codes_b [Nb, Kc], scale_b, attrs, y_a [M, Na], y_b [M, Nb]
+//   experts: x [T, M, K], index int32 [T], codes_a [E, Na, Kc], scale_a, codes_b [E, Nb, Kc], scale_b,
+//            attrs, y_a [T, M, Na], y_b [T, M, Nb]
+extern "C" __attribute__((visibility("default"))) int WeightMatmulPairAot(int nparam, void** params, int* ndims,
+                                                                         int64_t** shapes, const char** dtypes, void*,
+                                                                         void*) {
+    const bool experts = nparam == 9;
+    if (nparam != 8 && !experts) return 1;
+    const int ca = experts ? 2 : 1, sa = ca + 1, cb = ca + 2, sb = ca + 3, ai = ca + 4, ya = ca + 5, yb = ca + 6;
+    const int xd = ndims[0], cd = ndims[ca];
+    if (std::strcmp(dtypes[ai], "float64") != 0 || xd != (experts ? 3 : 2) || cd != (experts ? 3 : 2) ||
+        ndims[cb] != cd || (experts && std::strcmp(dtypes[1], "int32") != 0))
+        return 1;
+    const int kind = int(static_cast<const double*>(params[ai])[0]);
+    const int64_t K = shapes[0][xd - 1], M = shapes[0][xd - 2], tiles = experts ? shapes[0][0] : 1;
+    const int64_t Kc = kind == kFp4 ? K / 2 : K, E = experts ? shapes[ca][0] : 1;
+    if (shapes[ca][cd - 1] != Kc || shapes[cb][cd - 1] != Kc || (kind == kFp4 && K % kFp4Block) ||
+        (experts && shapes[cb][0] != E))
+        return 1;
+    const int64_t Na = shapes[ca][cd - 2], Nb = shapes[cb][cd - 2];
+    const int32_t* index = experts ? static_cast<const int32_t*>(params[1]) : nullptr;
+    const uint8_t* scale_a = static_cast<const uint8_t*>(params[sa]);
+    const uint8_t* scale_b = static_cast<const uint8_t*>(params[sb]);
+    if (IsF64(dtypes[0])) {
+        const double* x = static_cast<const double*>(params[0]);
+        return WeightProductAll(kind, x, tiles, M, K, index, E, params[ca], scale_a, Na, static_cast<double*>(params[ya])) ||
+               WeightProductAll(kind, x, tiles, M, K, index, E, params[cb], scale_b, Nb, static_cast<double*>(params[yb]));
+    }
+    const float* x = static_cast<const float*>(params[0]);
+    return WeightProductAll(kind, x, tiles, M, K, index, E, params[ca], scale_a, Na, static_cast<float*>(params[ya])) ||
+           WeightProductAll(kind, x, tiles, M, K, index, E, params[cb], scale_b, Nb, static_cast<float*>(params[yb]));
+}
