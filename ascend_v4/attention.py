@@ -51,8 +51,11 @@ def sink_attention(q, keys, mask, sink, scale: float):
 
 
 class SinkAttention(nn.Cell):
-    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope;
-    kernels 'fused' runs small calls (decode) as one kernel (kernels.FusedSinkAttention)."""
+    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope.
+    The keys come as segments (tuples keys [b, n_g, d], masks [b, s, n_g]: the window ring, the
+    chunk, the compressed entries) attended as their concatenation; kernels 'fused' runs small
+    calls (decode) as one kernel over the segments (kernels.FusedSinkAttention), the composite
+    concatenates them."""
 
     def __init__(self, scale: float, dtype=ms.float32, kernels: str = "composite"):
         super().__init__()
@@ -60,11 +63,14 @@ class SinkAttention(nn.Cell):
         self.scale = Tensor(scale, dtype)
         self.fused = FusedSinkAttention(scale) if kernels == "fused" else None
 
-    def construct(self, q, keys, mask, sink):
+    def construct(self, q, keys, masks, sink):
         b, s, h, d = q.shape
-        if self.fused is not None and b * s * h * d * keys.shape[1] <= FUSED_ATTENTION_MACS:
-            return self.fused(q, keys, mask, sink)
-        return sink_attention(q, keys, mask, sink, self.scale)
+        n = 0
+        for k in keys:
+            n += k.shape[1]
+        if self.fused is not None and b * s * h * d * n <= FUSED_ATTENTION_MACS:
+            return self.fused(q, keys, masks, sink)
+        return sink_attention(q, ops.concat(keys, 1), ops.concat(masks, -1), sink, self.scale)
 
 
 def window_geometry(start, count, n: int, W: int):
@@ -279,7 +285,7 @@ class Attention(nn.Cell):
             cache = write_entries(state[st["entries"]], entries, complete, start // self.ratio)
             comp = comp + (("entries", cache),)
             keys, mask = keys + (cache,), mask + (sel,)
-        o = self.core(q, ops.concat(keys, 1), ops.concat(mask, -1), self.attn_sink)
+        o = self.core(q, keys, mask, self.attn_sink)
         # ring slot j takes the last real chunk token with (start + k) % W == j, if any (geometry)
         written = ops.gather(kv.reshape(b * n, -1), ring_src, 0).reshape(b, W, -1)
         ring = mint.where(ring_hit, written, ring)

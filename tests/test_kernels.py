@@ -158,8 +158,10 @@ def test_fused_mhc_pre_and_post_match_the_oracle(dtype, tol):
 def test_fused_sink_attention_matches_the_oracle(dtype, tol):
     """Attention with sinks as one kernel (float64 inside, rounded once) against the oracle's
     sparse_attention, with masked keys, a fully masked query (sink only) and a dominant sink;
-    the composite on the same inputs within 1e-6 (float32) / 1e-14 relative."""
+    the composite on the same inputs within 1e-6 (float32) / 1e-14 relative; the keys cut into
+    two or three segments (as the ring, chunk and entries come) give the same bits."""
     from ascend_v4.attention import SinkAttention
+    from ascend_v4.kernels import FusedSinkAttention
     dt = DTYPES[dtype]
     rng = np.random.default_rng(4)
     b, s, h, d, n = 2, 3, 4, 64, 40
@@ -169,8 +171,14 @@ def test_fused_sink_attention_matches_the_oracle(dtype, tol):
     sink = np.array([0.0, -2.0, 1.0, 30.0], dt)                        # head 3: the sink dominates
     ms.set_context(mode=ms.PYNATIVE_MODE)
     got = {k: SinkAttention(d ** -0.5, ms.float64 if dtype == "float64" else ms.float32, k)(
-        Tensor(q), Tensor(keys), Tensor(mask), Tensor(sink)).asnumpy() for k in ("fused", "composite")}
+        Tensor(q), (Tensor(keys),), (Tensor(mask),), Tensor(sink)).asnumpy() for k in ("fused", "composite")}
+    cuts = ((0, n), (0, 9, n), (0, 9, 10, n))                          # 1-3 segments (ring, chunk, entries)
+    segmented = [FusedSinkAttention(d ** -0.5)(
+        Tensor(q), tuple(Tensor(keys[:, a:e]) for a, e in zip(c, c[1:])),
+        tuple(Tensor(mask[..., a:e]) for a, e in zip(c, c[1:])), Tensor(sink)).asnumpy() for c in cuts]
     ms.set_context(mode=ms.GRAPH_MODE)
+    for one in segmented:                                              # the same loop over the same keys
+        np.testing.assert_array_equal(one, got["fused"])
     with oracle.precision(dtype):
         want = oracle.attention.sparse_attention(q, keys, mask, sink, d ** -0.5)
     assert got["fused"].dtype == dt

@@ -222,17 +222,22 @@ FUSED_ATTENTION_MACS = 1 << 21
 
 
 class FusedSinkAttention(nn.Cell):
-    """Attention with sinks as one kernel (SinkAttentionAot): q [b, s, h, d], keys [b, n, d],
-    mask [b, s, n] bool, sink [h] -> o [b, s, h, d], in float64 rounded once (the oracle's
+    """Attention with sinks as one kernel (SinkAttentionAot): q [b, s, h, d], the keys as 1-3
+    segments keys [b, n_g, d] with masks [b, s, n_g] bool (attended as their concatenation,
+    which is not built), sink [h] -> o [b, s, h, d], in float64 rounded once (the oracle's
     sparse_attention); used for calls of at most FUSED_ATTENTION_MACS multiply-adds."""
 
     def __init__(self, scale: float):
         super().__init__()
         self.attrs = Tensor(np.array([scale], np.float64))
-        self.op = _aot("SinkAttentionAot", lambda q, k, m, s, a: q, lambda q, k, m, s, a: q)
+        self.op = _aot("SinkAttentionAot", lambda q, *rest: q, lambda q, *rest: q)
 
-    def construct(self, q, keys, mask, sink):
-        return self.op(q, keys, mask, sink, self.attrs)
+    def construct(self, q, keys, masks, sink):
+        if len(keys) == 1:
+            return self.op(q, keys[0], masks[0], sink, self.attrs)
+        if len(keys) == 2:
+            return self.op(q, keys[0], masks[0], keys[1], masks[1], sink, self.attrs)
+        return self.op(q, keys[0], masks[0], keys[1], masks[1], keys[2], masks[2], sink, self.attrs)
 
 
 # checkpoint formats the fused weight-quant matmul reads (fused_cpu.cpp WeightKind)

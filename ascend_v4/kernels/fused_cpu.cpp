@@ -454,48 +454,63 @@ void RmsNorm(const T* x, const T* weight, T* y, int64_t R, int64_t d, double eps
 }
 
 // ---- attention with sinks (few queries: decode) -------------------------------------------
-// q [B, S, H, D], keys (= values) [B, N, D], mask [B, S, N], sink [H] -> o [B, S, H, D]:
+// q [B, S, H, D]; the keys (= values) in segments, segment g: keys [B, N_g, D], mask [B, S, N_g]
+// (the window ring, the chunk, the compressed entries: attended as their concatenation in segment
+// order, without building it); sink [H] -> o [B, S, H, D]:
 // o = sum_e exp(z_e - m) k_e / (sum_e exp(z_e - m) + exp(sink - m)), z = (q . k_e) scale over the
 // visible keys, m = max(max_e z_e, sink); all in float64 (dot products in 8 fixed lanes), rounded
 // once to T (the oracle's sparse_attention)
 template <class T>
-void SinkAttention(const T* q, const T* keys, const uint8_t* mask, const T* sink, T* out, int64_t B, int64_t S,
-                   int64_t H, int64_t N, int64_t D, double scale) {
-    double* z = new double[N];
-    double* o = new double[D];
+struct KeySegment {
+    const T* keys;
+    const uint8_t* mask;
+    int64_t n;
+};
+
+template <class T>
+void SinkAttention(const T* q, const std::vector<KeySegment<T>>& segments, const T* sink, T* out, int64_t B,
+                   int64_t S, int64_t H, int64_t D, double scale) {
+    int64_t N = 0;
+    for (const auto& g : segments) N += g.n;
+    std::vector<double> z(N), o(D);
     for (int64_t b = 0; b < B; ++b)
         for (int64_t s = 0; s < S; ++s)
             for (int64_t h = 0; h < H; ++h) {
                 const T* qv = q + ((b * S + s) * H + h) * D;
-                const uint8_t* vis = mask + (b * S + s) * N;
                 double m = double(sink[h]);
-                for (int64_t e = 0; e < N; ++e) {
-                    if (!vis[e]) continue;
-                    const T* kv = keys + (b * N + e) * D;
-                    double lane[kLanes] = {};
-                    int64_t i = 0;
-                    for (; i + kLanes <= D; i += kLanes)
-                        for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(qv[i + l]) * double(kv[i + l]);
-                    for (int64_t l = 0; i < D; ++i, ++l) lane[l] += double(qv[i]) * double(kv[i]);
-                    double dot = 0;
-                    for (int64_t l = 0; l < kLanes; ++l) dot += lane[l];
-                    z[e] = dot * scale;
-                    m = std::fmax(m, z[e]);
+                int64_t at = 0;
+                for (const auto& g : segments) {
+                    const uint8_t* vis = g.mask + (b * S + s) * g.n;
+                    for (int64_t e = 0; e < g.n; ++e, ++at) {
+                        if (!vis[e]) continue;
+                        const T* kv = g.keys + (b * g.n + e) * D;
+                        double lane[kLanes] = {};
+                        int64_t i = 0;
+                        for (; i + kLanes <= D; i += kLanes)
+                            for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(qv[i + l]) * double(kv[i + l]);
+                        for (int64_t l = 0; i < D; ++i, ++l) lane[l] += double(qv[i]) * double(kv[i]);
+                        double dot = 0;
+                        for (int64_t l = 0; l < kLanes; ++l) dot += lane[l];
+                        z[at] = dot * scale;
+                        m = std::fmax(m, z[at]);
+                    }
                 }
                 double den = std::exp(double(sink[h]) - m);
                 for (int64_t i = 0; i < D; ++i) o[i] = 0;
-                for (int64_t e = 0; e < N; ++e) {
-                    if (!vis[e]) continue;
-                    const double p = std::exp(z[e] - m);
-                    den += p;
-                    const T* kv = keys + (b * N + e) * D;
-                    for (int64_t i = 0; i < D; ++i) o[i] += p * double(kv[i]);
+                at = 0;
+                for (const auto& g : segments) {
+                    const uint8_t* vis = g.mask + (b * S + s) * g.n;
+                    for (int64_t e = 0; e < g.n; ++e, ++at) {
+                        if (!vis[e]) continue;
+                        const double p = std::exp(z[at] - m);
+                        den += p;
+                        const T* kv = g.keys + (b * g.n + e) * D;
+                        for (int64_t i = 0; i < D; ++i) o[i] += p * double(kv[i]);
+                    }
                 }
                 T* ov = out + ((b * S + s) * H + h) * D;
                 for (int64_t i = 0; i < D; ++i) ov[i] = T(o[i] / den);
             }
-    delete[] z;
-    delete[] o;
 }
 
 // One decode token per row into the compressor (ascend_v4/compressor.py Compressor.extend, n = 1):
@@ -878,25 +893,33 @@ extern "C" __attribute__((visibility("default"))) int HcPostAot(int nparam, void
     return 0;
 }
 
-// params: q [B, S, H, D], keys [B, N, D], mask bool [B, S, N], sink [H], attrs float64 [1] = scale,
-// out [B, S, H, D]
+template <class T>
+int SinkAttentionSegments(void** params, int* ndims, int64_t** shapes, const char** dtypes, int segments) {
+    const int64_t B = shapes[0][0], S = shapes[0][1], H = shapes[0][2], D = shapes[0][3];
+    std::vector<KeySegment<T>> parts;
+    for (int g = 0; g < segments; ++g) {
+        const int k = 1 + 2 * g, mk = k + 1;
+        if (ndims[k] != 3 || std::strcmp(dtypes[k], dtypes[0]) != 0 || std::strcmp(dtypes[mk], "bool") != 0) return 1;
+        const int64_t n = shapes[k][1];
+        if (shapes[k][0] != B || shapes[k][2] != D || Numel(ndims[mk], shapes[mk]) != B * S * n) return 1;
+        parts.push_back({static_cast<const T*>(params[k]), static_cast<const uint8_t*>(params[mk]), n});
+    }
+    const int si = 1 + 2 * segments;
+    if (std::strcmp(dtypes[si], dtypes[0]) != 0 || Numel(ndims[si], shapes[si]) != H) return 1;
+    SinkAttention(static_cast<const T*>(params[0]), parts, static_cast<const T*>(params[si]),
+                  static_cast<T*>(params[si + 2]), B, S, H, D, static_cast<const double*>(params[si + 1])[0]);
+    return 0;
+}
+
+// params: q [B, S, H, D], then per key segment keys [B, N_g, D], mask bool [B, S, N_g] (1 to 3
+// segments), sink [H], attrs float64 [1] = scale, out [B, S, H, D]
 extern "C" __attribute__((visibility("default"))) int SinkAttentionAot(int nparam, void** params, int* ndims, int64_t** shapes,
                                 const char** dtypes, void*, void*) {
-    if (nparam != 6 || std::strcmp(dtypes[4], "float64") != 0 || ndims[0] != 4 || ndims[1] != 3) return 1;
-    if (std::strcmp(dtypes[0], dtypes[1]) != 0 || std::strcmp(dtypes[0], dtypes[3]) != 0 ||
-        std::strcmp(dtypes[2], "bool") != 0) return 1;
-    const int64_t B = shapes[0][0], S = shapes[0][1], H = shapes[0][2], D = shapes[0][3], N = shapes[1][1];
-    if (shapes[1][0] != B || shapes[1][2] != D || Numel(ndims[2], shapes[2]) != B * S * N ||
-        Numel(ndims[3], shapes[3]) != H) return 1;
-    const double scale = static_cast<const double*>(params[4])[0];
-    const uint8_t* mask = static_cast<const uint8_t*>(params[2]);
-    if (IsF64(dtypes[0]))
-        SinkAttention(static_cast<const double*>(params[0]), static_cast<const double*>(params[1]), mask,
-                      static_cast<const double*>(params[3]), static_cast<double*>(params[5]), B, S, H, N, D, scale);
-    else
-        SinkAttention(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]), mask,
-                      static_cast<const float*>(params[3]), static_cast<float*>(params[5]), B, S, H, N, D, scale);
-    return 0;
+    const int segments = (nparam - 4) / 2;
+    if (nparam % 2 || segments < 1 || segments > 3 || ndims[0] != 4 || std::strcmp(dtypes[nparam - 2], "float64") != 0)
+        return 1;
+    if (IsF64(dtypes[0])) return SinkAttentionSegments<double>(params, ndims, shapes, dtypes, segments);
+    return SinkAttentionSegments<float>(params, ndims, shapes, dtypes, segments);
 }
 
 // params: kv [B, C*D], gate [B, C*D], ape [M, C*D], kv_state [B, C*M, C*D], score_state (same),
