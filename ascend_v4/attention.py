@@ -51,26 +51,17 @@ def sink_attention(q, keys, mask, sink, scale: float):
 
 
 class SinkAttention(nn.Cell):
-    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope.
-    The keys come as segments (tuples keys [b, n_g, d], masks [b, s, n_g]: the window ring, the
-    chunk, the compressed entries) attended as their concatenation; kernels 'fused' runs small
-    calls (decode) as one kernel over the segments (kernels.FusedSinkAttention), the composite
-    concatenates them."""
+    """The sparse-attention operator boundary (`sparse_fp8_decode` on Ascend): one named scope
+    around sink_attention's primitives (what graph export carries). Small calls (decode) under
+    kernels 'fused' do not come here: Attention runs them as one kernel over the key segments."""
 
-    def __init__(self, scale: float, dtype=ms.float32, kernels: str = "composite"):
+    def __init__(self, scale: float, dtype=ms.float32):
         super().__init__()
         # a tensor of the compute dtype: a Python float would enter the graph as float32
         self.scale = Tensor(scale, dtype)
-        self.fused = FusedSinkAttention(scale) if kernels == "fused" else None
 
-    def construct(self, q, keys, masks, sink):
-        b, s, h, d = q.shape
-        n = 0
-        for k in keys:
-            n += k.shape[1]
-        if self.fused is not None and b * s * h * d * n <= FUSED_ATTENTION_MACS:
-            return self.fused(q, keys, masks, sink)
-        return sink_attention(q, ops.concat(keys, 1), ops.concat(masks, -1), sink, self.scale)
+    def construct(self, q, keys, mask, sink):
+        return sink_attention(q, keys, mask, sink, self.scale)
 
 
 def window_geometry(start, count, n: int, W: int):
@@ -152,7 +143,8 @@ class Attention(nn.Cell):
         self.cos, self.sin = self.rope_pair.cos, self.rope_pair.sin
         self.compressor = Compressor(cfg, rt, self.ratio, cfg.head_dim, rotate=False) if self.ratio else None
         self.indexer = Indexer(cfg, rt, lin) if self.ratio == 4 else None
-        self.core = SinkAttention(self.scale, self.mdt, rt.kernels)
+        self.core = SinkAttention(self.scale, self.mdt)
+        self.fused_core = FusedSinkAttention(self.scale) if rt.kernels == "fused" else None
         self.use_kernels = rt.custom_ops
         self.n_comp = rt.max_seq_len // self.ratio if self.ratio else 0
         self.tiered = self.ratio == 4 and rt.kv_budget is not None   # entries in the tiered cache
@@ -273,6 +265,18 @@ class Attention(nn.Cell):
             out = out + (values[name],)
         return out
 
+    def _attend(self, q, keys, masks):
+        """q [b, n, h, hd] over the key segments keys [b, n_g, hd] / masks [b, n, n_g] (ring, chunk,
+        entries) -> o [b, n, h, hd]: up to FUSED_ATTENTION_MACS multiply-adds one kernel reads the
+        segments in place (kernels 'fused'), else the boundary cell on their concatenation."""
+        b, s, h, d = q.shape
+        n = 0
+        for k in keys:
+            n += k.shape[1]
+        if self.fused_core is not None and b * s * h * d * n <= FUSED_ATTENTION_MACS:
+            return self.fused_core(q, keys, masks, self.attn_sink)
+        return self.core(q, ops.concat(keys, 1), ops.concat(masks, -1), self.attn_sink)
+
     def _extend_dense(self, start, q, kv, cos, sin, ring_vis, chunk_vis, ring_src, ring_hit, sel, entries,
                       complete, state, comp):
         """extend() on dense slots: attend [ring, chunk, entries] under the visibility mask, then
@@ -285,7 +289,7 @@ class Attention(nn.Cell):
             cache = write_entries(state[st["entries"]], entries, complete, start // self.ratio)
             comp = comp + (("entries", cache),)
             keys, mask = keys + (cache,), mask + (sel,)
-        o = self.core(q, keys, mask, self.attn_sink)
+        o = self._attend(q, keys, mask)
         # ring slot j takes the last real chunk token with (start + k) % W == j, if any (geometry)
         written = ops.gather(kv.reshape(b * n, -1), ring_src, 0).reshape(b, W, -1)
         ring = mint.where(ring_hit, written, ring)

@@ -170,8 +170,9 @@ def test_fused_sink_attention_matches_the_oracle(dtype, tol):
     mask[1, 2] = False                                                # a query that sees no key
     sink = np.array([0.0, -2.0, 1.0, 30.0], dt)                        # head 3: the sink dominates
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    got = {k: SinkAttention(d ** -0.5, ms.float64 if dtype == "float64" else ms.float32, k)(
-        Tensor(q), (Tensor(keys),), (Tensor(mask),), Tensor(sink)).asnumpy() for k in ("fused", "composite")}
+    got = {"fused": FusedSinkAttention(d ** -0.5)(Tensor(q), (Tensor(keys),), (Tensor(mask),), Tensor(sink)).asnumpy(),
+           "composite": SinkAttention(d ** -0.5, ms.float64 if dtype == "float64" else ms.float32)(
+               Tensor(q), Tensor(keys), Tensor(mask), Tensor(sink)).asnumpy()}
     cuts = ((0, n), (0, 9, n), (0, 9, 10, n))                          # 1-3 segments (ring, chunk, entries)
     segmented = [FusedSinkAttention(d ** -0.5)(
         Tensor(q), tuple(Tensor(keys[:, a:e]) for a, e in zip(c, c[1:])),
