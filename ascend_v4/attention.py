@@ -93,8 +93,8 @@ _ROPE_TABLES: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 def shared_rope_tables(cfg: ModelConfig, compressed: bool, max_seq_len: int, dtype):
     """rope.rope_tables as Tensors of `dtype` [max_seq_len, rd/2], one pair per process for equal
     frequencies, length and dtype -> a pair with .cos / .sin. The layers of a kind then hold the
-    same constants, so a model keeps two pairs instead of one per layer and the graph gathers a
-    step's rows once for all of them (common subexpressions). Cached while some layer holds it."""
+    same constants, so a model keeps two pairs instead of one per layer (each layer still gathers
+    its own rows: MindSpore does not merge the gathers, measured). Cached while a layer holds it."""
     key = (rope_frequencies(cfg, compressed).tobytes(), max_seq_len, np.dtype(dtype).str)
     pair = _ROPE_TABLES.get(key)
     if pair is None:

@@ -291,7 +291,8 @@ def test_paired_product_equals_the_two_products(kind, dtype):
     for out in (130, 64):
         stack = StoredWeight((3, out, inp), kind, DTYPES[dtype], kernels="fused")
         parts = [stack.stored_arrays(kind, *_stored(kind, rng.normal(size=(out, inp)))[:2]) for _ in range(3)]
-        stack.set_arrays(np.stack([p[0] for p in parts]), None if parts[0][1] is None else np.stack([p[1] for p in parts]))
+        scales = None if parts[0][1] is None else np.stack([p[1] for p in parts])
+        stack.set_arrays(np.stack([p[0] for p in parts]), scales)
         stacks.append(stack)
     stack_pair = weight_pair(*stacks)
     assert stack_pair is not None and weight_pair(stacks[0], lins[1]) is None

@@ -12,8 +12,8 @@ custom_ops=True additionally routes the operator boundaries to the AscendC kerne
 (sinkhorn_mhc, sparse_fp8_decode, kv_pack_fp8, moe_dispatch/combine): see custom_ops/.
 Cells ask here (`QuantDequant(rt, fmt, block)`, `Rope(rt, rd)`, `rms_norm_op(kernels)`, `sinkhorn_kind(rt)`,
 `FusedHcPre`, `FusedSinkAttention`, `FusedCompressorDecode`, `weight_matmul(...)`, `fused_route`,
-`fused_swiglu`, `fused_topk_mask`, `fused_window_geometry`, `weight_pair`) instead of branching
-themselves.
+`fused_swiglu`, `fused_topk_mask`, `fused_window_geometry`, `WeightMatmulPair` via linear.weight_pair)
+instead of branching themselves.
 The cache formats (RuntimeConfig.kv_cache / indexer_cache, docs/DESIGN.md 'Cache formats') are owned
 here too: `KVEntryRound` rounds a KV entry as its cache stores it, `index_quant` the indexer's keys and
 queries. 'int8' and 'bf16' run as composite primitives in both kernel modes (no fused kernel).
